@@ -1,0 +1,746 @@
+//! The streaming EP builder: batches of activations in, partitions out.
+//!
+//! Per batch (see `docs/semantics.md`):
+//! 1. rows become centered unit directions;
+//! 2. **phase A**: each row's nearest pre-batch exemplar (exact: f32 GEMM screen, f64 re-check
+//!    of ambiguous rows); rows within θ join it;
+//! 3. **phase B**: the unmatched rows, in stream order, are sequential leader clustering: a row
+//!    within θ of an earlier in-batch leader follows the nearest one, otherwise it becomes a new
+//!    exemplar;
+//! 4. with [`Semantics::StrictOrder`], rows matched in phase A also consider the in-batch
+//!    leaders created before them and join the nearest of both (ties to the older partition),
+//!    so every output is independent of batch size;
+//! 5. statistics, examples and reservoirs are updated row by row in stream order.
+//!
+//! Under both rules the exemplar set and its order equal strict sequential leader clustering,
+//! so K and exemplar ids do not depend on batch size.
+
+use crate::data::{ActivationBatch, TokenRef};
+use crate::dictionary::{Dictionary, Example};
+use crate::error::{Error, Result};
+use crate::geometry;
+use crate::linalg::{dot_f64, exact_nearest, matmul_abt, screen_margin, top2_screen, Top2};
+use rayon::prelude::*;
+
+/// How rows that match a pre-batch exemplar are assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Semantics {
+    /// The reference's rule: rows within θ of a pre-batch exemplar join the nearest pre-batch
+    /// exemplar, even if a leader created earlier in the batch is nearer.
+    #[default]
+    TwoPhase,
+    /// Every row joins the nearest of the pre-batch exemplars and the in-batch leaders created
+    /// before it: sequential leader clustering, independent of batch size.
+    StrictOrder,
+}
+
+impl Semantics {
+    /// The name stored in the dictionary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Semantics::TwoPhase => "two-phase",
+            Semantics::StrictOrder => "strict-order",
+        }
+    }
+}
+
+/// Settings of a build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildConfig {
+    pub semantics: Semantics,
+    /// Stop after this many consecutive batches without a new partition (`None`: never).
+    pub saturation_window: Option<u64>,
+    /// Seed of the reservoirs (and of merge sampling).
+    pub seed: u64,
+    /// Closest and farthest examples kept per partition.
+    pub examples_per_partition: usize,
+    /// Member directions kept per partition by reservoir sampling.
+    pub reservoir_size: usize,
+    /// After each batch, merge partitions whose exemplars are within this cosine distance
+    /// (the reference's `merge_close` uses θ).
+    pub merge_threshold: Option<f64>,
+    /// Keep one partition id per stream row (for `--assignments`); the value is the number of
+    /// rows in the stream.
+    pub record_assignments: Option<u64>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            semantics: Semantics::TwoPhase,
+            saturation_window: Some(1),
+            seed: 0,
+            examples_per_partition: 10,
+            reservoir_size: 30,
+            merge_threshold: None,
+            record_assignments: None,
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchOutcome {
+    /// Rows clustered.
+    pub rows: usize,
+    /// Partitions created by this batch.
+    pub new_partitions: usize,
+    /// K after the batch (after merges).
+    pub partitions: usize,
+    /// Partitions merged away after this batch.
+    pub merged: usize,
+    /// Whether the saturation window is now reached.
+    pub saturated: bool,
+}
+
+/// The result of a finished build.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub dictionary: Dictionary,
+    /// Per stream row, the final partition id (−1: not streamed, skipped, or dropped by
+    /// `min_members`), when recorded.
+    pub assignments: Option<Vec<i64>>,
+}
+
+/// A row's place after the assignment phases.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// Unmatched so far.
+    Unset,
+    /// Joins partition `id` (existing before the batch) with exact similarity `sim`.
+    Old { id: u32, sim: f64 },
+    /// Becomes the `ordinal`-th new partition of the batch.
+    Leader { ordinal: u32 },
+    /// Joins the `ordinal`-th new partition of the batch with exact similarity `sim`.
+    Follow { ordinal: u32, sim: f64 },
+}
+
+/// Rows of unmatched candidates resolved per GEMM chunk in phase B.
+const LEADER_CHUNK: usize = 1024;
+
+/// The streaming builder.
+pub struct Builder {
+    dict: Dictionary,
+    config: BuildConfig,
+    /// Per stream row, the *creation* id of its partition (stable across merges).
+    assignments: Option<Vec<i64>>,
+    /// Creation id → current id (−1 once merged away).
+    creation_to_current: Vec<i64>,
+    /// Current id → creation id.
+    current_to_creation: Vec<i64>,
+    batches: u64,
+    last_new_batch: u64,
+    saturated: bool,
+}
+
+impl Builder {
+    /// A builder that grows an empty dictionary with `center` and `theta`.
+    pub fn new(center: Vec<f32>, theta: f64, config: BuildConfig) -> Result<Self> {
+        let mut dict = Dictionary::new(center, theta)?;
+        if config.examples_per_partition == 0 {
+            return Err(Error::param("examples", "must be at least 1"));
+        }
+        if let Some(m) = config.merge_threshold {
+            geometry::check_threshold(m).map_err(|_| {
+                Error::param(
+                    "merge threshold",
+                    format!("must be a finite number > 0, got {m}"),
+                )
+            })?;
+        }
+        if config.saturation_window == Some(0) {
+            return Err(Error::param("saturation window", "must be at least 1"));
+        }
+        dict.examples_per_partition = config.examples_per_partition;
+        dict.reservoir_size = config.reservoir_size;
+        dict.info.semantics = config.semantics.as_str().into();
+        dict.info.seed = config.seed;
+        dict.info.saturation_window = config.saturation_window;
+        dict.info.examples_per_partition = config.examples_per_partition as u64;
+        dict.info.reservoir_size = config.reservoir_size as u64;
+        dict.info.merge_threshold = config.merge_threshold;
+        let assignments = config.record_assignments.map(|n| vec![-1i64; n as usize]);
+        Ok(Builder {
+            dict,
+            config,
+            assignments,
+            creation_to_current: vec![],
+            current_to_creation: vec![],
+            batches: 0,
+            last_new_batch: 0,
+            saturated: false,
+        })
+    }
+
+    /// The dictionary so far.
+    pub fn dictionary(&self) -> &Dictionary {
+        &self.dict
+    }
+
+    /// Whether the saturation window has been reached.
+    pub fn is_saturated(&self) -> bool {
+        self.saturated
+    }
+
+    /// Batches clustered so far.
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    /// Clusters one batch. A row equal to the center is an error naming its stream row (the
+    /// caller maps it to file and row); nothing of the batch is applied then.
+    pub fn add_batch(&mut self, batch: &ActivationBatch) -> Result<BatchOutcome> {
+        let d = self.dict.dim;
+        if batch.dim != d {
+            return Err(Error::DimensionMismatch {
+                what: "activation batch".into(),
+                expected: d,
+                found: batch.dim,
+            });
+        }
+        let n = batch.rows();
+        if n == 0 {
+            return Err(Error::EmptyInput("an empty batch".into()));
+        }
+        let u =
+            geometry::directions(&batch.data, &self.dict.center).map_err(|z| Error::ZeroNorm {
+                path: "<stream>".into(),
+                row: batch.stream_rows[z.index],
+            })?;
+        let k0 = self.dict.len();
+        let targets = self.decide(&u, n);
+        let new = self.apply(batch, &u, &targets, k0);
+        self.dict.info.activations_streamed += n as u64;
+        self.dict.info.tokens_streamed += batch.new_tokens;
+        self.dict.info.skipped_nonfinite += batch.skipped_nonfinite;
+        for doc in &batch.documents {
+            self.dict
+                .documents
+                .entry(doc.doc_id)
+                .or_insert_with(|| doc.tokens.clone());
+        }
+        let merged = match self.config.merge_threshold {
+            Some(m) => self.merge_close(m),
+            None => 0,
+        };
+        self.dict.prune_documents();
+        if new > 0 {
+            self.last_new_batch = self.batches;
+        }
+        self.batches += 1;
+        self.dict.info.batches = self.batches;
+        if let Some(w) = self.config.saturation_window {
+            if self.batches - self.last_new_batch > w {
+                self.saturated = true;
+                self.dict.info.saturated = true;
+            }
+        }
+        Ok(BatchOutcome {
+            rows: n,
+            new_partitions: new,
+            partitions: self.dict.len(),
+            merged,
+            saturated: self.saturated,
+        })
+    }
+
+    /// Phases A and B: where each row goes.
+    fn decide(&self, u: &[f32], n: usize) -> Vec<Target> {
+        let d = self.dict.dim;
+        let theta = self.dict.theta;
+        let margin = screen_margin(d);
+        // A row is certainly unmatched when even its f32 best similarity is below 1 − θ by
+        // more than the screen's error.
+        let certainly_far = (1.0 - theta) as f32 - margin;
+        let mut targets = vec![Target::Unset; n];
+        // Leaders of this batch: their rows and directions, in creation order.
+        let mut lead_rows: Vec<usize> = Vec::new();
+        let mut lead_dirs: Vec<f32> = Vec::new();
+        let k0 = self.dict.len();
+        let mut start = 0;
+        if k0 == 0 {
+            // The first row of an empty dictionary founds partition 0; phase A then compares
+            // the rest of the batch with it, as the reference does.
+            targets[0] = Target::Leader { ordinal: 0 };
+            lead_rows.push(0);
+            lead_dirs.extend_from_slice(&u[..d]);
+            start = 1;
+        }
+        let old: &[f32] = if k0 == 0 {
+            &u[..d]
+        } else {
+            &self.dict.exemplars
+        };
+        // Phase A.
+        let rest = &u[start * d..];
+        let screen = top2_screen(rest, old, d);
+        let phase_a: Vec<Target> = screen
+            .par_iter()
+            .enumerate()
+            .map(|(a, t)| {
+                if t.best < certainly_far {
+                    return Target::Unset;
+                }
+                let row = &rest[a * d..(a + 1) * d];
+                let (id, sim) = exact_best(row, old, d, t, margin);
+                if geometry::distance_from_similarity(sim) <= theta {
+                    // Partition ids visible to phase A: existing ones, or the founder.
+                    if k0 == 0 {
+                        Target::Follow { ordinal: 0, sim }
+                    } else {
+                        Target::Old { id, sim }
+                    }
+                } else {
+                    Target::Unset
+                }
+            })
+            .collect();
+        targets[start..].copy_from_slice(&phase_a);
+        // Phase B: sequential leader clustering of the unmatched rows, chunk by chunk.
+        let unmatched: Vec<usize> = (start..n)
+            .filter(|&i| targets[i] == Target::Unset)
+            .collect();
+        // Leaders of phase B are compared with leaders of phase B only (the founder, if any,
+        // was phase A's candidate), so their ordinals start after it.
+        let first_b = lead_rows.len();
+        for chunk in unmatched.chunks(LEADER_CHUNK) {
+            let c = chunk.len();
+            let mut dirs = Vec::with_capacity(c * d);
+            for &i in chunk {
+                dirs.extend_from_slice(&u[i * d..(i + 1) * d]);
+            }
+            let prev_n = lead_rows.len() - first_b;
+            let prev = top2_screen(&dirs, &lead_dirs[first_b * d..], d);
+            let mut intra = vec![0.0f32; c * c];
+            matmul_abt(&dirs, &dirs, d, &mut intra);
+            let mut chunk_leaders: Vec<(usize, u32)> = Vec::new(); // (local index, B-ordinal)
+            for (a, &i) in chunk.iter().enumerate() {
+                let mut t = prev[a];
+                for &(b, ord) in &chunk_leaders {
+                    t.offer(ord, intra[a * c + b]);
+                }
+                let row = &u[i * d..(i + 1) * d];
+                let mut follow = None;
+                if t.index != u32::MAX && t.best >= certainly_far {
+                    let (ord, sim) = exact_best(row, &lead_dirs[first_b * d..], d, &t, margin);
+                    if geometry::distance_from_similarity(sim) <= theta {
+                        follow = Some((ord, sim));
+                    }
+                }
+                match follow {
+                    Some((ord, sim)) => {
+                        targets[i] = Target::Follow {
+                            ordinal: ord + first_b as u32,
+                            sim,
+                        }
+                    }
+                    None => {
+                        let ordinal = lead_rows.len() as u32;
+                        chunk_leaders.push((a, ordinal - first_b as u32));
+                        targets[i] = Target::Leader { ordinal };
+                        lead_rows.push(i);
+                        lead_dirs.extend_from_slice(row);
+                    }
+                }
+            }
+            debug_assert!(prev_n + chunk_leaders.len() == lead_rows.len() - first_b);
+        }
+        if self.config.semantics == Semantics::StrictOrder && lead_rows.len() > first_b {
+            self.strict_order_pass(
+                u,
+                &mut targets,
+                &lead_rows[first_b..],
+                &lead_dirs[first_b * d..],
+                first_b,
+            );
+        }
+        targets
+    }
+
+    /// Strict order: rows matched to a pre-batch exemplar move to an earlier in-batch leader
+    /// when it is strictly nearer.
+    fn strict_order_pass(
+        &self,
+        u: &[f32],
+        targets: &mut [Target],
+        lead_rows: &[usize],
+        lead_dirs: &[f32],
+        first_b: usize,
+    ) {
+        let d = self.dict.dim;
+        let margin = screen_margin(d);
+        let matched: Vec<usize> = (0..targets.len())
+            .filter(|&i| match targets[i] {
+                Target::Old { .. } => true,
+                // With an empty dictionary, phase A's candidate was the founder (ordinal 0).
+                Target::Follow { ordinal: 0, .. } => first_b == 1,
+                _ => false,
+            })
+            .filter(|&i| lead_rows[0] < i)
+            .collect();
+        let l = lead_rows.len();
+        let tile = crate::linalg::tile_rows(l).min(LEADER_CHUNK);
+        let mut sims = vec![0.0f32; tile * l];
+        for chunk in matched.chunks(tile) {
+            let mut dirs = Vec::with_capacity(chunk.len() * d);
+            for &i in chunk {
+                dirs.extend_from_slice(&u[i * d..(i + 1) * d]);
+            }
+            let s = &mut sims[..chunk.len() * l];
+            matmul_abt(&dirs, lead_dirs, d, s);
+            let updates: Vec<(usize, Option<Target>)> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(a, &i)| {
+                    let before = lead_rows.partition_point(|&r| r < i);
+                    let t = Top2::of_slice(&s[a * l..a * l + before], 0);
+                    let row = &u[i * d..(i + 1) * d];
+                    let (ord, sim) = exact_best(row, &lead_dirs[..before * d], d, &t, margin);
+                    let current = match targets[i] {
+                        Target::Old { sim, .. } | Target::Follow { sim, .. } => sim,
+                        _ => unreachable!("only matched rows are revisited"),
+                    };
+                    // Ties stay with the older partition (the lower id).
+                    let better = sim > current;
+                    (
+                        i,
+                        better.then_some(Target::Follow {
+                            ordinal: ord + first_b as u32,
+                            sim,
+                        }),
+                    )
+                })
+                .collect();
+            for (i, t) in updates {
+                if let Some(t) = t {
+                    targets[i] = t;
+                }
+            }
+        }
+    }
+
+    /// Creates the new partitions and records every row's membership, in stream order.
+    /// Returns the number of partitions created.
+    fn apply(
+        &mut self,
+        batch: &ActivationBatch,
+        u: &[f32],
+        targets: &[Target],
+        k0: usize,
+    ) -> usize {
+        let d = self.dict.dim;
+        let mut created = 0usize;
+        for (i, t) in targets.iter().enumerate() {
+            let row = &u[i * d..(i + 1) * d];
+            let stream_row = batch.stream_rows[i] as i64;
+            let token = batch.tokens.as_ref().map(|t| t[i]);
+            let (k, dist) = match *t {
+                Target::Unset => unreachable!("every row has a target after phase B"),
+                Target::Old { id, sim } => (id as usize, geometry::distance_from_similarity(sim)),
+                Target::Leader { ordinal } => {
+                    debug_assert_eq!(ordinal as usize, created);
+                    self.create_partition(row, stream_row, token);
+                    created += 1;
+                    (k0 + ordinal as usize, 0.0)
+                }
+                Target::Follow { ordinal, sim } => (
+                    k0 + ordinal as usize,
+                    geometry::distance_from_similarity(sim),
+                ),
+            };
+            self.record_member(k, row, dist, stream_row, token);
+        }
+        created
+    }
+
+    fn create_partition(&mut self, dir: &[f32], stream_row: i64, token: Option<TokenRef>) {
+        let dict = &mut self.dict;
+        let d = dict.dim;
+        dict.exemplars.extend_from_slice(dir);
+        dict.counts.push(0);
+        dict.direction_sums.extend(std::iter::repeat_n(0.0, d));
+        dict.sum_distances.push(0.0);
+        dict.sum_sq_distances.push(0.0);
+        dict.exemplar_rows.push(stream_row);
+        dict.exemplar_tokens.push(token);
+        dict.last_member_rows.push(stream_row);
+        dict.closest.push(Vec::new());
+        dict.farthest.push(Vec::new());
+        dict.reservoir_rows.push(Vec::new());
+        dict.reservoir.push(Vec::new());
+        let creation = self.creation_to_current.len() as i64;
+        self.creation_to_current.push(dict.len() as i64 - 1);
+        self.current_to_creation.push(creation);
+    }
+
+    fn record_member(
+        &mut self,
+        k: usize,
+        dir: &[f32],
+        dist: f64,
+        stream_row: i64,
+        token: Option<TokenRef>,
+    ) {
+        let dict = &mut self.dict;
+        let d = dict.dim;
+        dict.counts[k] += 1;
+        let rank = dict.counts[k];
+        for (s, &x) in dict.direction_sums[k * d..(k + 1) * d].iter_mut().zip(dir) {
+            *s += x as f64;
+        }
+        dict.sum_distances[k] += dist;
+        dict.sum_sq_distances[k] += dist * dist;
+        dict.last_member_rows[k] = stream_row;
+        let ex = Example {
+            distance: dist as f32,
+            stream_row,
+            token,
+        };
+        insert_closest(&mut dict.closest[k], ex, dict.examples_per_partition);
+        insert_farthest(&mut dict.farthest[k], ex, dict.examples_per_partition);
+        // Reservoir sampling (Algorithm R) with a counter-based RNG keyed by the stream row,
+        // so the sample is reproducible and independent of batching.
+        let cap = dict.reservoir_size;
+        if cap > 0 {
+            if (rank as usize) <= cap {
+                dict.reservoir_rows[k].push(stream_row);
+                dict.reservoir[k].extend_from_slice(dir);
+            } else {
+                let j = uniform_below(self.config.seed, stream_row as u64, rank);
+                if (j as usize) < cap {
+                    let j = j as usize;
+                    dict.reservoir_rows[k][j] = stream_row;
+                    dict.reservoir[k][j * d..(j + 1) * d].copy_from_slice(dir);
+                }
+            }
+        }
+        if let Some(a) = self.assignments.as_mut() {
+            if let Some(slot) = a.get_mut(stream_row as usize) {
+                *slot = self.current_to_creation[k];
+            }
+        }
+    }
+
+    /// The reference's `merge_close`: pairs of exemplars within `threshold` are grouped
+    /// transitively (union-find); each group merges into its largest member (earliest on
+    /// ties), which keeps its exemplar. Returns the number of partitions merged away.
+    fn merge_close(&mut self, threshold: f64) -> usize {
+        let d = self.dict.dim;
+        let k = self.dict.len();
+        if k < 2 {
+            return 0;
+        }
+        let e = &self.dict.exemplars;
+        let margin = screen_margin(d);
+        let tile = crate::linalg::tile_rows(k);
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let mut buf = vec![0.0f32; tile.min(k) * k];
+        for r0 in (0..k).step_by(tile) {
+            let r1 = (r0 + tile).min(k);
+            let s = &mut buf[..(r1 - r0) * k];
+            matmul_abt(&e[r0 * d..r1 * d], e, d, s);
+            for i in r0..r1 {
+                for j in i + 1..k {
+                    let s32 = s[(i - r0) * k + j];
+                    if ((1.0 - s32) as f64) <= threshold + margin as f64 {
+                        let sim = dot_f64(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d]);
+                        if (1.0 - sim.clamp(-1.0, 1.0)) <= threshold {
+                            pairs.push((i, j));
+                        }
+                    }
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return 0;
+        }
+        let mut parent: Vec<usize> = (0..k).collect();
+        fn find(p: &mut [usize], mut x: usize) -> usize {
+            while p[x] != x {
+                p[x] = p[p[x]];
+                x = p[x];
+            }
+            x
+        }
+        for &(i, j) in &pairs {
+            let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
+            if ri != rj {
+                parent[rj] = ri;
+            }
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of_root = std::collections::HashMap::new();
+        for i in 0..k {
+            let r = find(&mut parent, i);
+            let g = *group_of_root.entry(r).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        let mut keep = vec![true; k];
+        for g in groups.iter_mut().filter(|g| g.len() > 1) {
+            // Stable sort by count descending: the largest (earliest on ties) is the target.
+            g.sort_by(|&a, &b| self.dict.counts[b].cmp(&self.dict.counts[a]));
+            let target = g[0];
+            for &src in &g[1..] {
+                self.merge_into(target, src);
+                keep[src] = false;
+            }
+        }
+        let merged = keep.iter().filter(|&&x| !x).count();
+        // Creation ids of merged partitions now point at their targets; then renumber.
+        for g in groups.iter().filter(|g| g.len() > 1) {
+            for &src in &g[1..] {
+                let c = self.current_to_creation[src] as usize;
+                self.redirect(c, g[0]);
+            }
+        }
+        let map = self.dict.retain(&keep);
+        for cur in self.creation_to_current.iter_mut() {
+            if *cur >= 0 {
+                *cur = map[*cur as usize];
+            }
+        }
+        let mut inv = vec![-1i64; self.dict.len()];
+        for (old, &new) in map.iter().enumerate() {
+            if new >= 0 {
+                inv[new as usize] = self.current_to_creation[old];
+            }
+        }
+        self.current_to_creation = inv;
+        merged
+    }
+
+    /// Points every creation id currently mapped to `from_current`'s creation `c` at `to`.
+    fn redirect(&mut self, c: usize, to: usize) {
+        let from = self.creation_to_current[c];
+        for cur in self.creation_to_current.iter_mut() {
+            if *cur == from {
+                *cur = to as i64;
+            }
+        }
+    }
+
+    /// Merges partition `src` into `target` (statistics add; the target keeps its exemplar;
+    /// distances of `src` members stay measured to their own exemplar, as in the reference).
+    fn merge_into(&mut self, target: usize, src: usize) {
+        let dict = &mut self.dict;
+        let d = dict.dim;
+        dict.counts[target] += dict.counts[src];
+        for j in 0..d {
+            dict.direction_sums[target * d + j] += dict.direction_sums[src * d + j];
+        }
+        dict.sum_distances[target] += dict.sum_distances[src];
+        dict.sum_sq_distances[target] += dict.sum_sq_distances[src];
+        dict.last_member_rows[target] =
+            dict.last_member_rows[target].max(dict.last_member_rows[src]);
+        let n = dict.examples_per_partition;
+        let src_closest = std::mem::take(&mut dict.closest[src]);
+        for ex in src_closest {
+            insert_closest(&mut dict.closest[target], ex, n);
+        }
+        let src_far = std::mem::take(&mut dict.farthest[src]);
+        for ex in src_far {
+            insert_farthest(&mut dict.farthest[target], ex, n);
+        }
+        // Reservoirs: concatenate; above capacity keep a seeded random subset (partial
+        // Fisher–Yates keyed by the two exemplars' stream rows).
+        let cap = dict.reservoir_size;
+        let src_rows = std::mem::take(&mut dict.reservoir_rows[src]);
+        let src_vecs = std::mem::take(&mut dict.reservoir[src]);
+        let mut rows = std::mem::take(&mut dict.reservoir_rows[target]);
+        let mut vecs = std::mem::take(&mut dict.reservoir[target]);
+        rows.extend(src_rows);
+        vecs.extend(src_vecs);
+        if rows.len() > cap {
+            let key = (dict.exemplar_rows[target] as u64) << 32 ^ dict.exemplar_rows[src] as u64;
+            let m = rows.len();
+            for i in 0..cap {
+                let j = i + uniform_below(
+                    self.config.seed ^ 0x6d65_7267_65,
+                    key.wrapping_add(i as u64),
+                    (m - i) as u64,
+                ) as usize;
+                rows.swap(i, j);
+                for c in 0..d {
+                    vecs.swap(i * d + c, j * d + c);
+                }
+            }
+            rows.truncate(cap);
+            vecs.truncate(cap * d);
+        }
+        dict.reservoir_rows[target] = rows;
+        dict.reservoir[target] = vecs;
+    }
+
+    /// Ends the build: drops partitions below `min_members`, renumbers, and maps the recorded
+    /// assignments to final ids.
+    pub fn finish(mut self, min_members: u64) -> BuildOutput {
+        let map = self.dict.finalize(min_members.max(1));
+        self.dict.info.min_members = min_members.max(1);
+        let assignments = self.assignments.map(|mut a| {
+            for v in a.iter_mut() {
+                if *v >= 0 {
+                    let cur = self.creation_to_current[*v as usize];
+                    *v = if cur >= 0 { map[cur as usize] } else { -1 };
+                }
+            }
+            a
+        });
+        BuildOutput {
+            dictionary: self.dict,
+            assignments,
+        }
+    }
+
+    /// Mutable access to the build record (the driver fills inputs, budgets, timings).
+    pub fn info_mut(&mut self) -> &mut crate::dictionary::BuildInfo {
+        &mut self.dict.info
+    }
+}
+
+/// The exact best candidate given the f32 screen of one row: re-checked over all candidates
+/// in f64 when the screen cannot separate the best from the runner-up.
+fn exact_best(row: &[f32], cands: &[f32], d: usize, t: &Top2, margin: f32) -> (u32, f64) {
+    if t.is_ambiguous(margin) {
+        exact_nearest(row, cands, d).expect("at least one candidate")
+    } else {
+        let k = t.index as usize;
+        (t.index, dot_f64(row, &cands[k * d..(k + 1) * d]))
+    }
+}
+
+/// Keeps the `n` smallest `(distance, stream_row)`, ascending.
+fn insert_closest(v: &mut Vec<Example>, ex: Example, n: usize) {
+    let key = |e: &Example| (e.distance, e.stream_row);
+    let pos = v.partition_point(|e| key(e) < key(&ex));
+    if pos < n {
+        v.insert(pos, ex);
+        v.truncate(n);
+    }
+}
+
+/// Keeps the `n` largest distances (earlier stream row first on ties), descending.
+fn insert_farthest(v: &mut Vec<Example>, ex: Example, n: usize) {
+    let pos = v.partition_point(|e| {
+        e.distance > ex.distance || (e.distance == ex.distance && e.stream_row < ex.stream_row)
+    });
+    if pos < n {
+        v.insert(pos, ex);
+        v.truncate(n);
+    }
+}
+
+/// A uniform integer in `[0, n)` from a counter-based generator (SplitMix64 of seed and
+/// counter; Lemire's multiply-shift), reproducible on any backend.
+pub fn uniform_below(seed: u64, counter: u64, n: u64) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(counter)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z as u128 * n as u128) >> 64) as u64
+}

@@ -1,0 +1,268 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod commands;
+mod report;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exemplar Partitioning: interpretable dictionaries of language-model activations.
+#[derive(Parser, Debug)]
+#[command(name = "exemplar", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compute the center and threshold θ from the first rows of the activations.
+    Calibrate(CalibrateArgs),
+    /// Build a dictionary from activation files (streaming leader clustering).
+    Build(BuildArgs),
+    /// Assign activations to their nearest exemplar (ids, distances, within-θ flags) → .npz.
+    Assign(AssignArgs),
+    /// Encode activations as dictionary codes (one-hot, top-k, signed, cosine) → .npy.
+    Encode(EncodeArgs),
+    /// Summarise a dictionary: K, θ, counts, and the largest regions with example text.
+    Inspect(InspectArgs),
+    /// Intrinsic metrics of a dictionary (coverage, Gini, separation, silhouette, ...).
+    Eval(EvalArgs),
+    /// Build a dictionary on the embedded sample (MiniLM activations of Python's docs) and show it.
+    Demo(DemoArgs),
+}
+
+/// Where activations come from.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Activation files (.npy f32/f16 or .safetensors f32/f16/bf16, shape (N, D)), streamed in
+    /// the order given. A `<file>.provenance.jsonl` sidecar next to a file is used for example text.
+    #[arg(long = "activations", short = 'a', required = true, num_args = 1.., value_name = "FILE")]
+    pub activations: Vec<PathBuf>,
+    /// Tensor to read from .safetensors files (default: `activations`, or the only 2-D tensor).
+    #[arg(long, value_name = "NAME")]
+    pub tensor: Option<String>,
+    /// Drop rows holding NaN/Inf (counted and reported) instead of stopping with an error.
+    #[arg(long)]
+    pub skip_nonfinite: bool,
+}
+
+/// Calibration settings shared by `calibrate` and inline calibration in `build`.
+#[derive(Args, Debug, Clone)]
+pub struct CalibrationArgs {
+    /// Rows used for calibration (whole batches, so up to one batch more).
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub calibration_activations: u64,
+    /// How the percentile is read off the sorted distances: `linear` (numpy's default) or
+    /// `nearest-rank` (the reference's torch.kthvalue branch).
+    #[arg(long, default_value = "linear", value_parser = ["linear", "nearest-rank"])]
+    pub percentile_method: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Percentile p in (0, 100) of within-batch pairwise cosine distances that sets θ.
+    #[arg(long, short = 'p')]
+    pub percentile: f64,
+    /// Rows per calibration batch (θ depends on it: use the build's batch size).
+    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Output calibration file (.safetensors).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// A calibration file from `exemplar calibrate`.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        conflicts_with = "percentile",
+        required_unless_present = "percentile"
+    )]
+    pub calibration: Option<PathBuf>,
+    /// Calibrate inline on the first rows of the stream with this percentile; the build then
+    /// streams from the start (calibration rows included).
+    #[arg(long, short = 'p')]
+    pub percentile: Option<f64>,
+    #[command(flatten)]
+    pub calibration_args: CalibrationArgs,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    pub batch_size: usize,
+    /// Stop after this many consecutive batches without a new partition.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "W",
+        conflicts_with = "no_saturation"
+    )]
+    pub saturation_window: u64,
+    /// Never stop on saturation (stream everything, or up to the budgets).
+    #[arg(long)]
+    pub no_saturation: bool,
+    /// Stop after exactly this many activations.
+    #[arg(long, value_name = "N")]
+    pub max_activations: Option<u64>,
+    /// Stop after the batch in which this many tokens (BOS included; rows without a sidecar)
+    /// have been streamed.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+    /// Assign every row to the nearest of old and earlier in-batch exemplars (no output then
+    /// depends on batch size). Default: the reference's two-phase rule.
+    #[arg(long)]
+    pub strict_order: bool,
+    /// Seed of the reservoirs (and of merge sampling).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Closest and farthest examples kept per partition.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub examples: usize,
+    /// Member directions kept per partition (reservoir sampling; 0 disables).
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub reservoir: usize,
+    /// Drop partitions with fewer members at the end (the reference keeps singletons: 1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_members: u64,
+    /// After each batch, merge partitions whose exemplars lie within --merge-threshold (default θ).
+    #[arg(long)]
+    pub merge_close: bool,
+    /// Cosine distance under which --merge-close merges exemplars.
+    #[arg(long, value_name = "T", requires = "merge_close")]
+    pub merge_threshold: Option<f64>,
+    /// Write one int64 partition id per input row (stream order; −1 for rows not clustered) to this .npy.
+    #[arg(long, value_name = "FILE")]
+    pub assignments: Option<PathBuf>,
+    /// Model name recorded in the dictionary's metadata.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hook name recorded in the dictionary's metadata (e.g. blocks.12.hook_resid_post).
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// Output dictionary (.safetensors).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite outputs that exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AssignArgs {
+    /// The dictionary.
+    #[arg(long, short = 'd', value_name = "FILE")]
+    pub dictionary: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    pub batch_size: usize,
+    /// Output .npz with `ids` (int64), `distances` (f32) and `within_threshold` (bool).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    /// The dictionary.
+    #[arg(long, short = 'd', value_name = "FILE")]
+    pub dictionary: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Readout: one-hot (argmax cosine), topk (top-k of (x−c)·w), topk-cosine, signed ((x−c)·w), cosine.
+    #[arg(long, default_value = "one-hot", value_parser = ["one-hot", "topk", "topk-cosine", "signed", "cosine"])]
+    pub readout: String,
+    /// k of the top-k readouts.
+    #[arg(long, short = 'k', default_value_t = 1)]
+    pub k: usize,
+    /// Basis: exemplar directions or mean member directions.
+    #[arg(long, default_value = "exemplar", value_parser = ["exemplar", "mean"])]
+    pub basis: String,
+    /// Output .npy of shape (N, K), f32 (skipped non-finite rows are all zeros).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The dictionary.
+    pub dictionary: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show the N largest regions.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Closest examples shown per region.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub examples: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The dictionary.
+    pub dictionary: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Partitions with at least this many members count as nontrivial.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub min_members: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Percentile that sets θ.
+    #[arg(long, short = 'p', default_value_t = 5.0)]
+    pub percentile: f64,
+    /// Regions shown.
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    pub top: usize,
+    /// Also save the dictionary here.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parses arguments, runs the command, prints errors with their causes.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Calibrate(a) => commands::calibrate(a),
+        Command::Build(a) => commands::build(a),
+        Command::Assign(a) => commands::assign(a),
+        Command::Encode(a) => commands::encode(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Eval(a) => commands::eval(a),
+        Command::Demo(a) => commands::demo(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}

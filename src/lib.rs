@@ -1,0 +1,25 @@
+//! # exemplar
+//!
+//! Exemplar Partitioning (EP): interpretable feature dictionaries of language-model activations,
+//! built by leader clustering on the centered unit sphere.
+//!
+//! The modules follow the data's path: [`data`] (activation files in) → [`calibrate`] (center
+//! and θ) → [`build`] (streaming leader clustering) → [`dictionary`] (the object users hold,
+//! its file, assign/encode) → [`eval`] (metrics). [`pipeline`] drives them over a stream.
+
+pub mod build;
+pub mod calibrate;
+pub mod data;
+pub mod dictionary;
+pub mod error;
+pub mod eval;
+pub mod geometry;
+pub mod linalg;
+pub mod output;
+pub mod pipeline;
+pub mod tensorfile;
+
+pub use build::{BuildConfig, Builder, Semantics};
+pub use calibrate::{Calibration, PercentileMethod};
+pub use dictionary::Dictionary;
+pub use error::{Error, Result};

@@ -1,0 +1,230 @@
+//! Dense linear algebra on row-major f32 matrices: the multithreaded GEMM every hot loop uses
+//! (nearest exemplar, in-batch leaders, calibration percentiles, merge, evaluation), and the
+//! exact f64 dot product that every clustering *decision* is made on.
+//!
+//! This file holds the crate's only call into raw-pointer GEMM; shapes are checked before it.
+
+use rayon::prelude::*;
+
+/// `out[m × n] = a[m × d] · b[n × d]ᵀ`, all row-major, multithreaded.
+///
+/// # Panics
+/// If a slice length disagrees with the shape (`a.len() != m·d`, `b.len() != n·d`,
+/// `out.len() != m·n`). Callers inside the crate pass shapes they computed themselves.
+pub fn matmul_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+    assert!(d > 0, "matmul_abt: d must be positive");
+    assert_eq!(a.len() % d, 0, "matmul_abt: a is not m × d");
+    assert_eq!(b.len() % d, 0, "matmul_abt: b is not n × d");
+    let m = a.len() / d;
+    let n = b.len() / d;
+    assert_eq!(out.len(), m * n, "matmul_abt: out is not m × n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (m_i, n_i, d_i) = (m as isize, n as isize, d as isize);
+    let _ = m_i;
+    // SAFETY: the asserts above establish that `a` holds m·d, `b` holds n·d and `out` holds
+    // m·n f32 values; the strides below address exactly those elements (a row-major with row
+    // stride d, bᵀ read through b's row stride d, out row-major with row stride n). `out` is a
+    // unique borrow, so nothing aliases the destination, and `read_dst = false` means its
+    // previous contents are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d,
+            out.as_mut_ptr(),
+            1,
+            n_i,
+            false,
+            a.as_ptr(),
+            1,
+            d_i,
+            b.as_ptr(),
+            d_i,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// The dot product of two f32 vectors accumulated in f64 in a fixed order. Products of two f32
+/// values are exact in f64, so the result is within ~1e-16 relative of the exact real number and
+/// does not depend on threads, tiling or batch size. Clustering decisions use this value.
+#[inline]
+pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f64; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        let i = c * 4;
+        acc[0] += a[i] as f64 * b[i] as f64;
+        acc[1] += a[i + 1] as f64 * b[i + 1] as f64;
+        acc[2] += a[i + 2] as f64 * b[i + 2] as f64;
+        acc[3] += a[i + 3] as f64 * b[i + 3] as f64;
+    }
+    let mut tail = 0.0f64;
+    for i in chunks * 4..a.len() {
+        tail += a[i] as f64 * b[i] as f64;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// An upper bound on the error of an f32 GEMM similarity between two unit vectors of width
+/// `d`, doubled for safety: similarities closer than this may be ordered wrongly by the f32
+/// screen and are re-checked with [`dot_f64`].
+pub fn screen_margin(d: usize) -> f32 {
+    // Worst-case error of a length-d f32 dot product of unit vectors is about d·2⁻²⁴.
+    (d.max(16) as f32) * 2.0f32.powi(-22)
+}
+
+/// The best and runner-up similarity of one row among a set of candidates, from the f32 screen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Top2 {
+    /// Index of the best candidate (the lowest index among equal values), `u32::MAX` if none.
+    pub index: u32,
+    /// Its f32 similarity (`-inf` if none).
+    pub best: f32,
+    /// The second-best f32 similarity (`-inf` if fewer than two candidates).
+    pub second: f32,
+}
+
+impl Top2 {
+    /// No candidate seen.
+    pub const EMPTY: Top2 = Top2 {
+        index: u32::MAX,
+        best: f32::NEG_INFINITY,
+        second: f32::NEG_INFINITY,
+    };
+
+    /// Offers candidate `index` with similarity `s`; candidates must be offered in ascending
+    /// index order for ties to go to the lowest index.
+    #[inline]
+    pub fn offer(&mut self, index: u32, s: f32) {
+        if s > self.best {
+            self.second = self.best;
+            self.best = s;
+            self.index = index;
+        } else if s > self.second {
+            self.second = s;
+        }
+    }
+
+    /// Combines with the top-2 of candidates whose indices all come *after* this one's.
+    pub fn merge_after(&mut self, later: Top2) {
+        if later.index == u32::MAX {
+            return;
+        }
+        if later.best > self.best {
+            self.second = self.best.max(later.second);
+            self.best = later.best;
+            self.index = later.index;
+        } else {
+            self.second = self.second.max(later.best);
+        }
+    }
+
+    /// Whether the f32 screen cannot tell the best from the runner-up.
+    #[inline]
+    pub fn is_ambiguous(&self, margin: f32) -> bool {
+        self.index != u32::MAX && self.second > self.best - margin
+    }
+
+    /// Top-2 of a row of similarities (indices offset by `base`).
+    pub fn of_slice(sims: &[f32], base: u32) -> Top2 {
+        let mut t = Top2::EMPTY;
+        for (j, &s) in sims.iter().enumerate() {
+            t.offer(base + j as u32, s);
+        }
+        t
+    }
+}
+
+/// The exact nearest candidate: the index maximising [`dot_f64`] over `cands` rows (lowest index
+/// on ties) and that similarity. Returns `None` when there are no candidates.
+pub fn exact_nearest(row: &[f32], cands: &[f32], d: usize) -> Option<(u32, f64)> {
+    let mut best: Option<(u32, f64)> = None;
+    for (j, c) in cands.chunks_exact(d).enumerate() {
+        let s = dot_f64(row, c);
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((j as u32, s));
+        }
+    }
+    best
+}
+
+/// For every row of `rows` (`n × d`), the f32 top-2 among `cands` (`k × d`), computed by tiled
+/// GEMM with a fused row scan; the `n × k` matrix is never held whole.
+pub fn top2_screen(rows: &[f32], cands: &[f32], d: usize) -> Vec<Top2> {
+    let n = rows.len() / d;
+    let k = cands.len() / d;
+    let mut out = vec![Top2::EMPTY; n];
+    if n == 0 || k == 0 {
+        return out;
+    }
+    let tile = tile_rows(k);
+    let mut buf = vec![0.0f32; tile.min(n) * k];
+    for (t, chunk) in rows.chunks(tile * d).enumerate() {
+        let m = chunk.len() / d;
+        let sims = &mut buf[..m * k];
+        matmul_abt(chunk, cands, d, sims);
+        out[t * tile..t * tile + m]
+            .par_iter_mut()
+            .zip(sims.par_chunks(k))
+            .for_each(|(o, srow)| *o = Top2::of_slice(srow, 0));
+    }
+    out
+}
+
+/// Rows per GEMM tile so that a tile of similarities against `k` candidates stays near 64 MiB.
+pub fn tile_rows(k: usize) -> usize {
+    ((16usize << 20) / k.max(1)).clamp(64, 8192)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive() {
+        let d = 37;
+        let a: Vec<f32> = (0..5 * d)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..9 * d)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        let mut out = vec![0.0; 45];
+        matmul_abt(&a, &b, d, &mut out);
+        for i in 0..5 {
+            for j in 0..9 {
+                let e = dot_f64(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
+                assert!((out[i * 9 + j] as f64 - e).abs() < 1e-4, "{i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn top2_breaks_ties_to_lowest_index() {
+        let t = Top2::of_slice(&[0.5, 0.9, 0.9, 0.1], 0);
+        assert_eq!(t.index, 1);
+        assert_eq!(t.best, 0.9);
+        assert_eq!(t.second, 0.9);
+        assert!(t.is_ambiguous(1e-6));
+        let mut a = Top2::of_slice(&[0.2, 0.7], 0);
+        a.merge_after(Top2::of_slice(&[0.7, 0.3], 2));
+        assert_eq!((a.index, a.best, a.second), (1, 0.7, 0.7));
+    }
+
+    #[test]
+    fn exact_nearest_prefers_first_on_exact_ties() {
+        let cands = [1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0];
+        assert_eq!(exact_nearest(&[1.0, 0.0], &cands, 2), Some((0, 1.0)));
+        assert_eq!(exact_nearest(&[1.0, 0.0], &[], 2), None);
+    }
+}
