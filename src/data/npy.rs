@@ -8,7 +8,7 @@
 //! small hand-written parser of Python literals (never evaluated).
 //!
 //! Activation inputs must be 2-D `(N, D)`, C order, dtype `<f4` or `<f2`
-//! ([`open_activations`]). The writers handle 1-D and 2-D arrays of `i64` (`<i8`), `f32` (`<f4`)
+//! (checked when a stream opens). The writers handle 1-D and 2-D arrays of `i64` (`<i8`), `f32` (`<f4`)
 //! and `bool` (`|b1`), as [`NpyArray`]; [`write_npz`] writes an uncompressed `.npz` (a zip of
 //! `name.npy` members, as `numpy.savez` does) atomically.
 
@@ -62,7 +62,7 @@ pub fn format_shape(shape: &[usize]) -> String {
 /// Parses the header of a `.npy` file from its first bytes (the whole file, or at least the
 /// magic, version, length and header). `path` names the file in errors.
 ///
-/// Any dtype and shape are accepted here; [`open_activations`] and [`read_npy`] check them.
+/// Any dtype and shape are accepted here; the activation reader and [`read_npy`] check them.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     let fmt = |m: String| Error::format(path, m);
     if bytes.is_empty() {
