@@ -115,6 +115,9 @@ enum Target {
     Follow { ordinal: u32, sim: f64 },
 }
 
+/// Separates the merge sampler's random stream from the reservoirs' ("merge" in ASCII).
+const MERGE_SAMPLING_STREAM: u64 = 0x006d_6572_6765;
+
 /// Rows of unmatched candidates resolved per GEMM chunk in phase B.
 const LEADER_CHUNK: usize = 1024;
 
@@ -658,7 +661,7 @@ impl Builder {
             let m = rows.len();
             for i in 0..cap {
                 let j = i + uniform_below(
-                    self.config.seed ^ 0x6d65_7267_65,
+                    self.config.seed ^ MERGE_SAMPLING_STREAM,
                     key.wrapping_add(i as u64),
                     (m - i) as u64,
                 ) as usize;

@@ -244,11 +244,6 @@ fn strict_order_equals_an_independent_sequential_leader_clustering() {
     assert_eq!(assignments(&out, n), oracle_assign);
 }
 
-fn without_batch_record(mut d: Dictionary) -> Dictionary {
-    let _ = &mut d;
-    d
-}
-
 #[test]
 fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either() {
     let (n, d) = (2000, 16);
@@ -280,8 +275,7 @@ fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_e
             "batch size {bs}"
         );
         // Strict order: every output is identical (bit for bit), except the batch counter.
-        let mut a = strict.dictionary.clone();
-        let b = without_batch_record(strict_ref.dictionary.clone());
+        let (a, b) = (&strict.dictionary, &strict_ref.dictionary);
         assert_eq!(a.exemplars(), b.exemplars());
         assert_eq!(a.member_counts(), b.member_counts(), "batch size {bs}");
         assert_eq!(
@@ -299,7 +293,6 @@ fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_e
             assert_eq!(a.farthest_examples(k), b.farthest_examples(k));
             assert_eq!(a.reservoir(k), b.reservoir(k));
         }
-        let _ = &mut a;
     }
     // Two-phase assignment does depend on batch size on this data (that is the rule).
     let (_, two_big, _) = &runs[4];
@@ -360,21 +353,35 @@ fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments() {
         let c = dict.coherence(k);
         assert!((0.0..=1.0 + 1e-6).contains(&c));
         // Examples: closest are the smallest distances among members, farthest the largest.
-        let mut ds: Vec<(f32, i64)> = dict
-            .closest_examples(k)
+        // Exact member→exemplar distances, recomputed here (the exemplar's own is 0).
+        let mut member_d: Vec<f32> = members
             .iter()
-            .chain(dict.farthest_examples(k))
-            .map(|e| (e.distance, e.stream_row))
+            .map(|&i| {
+                if i as i64 == dict.exemplar_source(k).0 {
+                    return 0.0;
+                }
+                let s: f64 = u[i * d..(i + 1) * d]
+                    .iter()
+                    .zip(e)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                (1.0 - s).clamp(0.0, 2.0) as f32
+            })
             .collect();
-        ds.dedup();
-        let mut member_d: Vec<f32> = dict
+        member_d.sort_by(f32::total_cmp);
+        let kept: Vec<f32> = dict
             .closest_examples(k)
             .iter()
             .map(|e| e.distance)
             .collect();
-        let kept = member_d.len();
-        assert_eq!(kept, members.len().min(4));
-        member_d.sort_by(f32::total_cmp);
+        assert_eq!(kept, member_d[..members.len().min(4)], "closest of {k}");
+        let far: Vec<f32> = dict
+            .farthest_examples(k)
+            .iter()
+            .map(|e| e.distance)
+            .collect();
+        let want_far: Vec<f32> = member_d.iter().rev().take(4).copied().collect();
+        assert_eq!(far, want_far, "farthest of {k}");
         assert_eq!(
             dict.closest_examples(k)[0].distance,
             0.0,
@@ -410,7 +417,6 @@ fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments() {
                 "reservoir rows are members"
             );
         }
-        let _ = ds;
     }
 }
 
