@@ -64,6 +64,14 @@ impl AtomicFile {
             .writer
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
+        // Temporary files are created 0600; results are ordinary files others may read.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(&path, e))?;
+        }
         tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
         if self.force {
             tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
@@ -120,5 +128,11 @@ mod tests {
         assert!(!q.exists());
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only out.bin remains");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "results are readable by others");
+        }
     }
 }

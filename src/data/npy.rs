@@ -7,10 +7,10 @@
 //! padded with spaces and a newline. The array's raw bytes follow. The header is parsed here by a
 //! small hand-written parser of Python literals (never evaluated).
 //!
-//! Activation inputs must be 2-D `(N, D)`, C order, dtype `<f4` or `<f2`
-//! (checked when a stream opens). The writers handle 1-D and 2-D arrays of `i64` (`<i8`), `f32` (`<f4`)
-//! and `bool` (`|b1`), as [`NpyArray`]; [`write_npz`] writes an uncompressed `.npz` (a zip of
-//! `name.npy` members, as `numpy.savez` does) atomically.
+//! Activation inputs must be 2-D `(N, D)`, C order, dtype `<f4` or `<f2` (checked when a stream
+//! opens). The writers handle 1-D and 2-D arrays of `i64` (`<i8`), `f32` (`<f4`) and `bool`
+//! (`|b1`), as [`NpyArray`]; [`write_npy_file`] and [`write_npz`] (an uncompressed zip of
+//! `name.npy` members, as `numpy.savez` writes) write atomically.
 
 use crate::data::stream::{map_file, ElemType, MappedMatrix};
 use crate::error::{Error, Result};

@@ -290,6 +290,9 @@ impl fmt::Debug for ActivationStream {
 /// Runs over at least this many elements are decoded in parallel.
 const PARALLEL_ELEMENTS: usize = 1 << 18;
 
+/// Runs over at least this many bytes are hashed while they are decoded.
+const PARALLEL_BYTES: usize = 1 << 16;
+
 impl ActivationStream {
     /// Opens and validates every file of `paths` (see the module documentation).
     ///
@@ -513,12 +516,21 @@ impl ActivationStream {
             let take = ((max_rows - batch.stream_rows.len()) as u64)
                 .min(input.matrix.rows - self.row_in_file) as usize;
             let bytes = input.matrix.row_bytes(self.row_in_file, take);
-            self.hasher.update(bytes);
-
             let start = batch.data.len();
             batch.data.resize(start + take * dim, 0.0);
-            decode(input.matrix.elem, bytes, &mut batch.data[start..]);
-            let finite = rows_finite(&batch.data[start..], dim);
+            let hasher = &mut self.hasher;
+            let out = &mut batch.data[start..];
+            let mut decode_and_check = || {
+                decode(input.matrix.elem, bytes, out);
+                rows_finite(out, dim)
+            };
+            let finite = if bytes.len() >= PARALLEL_BYTES {
+                // Hashing costs about as much as decoding: do both at once.
+                rayon::join(|| hasher.update(bytes), decode_and_check).1
+            } else {
+                hasher.update(bytes);
+                decode_and_check()
+            };
 
             let mut kept = 0usize;
             for (i, &ok) in finite.iter().enumerate() {
