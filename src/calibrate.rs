@@ -192,15 +192,19 @@ pub fn calibrate_batches(
         );
     }
     let theta = batch_percentiles.iter().sum::<f64>() / batch_percentiles.len() as f64;
-    geometry::check_threshold(theta).map_err(|_| {
-        Error::param(
+    // Distances are not clamped (as in the reference), so (nearly) parallel directions give a
+    // θ of rounding size, positive or negative: no usable threshold.
+    if !(theta >= MIN_CALIBRATED_THETA) {
+        return Err(Error::param(
             "threshold",
             format!(
-                "calibration gave θ = {theta} (the {percentile}th percentile of pairwise distances); \
-                 the calibration rows are (nearly) identical directions, choose a higher percentile"
+                "calibration gave θ = {theta:e} (the {percentile}th percentile of pairwise distances); \
+                 the calibration rows have (nearly) identical directions after centering; \
+                 choose a higher percentile or more varied calibration data"
             ),
         )
-    })?;
+        .into());
+    }
     Ok(Calibration {
         center,
         theta,
@@ -221,6 +225,10 @@ pub enum CalibrationError {
     #[error("calibration batch {batch}, row {row}: zero norm after centering")]
     ZeroNorm { batch: usize, row: usize },
 }
+
+/// The smallest θ calibration accepts: below it the calibration rows are (nearly) parallel
+/// directions and the percentile is rounding noise.
+pub const MIN_CALIBRATED_THETA: f64 = 1e-6;
 
 /// Pair counts up to which all distances are computed exactly in f64 and selected directly.
 const DIRECT_PAIRS: usize = 1 << 18;

@@ -8,8 +8,39 @@ use exemplar::calibrate::{Calibration, PercentileMethod};
 use exemplar::data::npy::{self, NpyArray};
 use exemplar::data::{ActivationStream, StreamOptions};
 use exemplar::dictionary::{Basis, Dictionary, Readout};
-use exemplar::output::check_writable;
 use exemplar::pipeline::{self, BuildPlan};
+use std::path::{Path, PathBuf};
+
+/// Checks an output before any work: it must not exist (unless `force`) and its directory must
+/// exist, so a long run never ends in an error that it could have reported at the start.
+fn check_writable(path: &Path, force: bool) -> Result<()> {
+    exemplar::output::check_writable(path, force)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` with its directory resolved (`.`, `..`, symlinks), to tell whether two output paths
+/// name the same file.
+fn resolved(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(d), Some(f)) => d.join(f),
+        _ => path.to_path_buf(),
+    }
+}
 
 fn open_stream(input: &InputArgs) -> Result<ActivationStream> {
     let stream = ActivationStream::open(
@@ -76,8 +107,12 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
 pub fn build(a: BuildArgs) -> Result<()> {
     check_writable(&a.out, a.force)?;
     if let Some(p) = &a.assignments {
-        if p == &a.out {
-            bail!("--assignments and --out name the same file {}", p.display());
+        if p == &a.out || resolved(p) == resolved(&a.out) {
+            bail!(
+                "--assignments {} and --out {} name the same file",
+                p.display(),
+                a.out.display()
+            );
         }
         check_writable(p, a.force)?;
     }
@@ -245,10 +280,18 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
                 name: "activations",
                 ..
             } => {
-                anyhow::anyhow!(
-                    "{e} (in the batch starting at {:?})",
-                    stream.locate(b.stream_rows[0])
-                )
+                // A row equal to the center: name its file and row, not its index in the batch.
+                match exemplar::geometry::directions(&b.data, dict.center()) {
+                    Err(z) => {
+                        let (path, row) = stream.locate(b.stream_rows[z.index]);
+                        exemplar::Error::ZeroNorm {
+                            path: path.to_path_buf(),
+                            row,
+                        }
+                        .into()
+                    }
+                    Ok(_) => anyhow::anyhow!(e),
+                }
             }
             e => e.into(),
         })?;

@@ -64,7 +64,7 @@ pub struct CalibrateArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// Percentile p in (0, 100) of within-batch pairwise cosine distances that sets θ.
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', allow_negative_numbers = true)]
     pub percentile: f64,
     /// Rows per calibration batch (θ depends on it: use the build's batch size).
     #[arg(long, default_value_t = 16_384, value_name = "N")]
@@ -94,7 +94,7 @@ pub struct BuildArgs {
     pub calibration: Option<PathBuf>,
     /// Calibrate inline on the first rows of the stream with this percentile; the build then
     /// streams from the start (calibration rows included).
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', allow_negative_numbers = true)]
     pub percentile: Option<f64>,
     #[command(flatten)]
     pub calibration_args: CalibrationArgs,
@@ -230,7 +230,12 @@ pub struct EvalArgs {
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Percentile that sets θ.
-    #[arg(long, short = 'p', default_value_t = 5.0)]
+    #[arg(
+        long,
+        short = 'p',
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
     pub percentile: f64,
     /// Regions shown.
     #[arg(long, default_value_t = 12, value_name = "N")]

@@ -19,8 +19,6 @@ struct Header {
     theta: f64,
     dim: usize,
     partitions: usize,
-    examples_per_partition: usize,
-    reservoir_size: usize,
     #[serde(flatten)]
     info: BuildInfo,
 }
@@ -61,8 +59,6 @@ impl Dictionary {
             theta: self.theta,
             dim: d,
             partitions: k,
-            examples_per_partition: n,
-            reservoir_size: r,
             info: self.info.clone(),
         };
         let mut meta = BTreeMap::new();
@@ -175,12 +171,9 @@ impl Dictionary {
                 .ok_or_else(|| Error::format(path, "missing `exemplar` metadata"))?,
         )
         .map_err(|e| Error::format(path, format!("invalid `exemplar` metadata: {e}")))?;
-        let (k, d, n, r) = (
-            header.partitions,
-            header.dim,
-            header.examples_per_partition,
-            header.reservoir_size,
-        );
+        let (k, d) = (header.partitions, header.dim);
+        let n = header.info.examples_per_partition as usize;
+        let r = header.info.reservoir_size as usize;
         let center = f.f32("center", &[d])?;
         let mut dict = Dictionary::new(center, header.theta)
             .map_err(|e| Error::format(path, e.to_string()))?;
@@ -259,5 +252,49 @@ impl Dictionary {
         }
         dict.info = header.info;
         Ok(dict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{BuildConfig, Builder};
+    use crate::data::{ActivationBatch, Document};
+
+    #[test]
+    fn save_then_load_gives_the_same_dictionary() {
+        let d = 3;
+        let rows: Vec<f32> = (0..40)
+            .flat_map(|i| [(i % 7) as f32, 1.0 + (i % 3) as f32, (i % 5) as f32 - 2.0])
+            .collect();
+        let mut batch = ActivationBatch::from_rows(rows, d, 0);
+        batch.tokens = Some(
+            (0..40)
+                .map(|i| TokenRef {
+                    doc_id: i / 10,
+                    position: 1 + i % 10,
+                })
+                .collect(),
+        );
+        batch.documents = (0..4)
+            .map(|doc| Document {
+                doc_id: doc,
+                tokens: (0..11).map(|t| format!("tok{doc}.{t} \"q\"")).collect(),
+            })
+            .collect();
+        let cfg = BuildConfig {
+            reservoir_size: 4,
+            examples_per_partition: 3,
+            ..BuildConfig::default()
+        };
+        let mut b = Builder::new(vec![0.5, 0.5, 0.5], 0.05, cfg).unwrap();
+        b.add_batch(&batch).unwrap();
+        b.info_mut().model = Some("m".into());
+        let dict = b.finish(1).dictionary;
+        assert!(dict.len() > 3 && !dict.documents.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.safetensors");
+        dict.save(&p, false).unwrap();
+        assert_eq!(Dictionary::load(&p).unwrap(), dict);
     }
 }

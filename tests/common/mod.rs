@@ -154,26 +154,44 @@ impl Rng {
     }
 }
 
-/// `n × d` row-major rows around `k` cluster centers (random unit directions plus a common
-/// non-zero offset), with Gaussian noise of standard deviation `spread` per component.
-pub fn clustered(n: usize, d: usize, k: usize, spread: f64, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let offset: Vec<f64> = (0..d).map(|_| 0.5 + 0.5 * rng.normal()).collect();
-    let centers: Vec<Vec<f64>> = (0..k)
-        .map(|_| {
-            let v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            v.iter().map(|x| x / norm).collect()
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n * d);
-    for _ in 0..n {
-        let c = &centers[rng.below(k)];
-        for j in 0..d {
-            out.push((offset[j] + c[j] + spread * rng.normal()) as f32);
-        }
+/// `k` cluster centers (random unit directions plus a common non-zero offset) in `d` dims.
+pub struct Clusters {
+    pub offset: Vec<f64>,
+    pub centers: Vec<Vec<f64>>,
+}
+
+impl Clusters {
+    pub fn new(d: usize, k: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let offset: Vec<f64> = (0..d).map(|_| 0.5 + 0.5 * rng.normal()).collect();
+        let centers = (0..k)
+            .map(|_| {
+                let v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        Clusters { offset, centers }
     }
-    out
+
+    /// `n × d` row-major rows, each around a random center, with Gaussian noise of standard
+    /// deviation `spread` per component.
+    pub fn sample(&self, n: usize, spread: f64, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(17));
+        let mut out = Vec::with_capacity(n * self.offset.len());
+        for _ in 0..n {
+            let c = &self.centers[rng.below(self.centers.len())];
+            for (o, v) in self.offset.iter().zip(c) {
+                out.push((o + v + spread * rng.normal()) as f32);
+            }
+        }
+        out
+    }
+}
+
+/// `n × d` rows around `k` clusters drawn from `seed` (see [`Clusters`]).
+pub fn clustered(n: usize, d: usize, k: usize, spread: f64, seed: u64) -> Vec<f32> {
+    Clusters::new(d, k, seed).sample(n, spread, seed)
 }
 
 /// Writes `data` (`n × d`, f32) as a `.npy` file.
@@ -284,6 +302,7 @@ pub fn bool_data(a: &NpyArray) -> &[bool] {
     }
 }
 
+/// Loads a dictionary file, panicking with the error.
 pub fn load_dict(path: &Path) -> Dictionary {
     Dictionary::load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
@@ -300,11 +319,31 @@ pub fn assert_same_dictionary(a: &Dictionary, b: &Dictionary, same_inputs: bool)
     assert_eq!(a.exemplars(), b.exemplars(), "exemplars differ");
     assert_eq!(a.member_counts(), b.member_counts(), "member counts differ");
     for k in 0..a.len() {
-        assert_eq!(a.direction_sum(k), b.direction_sum(k), "Σ directions of {k}");
-        assert_eq!(a.distance_sums(k), b.distance_sums(k), "distance sums of {k}");
-        assert_eq!(a.exemplar_source(k), b.exemplar_source(k), "exemplar row of {k}");
-        assert_eq!(a.closest_examples(k), b.closest_examples(k), "closest of {k}");
-        assert_eq!(a.farthest_examples(k), b.farthest_examples(k), "farthest of {k}");
+        assert_eq!(
+            a.direction_sum(k),
+            b.direction_sum(k),
+            "Σ directions of {k}"
+        );
+        assert_eq!(
+            a.distance_sums(k),
+            b.distance_sums(k),
+            "distance sums of {k}"
+        );
+        assert_eq!(
+            a.exemplar_source(k),
+            b.exemplar_source(k),
+            "exemplar row of {k}"
+        );
+        assert_eq!(
+            a.closest_examples(k),
+            b.closest_examples(k),
+            "closest of {k}"
+        );
+        assert_eq!(
+            a.farthest_examples(k),
+            b.farthest_examples(k),
+            "farthest of {k}"
+        );
         assert_eq!(a.reservoir(k), b.reservoir(k), "reservoir of {k}");
     }
     let norm = |d: &Dictionary| {

@@ -1,0 +1,349 @@
+//! Interoperability with Python: the files `exemplar` writes are read by a real Python with
+//! `numpy`, `scipy` and `safetensors`, and calibration and assignment are checked against
+//! independent numpy/scipy computations of the reference's formulas.
+//!
+//! The interpreter comes from `EXEMPLAR_PYTHON` (`scripts/test.sh` sets it to the project's
+//! `.venv`). Without it these tests skip with a message — unless `EXEMPLAR_REQUIRE_PYTHON=1`,
+//! which turns the skip into a failure, so CI can never skip them silently.
+
+mod common;
+
+use common::*;
+use exemplar::calibrate::{Calibration, PercentileMethod};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+
+/// The Python interpreter to use, or `None` (after saying so) when the tests should skip.
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("EXEMPLAR_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
+                panic!(
+                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
+                );
+            }
+            eprintln!("skipping: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Runs `python -c script args...` in `dir`; panics with its output unless it exits 0.
+/// Returns its stdout.
+fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python script failed ({:?})\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.code()
+    );
+    stdout
+}
+
+/// The first fenced ```python block of `docs/format.md`.
+fn format_doc_python_block() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/format.md");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with("```python"))
+        .unwrap_or_else(|| panic!("{} has no ```python block", path.display()));
+    let mut block = String::new();
+    for l in lines {
+        if l.trim_start().starts_with("```") {
+            return block;
+        }
+        block.push_str(l);
+        block.push('\n');
+    }
+    panic!("the ```python block of {} is not closed", path.display());
+}
+
+const D: usize = 24;
+
+/// A temporary directory holding `acts.npy` (clustered, with a provenance sidecar) and a
+/// dictionary `d.safetensors` built from it.
+fn built_dictionary(n: usize, seed: u64) -> (TempDir, exemplar::Dictionary, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let x = clustered(n, D, 6, 0.08, seed);
+    write_npy(&dir.path().join("acts.npy"), &x, D);
+    write_sidecar(&dir.path().join("acts.npy"), n, 16, 0);
+    exemplar(
+        dir.path(),
+        &[
+            "build",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--batch-size",
+            "128",
+            "--no-saturation",
+            "--assignments",
+            "ids.npy",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .ok();
+    let dict = load_dict(&dir.path().join("d.safetensors"));
+    (dir, dict, x)
+}
+
+#[test]
+fn dictionary_reads_in_python_with_the_documented_snippet() {
+    let Some(py) = python() else { return };
+    let block = format_doc_python_block();
+    assert!(
+        block.contains("sys.argv[1]"),
+        "the docs/format.md block reads the dictionary path from sys.argv[1]"
+    );
+    let (dir, dict, _) = built_dictionary(700, 1);
+    let out = run_python(&py, dir.path(), &block, &["d.safetensors"]);
+    let k_printed: usize = out
+        .split(|c: char| c.is_whitespace())
+        .find_map(|w| w.strip_prefix("K="))
+        .unwrap_or_else(|| panic!("the snippet prints K=...:\n{out}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        k_printed,
+        dict.len(),
+        "K printed by the docs snippet\n{out}"
+    );
+    // With provenance, it shows the text of the largest region's examples.
+    assert!(
+        out.contains("[["),
+        "the snippet shows example tokens:\n{out}"
+    );
+}
+
+/// The reference's calibration in float64 numpy/scipy; prints a JSON object.
+const CALIBRATION_REFERENCE: &str = r#"
+import json, sys
+import numpy as np
+from scipy.spatial.distance import pdist
+
+batch, percentiles = int(sys.argv[1]), sys.argv[2].split(",")
+x = np.concatenate([np.load(f) for f in sys.argv[3:]]).astype(np.float64)
+# Center: direction of the mean unit row, times the mean row's projection on it.
+m = (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)).mean(axis=0)
+direction = m / np.linalg.norm(m)
+center = direction * (x.mean(axis=0) @ direction)
+out = {"center": center.tolist(), "linear": {}, "nearest": {}}
+for key in percentiles:
+    p = float(key)
+    lin, near = [], []
+    for s in range(0, len(x), batch):
+        b = x[s:s + batch] - center
+        u = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-12)
+        d = pdist(u, "cosine")
+        lin.append(float(np.percentile(d, p)))
+        # torch.kthvalue rule: the sorted value at round_half_even(q (P - 1)).
+        k = int(np.round(p / 100.0 * (len(d) - 1)))
+        near.append(float(np.sort(d)[k]))
+    out["linear"][key] = lin
+    out["nearest"][key] = near
+print(json.dumps(out))
+"#;
+
+#[test]
+fn calibration_matches_numpy_scipy_reference() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 4 batches of 30 rows, D = 8, non-zero mean, in two files (batches do not care).
+    let x = clustered(120, 8, 3, 0.35, 11);
+    write_npy(&root.join("x1.npy"), &x[..60 * 8], 8);
+    write_npy(&root.join("x2.npy"), &x[60 * 8..], 8);
+    let mean: f64 = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
+    assert!(mean.abs() > 0.1, "non-zero mean");
+    // p = 25 puts q (P − 1) = 0.25 · 434 = 108.5 exactly half-way: half-even picks 108.
+    let ps = ["20", "25"];
+    let reference = run_python(
+        &py,
+        root,
+        CALIBRATION_REFERENCE,
+        &["30", &ps.join(","), "x1.npy", "x2.npy"],
+    );
+    let r: serde_json::Value = serde_json::from_str(reference.trim()).unwrap();
+    let ref_center: Vec<f64> = r["center"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for p in ps {
+        for (method, key) in [("linear", "linear"), ("nearest-rank", "nearest")] {
+            let out = format!("cal-{p}-{method}.safetensors");
+            exemplar(
+                root,
+                &[
+                    "calibrate",
+                    "-a",
+                    "x1.npy",
+                    "x2.npy",
+                    "--batch-size",
+                    "30",
+                    "--percentile",
+                    p,
+                    "--percentile-method",
+                    method,
+                    "-o",
+                    &out,
+                ],
+            )
+            .ok();
+            let cal = Calibration::load(&root.join(&out)).unwrap();
+            assert_eq!(
+                cal.method,
+                PercentileMethod::parse(method).unwrap(),
+                "{method}"
+            );
+            assert_eq!(cal.n_activations, 120);
+            assert_eq!(cal.center.len(), 8);
+            for (j, (&a, &b)) in cal.center.iter().zip(&ref_center).enumerate() {
+                assert!(
+                    (a as f64 - b).abs() <= 1e-6,
+                    "center[{j}]: exemplar {a}, numpy {b}"
+                );
+            }
+            let want: Vec<f64> = r[key][p]
+                .as_array()
+                .unwrap_or_else(|| panic!("no reference for p = {p}: {r}"))
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(cal.batch_percentiles.len(), 4);
+            for (b, (&a, &w)) in cal.batch_percentiles.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - w).abs() <= 1e-6,
+                    "p{p} {method}, batch {b}: exemplar {a}, numpy/scipy {w}"
+                );
+            }
+            let theta = want.iter().sum::<f64>() / 4.0;
+            assert!(
+                (cal.theta - theta).abs() <= 1e-6,
+                "θ p{p} {method}: exemplar {}, numpy/scipy {theta}",
+                cal.theta
+            );
+        }
+    }
+    // The two methods differ here, so the comparison tells them apart.
+    let lin = Calibration::load(&root.join("cal-20-linear.safetensors")).unwrap();
+    let near = Calibration::load(&root.join("cal-20-nearest-rank.safetensors")).unwrap();
+    assert!((lin.theta - near.theta).abs() > 1e-9);
+}
+
+#[test]
+fn assign_npz_and_assignments_npy_load_with_numpy() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(500, 2);
+    exemplar(
+        dir.path(),
+        &[
+            "assign",
+            "-d",
+            "d.safetensors",
+            "-a",
+            "acts.npy",
+            "-o",
+            "r.npz",
+        ],
+    )
+    .ok();
+    let script = r#"
+import sys
+import numpy as np
+z = np.load(sys.argv[1])  # allow_pickle=False: plain arrays only
+assert sorted(z.files) == ["distances", "ids", "within_threshold"], z.files
+ids, dist, within = z["ids"], z["distances"], z["within_threshold"]
+assert ids.dtype == np.int64, ids.dtype
+assert dist.dtype == np.float32, dist.dtype
+assert within.dtype == np.bool_, within.dtype
+n = int(sys.argv[3])
+assert ids.shape == dist.shape == within.shape == (n,), (ids.shape, dist.shape, within.shape)
+theta = float(sys.argv[4])
+assert (within == (dist.astype(np.float64) <= theta)).all()
+a = np.load(sys.argv[2])
+assert a.dtype == np.int64 and a.shape == (n,), (a.dtype, a.shape)
+print("ok", ids.min(), ids.max(), a.max())
+"#;
+    let out = run_python(
+        &py,
+        dir.path(),
+        script,
+        &["r.npz", "ids.npy", "500", &format!("{:.17e}", dict.theta())],
+    );
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[0], "ok", "{out}");
+    assert_eq!(words[1], "0");
+    assert_eq!(words[2].parse::<usize>().unwrap(), dict.len() - 1);
+}
+
+#[test]
+fn assign_ids_match_numpy_nearest_exemplar() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(600, 3);
+    // Rows the dictionary has not seen: the same clusters resampled, and others.
+    let mut x = Clusters::new(D, 6, 3).sample(300, 0.08, 77);
+    x.extend(clustered(100, D, 4, 0.3, 78));
+    write_npy(&dir.path().join("new.npy"), &x, D);
+    exemplar(
+        dir.path(),
+        &[
+            "assign",
+            "-d",
+            "d.safetensors",
+            "-a",
+            "new.npy",
+            "-o",
+            "r.npz",
+        ],
+    )
+    .ok();
+    let script = r#"
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+t = load_file(sys.argv[1])
+c = t["center"].astype(np.float64)
+E = t["exemplars"].astype(np.float64)
+x = np.load(sys.argv[2]).astype(np.float64)
+z = np.load(sys.argv[3])
+xc = x - c
+u = xc / (np.linalg.norm(xc, axis=1, keepdims=True) + 1e-12)
+s = u @ E.T
+ids = s.argmax(axis=1)
+top2 = np.sort(s, axis=1)[:, -2:] if E.shape[0] > 1 else np.concatenate([s, s], axis=1)
+gap = top2[:, 1] - top2[:, 0]
+diff = ids != z["ids"]
+# A different choice is only acceptable between exemplars tied to float precision.
+bad = np.flatnonzero(diff & (gap > 1e-6))
+assert len(bad) == 0, ("ids differ", bad[:10], ids[bad[:10]], z["ids"][bad[:10]], gap[bad[:10]])
+d = np.clip(1.0 - s[np.arange(len(u)), z["ids"]], 0.0, 2.0)
+err = np.abs(d - z["distances"].astype(np.float64)).max()
+assert err < 1e-5, err
+print("ok", len(ids), int(diff.sum()), err)
+"#;
+    let out = run_python(
+        &py,
+        dir.path(),
+        script,
+        &["d.safetensors", "new.npy", "r.npz"],
+    );
+    assert!(out.starts_with("ok 400 "), "{out}");
+    assert!(dict.len() > 1);
+}
