@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 /// Seed of the batch rows; the exemplars use `SEED + 1`.
-const SEED: u64 = 0x6e65_6172_6573_74;
+const SEED: u64 = 0x006e_6561_7265_7374;
 
 /// The sizes of one run.
 struct Sizes {
@@ -277,13 +277,18 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Scales a row to unit length (norm in f64).
+fn normalize(row: &mut [f32]) {
+    let inv = 1.0 / exemplar::geometry::norm(row);
+    row.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
+}
+
 /// `n` rows drawn uniformly from the unit sphere in `d` dimensions.
 fn random_unit_rows(n: usize, d: usize, seed: u64) -> Vec<f32> {
     let mut v = vec![0.0f32; n * d];
     v.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
         Rng::new(seed, i as u64).fill_gaussian(row);
-        let inv = 1.0 / exemplar::geometry::norm(row);
-        row.iter_mut().for_each(|x| *x = (*x as f64 * inv) as f32);
+        normalize(row);
     });
     v
 }

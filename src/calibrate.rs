@@ -194,7 +194,7 @@ pub fn calibrate_batches(
     let theta = batch_percentiles.iter().sum::<f64>() / batch_percentiles.len() as f64;
     // Distances are not clamped (as in the reference), so (nearly) parallel directions give a
     // θ of rounding size, positive or negative: no usable threshold.
-    if !(theta >= MIN_CALIBRATED_THETA) {
+    if theta.is_nan() || theta < MIN_CALIBRATED_THETA {
         return Err(Error::param(
             "threshold",
             format!(
