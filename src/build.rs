@@ -19,7 +19,9 @@ use crate::data::{ActivationBatch, TokenRef};
 use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
 use crate::geometry;
-use crate::linalg::{dot_f64, exact_nearest, matmul_abt, screen_margin, top2_screen, Top2};
+use crate::linalg::{
+    dot_f64, exact_nearest, matmul_abt, screen_margin, screen_rows, top2_screen, Top2,
+};
 use rayon::prelude::*;
 
 /// How rows that match a pre-batch exemplar are assigned.
@@ -119,7 +121,7 @@ enum Target {
 const MERGE_SAMPLING_STREAM: u64 = 0x006d_6572_6765;
 
 /// Rows of unmatched candidates resolved per GEMM chunk in phase B.
-const LEADER_CHUNK: usize = 1024;
+const LEADER_CHUNK: usize = 256;
 
 /// The streaming builder.
 pub struct Builder {
@@ -276,16 +278,16 @@ impl Builder {
         };
         // Phase A.
         let rest = &u[start * d..];
-        let screen = top2_screen(rest, old, d);
+        let screen = screen_rows(rest, old, d);
         let phase_a: Vec<Target> = screen
             .par_iter()
             .enumerate()
-            .map(|(a, t)| {
-                if t.best < certainly_far {
+            .map(|(a, sc)| {
+                if sc.top.best < certainly_far {
                     return Target::Unset;
                 }
                 let row = &rest[a * d..(a + 1) * d];
-                let (id, sim) = exact_best(row, old, d, t, margin);
+                let (id, sim) = sc.resolve(row, old, d);
                 if geometry::distance_from_similarity(sim) <= theta {
                     // Partition ids visible to phase A: existing ones, or the founder.
                     if k0 == 0 {

@@ -21,8 +21,7 @@ pub fn matmul_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
     }
-    let (m_i, n_i, d_i) = (m as isize, n as isize, d as isize);
-    let _ = m_i;
+    let (n_i, d_i) = (n as isize, d as isize);
     // SAFETY: the asserts above establish that `a` holds m·d, `b` holds n·d and `out` holds
     // m·n f32 values; the strides below address exactly those elements (a row-major with row
     // stride d, bᵀ read through b's row stride d, out row-major with row stride n). `out` is a
@@ -158,6 +157,73 @@ pub fn exact_nearest(row: &[f32], cands: &[f32], d: usize) -> Option<(u32, f64)>
     best
 }
 
+/// The f32 screen of one row against a candidate set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Screen {
+    /// Best and runner-up f32 similarity.
+    pub top: Top2,
+    /// When the screen cannot separate the best from the runner-up: every candidate whose f32
+    /// similarity is within the margin of the best, in ascending index order. Only these can
+    /// hold the exact maximum (any other is below the best by more than twice the f32 error).
+    /// Empty when the best is certain.
+    pub contenders: Vec<u32>,
+}
+
+impl Screen {
+    /// The exact nearest candidate and its f64 similarity: the winner's similarity recomputed
+    /// in f64, or, for an ambiguous row, the f64 maximum over the contenders (lowest index on
+    /// ties).
+    pub fn resolve(&self, row: &[f32], cands: &[f32], d: usize) -> (u32, f64) {
+        if self.contenders.is_empty() {
+            let k = self.top.index as usize;
+            return (self.top.index, dot_f64(row, &cands[k * d..(k + 1) * d]));
+        }
+        let mut best = (u32::MAX, f64::NEG_INFINITY);
+        for &j in &self.contenders {
+            let s = dot_f64(row, &cands[j as usize * d..(j as usize + 1) * d]);
+            if s > best.1 {
+                best = (j, s);
+            }
+        }
+        best
+    }
+}
+
+/// For every row of `rows` (`n × d`), the f32 screen against `cands` (`k × d`, k ≥ 1): tiled
+/// GEMM with a fused row scan for the top-2 and, for ambiguous rows, the contenders within
+/// `screen_margin(d)` of the best. The `n × k` matrix is never held whole.
+pub fn screen_rows(rows: &[f32], cands: &[f32], d: usize) -> Vec<Screen> {
+    let n = rows.len() / d;
+    let k = cands.len() / d;
+    assert!(k > 0, "screen_rows: no candidates");
+    let margin = screen_margin(d);
+    let mut out = Vec::with_capacity(n);
+    let tile = tile_rows(k);
+    let mut buf = vec![0.0f32; tile.min(n) * k];
+    for chunk in rows.chunks(tile * d) {
+        let m = chunk.len() / d;
+        let sims = &mut buf[..m * k];
+        matmul_abt(chunk, cands, d, sims);
+        let screened: Vec<Screen> = sims
+            .par_chunks(k)
+            .map(|srow| {
+                let top = Top2::of_slice(srow, 0);
+                let contenders = if top.is_ambiguous(margin) {
+                    let floor = top.best - margin;
+                    (0..k as u32)
+                        .filter(|&j| srow[j as usize] >= floor)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Screen { top, contenders }
+            })
+            .collect();
+        out.extend(screened);
+    }
+    out
+}
+
 /// For every row of `rows` (`n × d`), the f32 top-2 among `cands` (`k × d`), computed by tiled
 /// GEMM with a fused row scan; the `n × k` matrix is never held whole.
 pub fn top2_screen(rows: &[f32], cands: &[f32], d: usize) -> Vec<Top2> {
@@ -219,6 +285,24 @@ mod tests {
         let mut a = Top2::of_slice(&[0.2, 0.7], 0);
         a.merge_after(Top2::of_slice(&[0.7, 0.3], 2));
         assert_eq!((a.index, a.best, a.second), (1, 0.7, 0.7));
+    }
+
+    #[test]
+    fn screen_resolves_ambiguous_rows_among_contenders_only() {
+        // Candidates 1 and 2 are within the margin of each other; 0 is far below.
+        let d = 2;
+        let cands = [0.0f32, 1.0, 1.0, 0.0, 1.0, 0.0];
+        let row = [1.0f32, 0.0];
+        let sc = &screen_rows(&row, &cands, d)[0];
+        assert_eq!(sc.contenders, vec![1, 2]);
+        assert_eq!(
+            sc.resolve(&row, &cands, d),
+            (1, 1.0),
+            "exact tie goes to the lowest index"
+        );
+        let clear = &screen_rows(&[0.0, 1.0], &cands, d)[0];
+        assert!(clear.contenders.is_empty());
+        assert_eq!(clear.resolve(&[0.0, 1.0], &cands, d), (0, 1.0));
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod file;
 
 use crate::data::TokenRef;
 use crate::geometry;
-use crate::linalg::{dot_f64, exact_nearest, matmul_abt, screen_margin, top2_screen};
+use crate::linalg::{matmul_abt, screen_rows};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -333,17 +333,12 @@ impl Dictionary {
         if self.is_empty() {
             return (vec![-1; n], vec![f32::INFINITY; n]);
         }
-        let margin = screen_margin(d);
-        let top = top2_screen(u, &self.exemplars, d);
-        top.par_iter()
+        let screens = screen_rows(u, &self.exemplars, d);
+        screens
+            .par_iter()
             .enumerate()
-            .map(|(i, t)| {
-                let row = &u[i * d..(i + 1) * d];
-                let (k, s) = if t.is_ambiguous(margin) {
-                    exact_nearest(row, &self.exemplars, d).expect("non-empty dictionary")
-                } else {
-                    (t.index, dot_f64(row, self.exemplar(t.index as usize)))
-                };
+            .map(|(i, sc)| {
+                let (k, s) = sc.resolve(&u[i * d..(i + 1) * d], &self.exemplars, d);
                 (k as i64, geometry::distance_from_similarity(s) as f32)
             })
             .unzip()
