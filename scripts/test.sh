@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
-# The project's test command: sets up the Python used by the interop tests (a git-ignored venv
-# `.venv` at the repository root with pinned numpy, scipy and safetensors), then runs the whole
-# Rust test suite (unit, integration and doc tests) with those tests required, not skipped.
+# The project's test command. It sets up the Python the tests use, a git-ignored venv `.venv`
+# at the repository root with pinned numpy, scipy, safetensors, torch 2.11.0 and transformers.
+# It writes the Hugging Face Gemma-2 fixtures, then runs the whole Rust test suite with the
+# `torch` feature (tch links the venv's libtorch) and with the Python-backed tests required,
+# not skipped. It also checks that the default (no-feature) build compiles.
 #
 # Needs: a Rust toolchain, python3 (3.11+) with the venv module, and network access to PyPI the
 # first time (packages already importable in .venv are not reinstalled).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Pinned versions of the Python packages the interop tests use.
-PY_PACKAGES=(numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0)
+# Pinned versions of the Python packages the tests use (tch 0.24 needs torch 2.11.0 exactly).
+PY_PACKAGES=(numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0 torch==2.11.0 transformers==5.23.0)
 
 if [[ ! -x .venv/bin/python ]]; then
     echo "==> creating .venv (python3 -m venv .venv)"
     python3 -m venv .venv
 fi
 PY="$PWD/.venv/bin/python"
-if "$PY" -c 'import numpy, scipy.spatial, safetensors.numpy' 2>/dev/null; then
-    echo "==> .venv has numpy, scipy and safetensors: $("$PY" -c 'import numpy, scipy, safetensors; print("numpy", numpy.__version__, "scipy", scipy.__version__, "safetensors", safetensors.__version__)')"
+if "$PY" -c 'import numpy, scipy.spatial, safetensors.numpy, transformers, tokenizers, torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
+    echo "==> .venv has $("$PY" -c 'import numpy, scipy, safetensors, torch, transformers as t; print("numpy", numpy.__version__, "scipy", scipy.__version__, "safetensors", safetensors.__version__, "torch", torch.__version__, "transformers", t.__version__)')"
 else
     echo "==> installing ${PY_PACKAGES[*]} into .venv"
     "$PY" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 
+# libtorch from the venv's torch wheel: tch's build finds it through `python`, and the test
+# binaries load it from torch/lib at run time.
+export PATH="$PWD/.venv/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# Small random Gemma-2 checkpoints and HF transformers' outputs on them (cached by a stamp).
+export EXEMPLAR_GEMMA2_FIXTURES="$PWD/target/gemma2-fixtures"
+echo "==> $PY scripts/gemma2_fixtures.py $EXEMPLAR_GEMMA2_FIXTURES"
+"$PY" scripts/gemma2_fixtures.py "$EXEMPLAR_GEMMA2_FIXTURES"
+
 export EXEMPLAR_PYTHON="$PY"
 export EXEMPLAR_REQUIRE_PYTHON=1
-echo "==> EXEMPLAR_PYTHON=$EXEMPLAR_PYTHON EXEMPLAR_REQUIRE_PYTHON=1"
-echo "==> cargo test --no-fail-fast $*"
-cargo test --no-fail-fast "$@"
+echo "==> cargo check --all-targets (default features)"
+cargo check --all-targets
+echo "==> cargo test --features torch --no-fail-fast $*"
+cargo test --features torch --no-fail-fast "$@"

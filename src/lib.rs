@@ -15,6 +15,8 @@ pub mod error;
 pub mod eval;
 pub mod geometry;
 pub mod linalg;
+#[cfg(feature = "torch")]
+pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod tensorfile;

@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn every_cli_flag_is_documented() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
-    for cmd in [
+    let mut cmds = vec![
         "calibrate",
         "build",
         "assign",
@@ -14,7 +14,11 @@ fn every_cli_flag_is_documented() {
         "inspect",
         "eval",
         "demo",
-    ] {
+    ];
+    if cfg!(feature = "torch") {
+        cmds.push("activations");
+    }
+    for cmd in cmds {
         let out = Command::new(env!("CARGO_BIN_EXE_exemplar"))
             .args([cmd, "--help"])
             .output()

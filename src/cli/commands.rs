@@ -409,3 +409,67 @@ fn count_documents(sidecar: &[u8]) -> usize {
         .filter(|l| !l.is_empty())
         .count()
 }
+
+#[cfg(feature = "torch")]
+pub fn activations(a: ActivationsArgs) -> Result<()> {
+    use exemplar::model::extract::{extract_to_file, ExtractOptions};
+    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    let hook = HookPoint::parse(&a.hook)?;
+    let device = match a.device.as_str() {
+        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        "cuda" => bail!("--device cuda: no CUDA device is available to libtorch"),
+        _ => tch::Device::Cpu,
+    };
+    let kind = match (a.dtype.as_deref(), device) {
+        (Some("bf16"), _) | (None, tch::Device::Cuda(_)) => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    };
+    check_writable(&a.out, a.force)?;
+    let text = std::fs::read(&a.text).with_context(|| format!("reading {}", a.text.display()))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 (invalid byte at offset {})",
+            a.text.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let docs: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    if docs.is_empty() {
+        bail!(
+            "{}: no non-empty line (one document per line)",
+            a.text.display()
+        );
+    }
+    let model = Gemma2::load(&a.model, kind, device)?;
+    if hook.layer >= model.config.num_hidden_layers {
+        bail!(
+            "{hook}: {} has {} blocks",
+            a.model.display(),
+            model.config.num_hidden_layers
+        );
+    }
+    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"), model.config.bos_token_id)?;
+    let s = extract_to_file(
+        &model,
+        &tok,
+        hook,
+        &docs,
+        &ExtractOptions {
+            ctx: a.ctx,
+            batch_prompts: a.batch_prompts,
+        },
+        &a.out,
+        a.force,
+    )?;
+    println!(
+        "{} rows (D = {}) from {} documents ({} tokens, BOS included; {} empty after tokenization) at {hook}",
+        s.rows, s.dim, s.documents, s.tokens, s.skipped_documents
+    );
+    println!("wrote {} and its provenance sidecar", a.out.display());
+    Ok(())
+}

@@ -30,6 +30,41 @@ pub enum Command {
     Eval(EvalArgs),
     /// Build a dictionary on the embedded sample (MiniLM activations of Python's docs) and show it.
     Demo(DemoArgs),
+    /// Run text through a Gemma-2 checkpoint and write the activations at a hook (+ provenance).
+    #[cfg(feature = "torch")]
+    Activations(ActivationsArgs),
+}
+
+#[cfg(feature = "torch")]
+#[derive(Args, Debug)]
+pub struct ActivationsArgs {
+    /// Hugging Face checkpoint directory (config.json, model.safetensors or sharded + index, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Hook, TransformerLens name: blocks.L.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out.
+    #[arg(long)]
+    pub hook: String,
+    /// UTF-8 text file, one document per non-empty line.
+    #[arg(long, value_name = "FILE")]
+    pub text: PathBuf,
+    /// Tokens kept per document after the BOS.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub ctx: usize,
+    /// Documents per forward pass.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub batch_prompts: usize,
+    /// Device of the forward pass.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Weight dtype (default: f32 on cpu, bf16 on cuda).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub dtype: Option<String>,
+    /// Output .safetensors (tensor `activations`, f32); the sidecar `<out>.provenance.jsonl` is written beside it.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite outputs that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where activations come from.
@@ -259,6 +294,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Inspect(a) => commands::inspect(a),
         Command::Eval(a) => commands::eval(a),
         Command::Demo(a) => commands::demo(a),
+        #[cfg(feature = "torch")]
+        Command::Activations(a) => commands::activations(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU checks, in two halves, because the GPU machine has no Rust toolchain and no network.
+#
+#   scripts/gpu-run.sh bundle     (here) builds the torch-feature test and bench binaries,
+#                                 copies them with the HF fixtures into .gpu-bundle/ (git-ignored)
+#   scripts/gpu-run.sh run        (on the GPU machine, from the repository root, with
+#                                 .gpu-bundle carried over) runs the GPU tests and benches and
+#                                 writes their raw output under $OUT (or .gpu-bundle/out)
+#
+# On the GPU machine torch 2.11.0+cu130 comes from its own Python; the libraries are found
+# from that Python's torch/lib and nvidia/cu13/lib.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUNDLE=.gpu-bundle
+
+case "${1:-}" in
+bundle)
+    scripts/test.sh --no-run >/dev/null # venv, fixtures, and the test binaries
+    export PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
+    rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/bin"
+    cargo test --release --features torch --no-run --message-format=json 2>/dev/null |
+        "$PWD/.venv/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gemma2":
+        print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/"; done
+    cargo bench --features torch --no-run --bench gemma2_forward --message-format=json 2>/dev/null |
+        "$PWD/.venv/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/bench-$(basename "$exe")"; done
+    cp -r target/gemma2-fixtures "$BUNDLE/fixtures"
+    strip "$BUNDLE"/bin/* 2>/dev/null || true
+    du -sh "$BUNDLE"
+    ;;
+run)
+    OUT="${OUT:-$BUNDLE/out}"
+    mkdir -p "$OUT"
+    PY="${PYTHON:-python3}"
+    TORCH_DIR="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+    NV="$(dirname "$TORCH_DIR")/nvidia/cu13/lib"
+    export LD_LIBRARY_PATH="$TORCH_DIR/lib:$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export EXEMPLAR_GEMMA2_FIXTURES="$PWD/$BUNDLE/fixtures"
+    {
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    } 2>&1 | tee "$OUT/device.txt"
+    for t in "$BUNDLE"/bin/gemma2-*; do
+        [[ "$(basename "$t")" == bench-* ]] && continue
+        echo "==> $t --nocapture" | tee -a "$OUT/tests.txt"
+        "$t" --nocapture 2>&1 | tee -a "$OUT/tests.txt"
+    done
+    for b in "$BUNDLE"/bin/bench-*; do
+        echo "==> $b" | tee -a "$OUT/bench-gemma2-forward.txt"
+        "$b" --bench 2>&1 | tee -a "$OUT/bench-gemma2-forward.txt"
+    done
+    ;;
+*)
+    echo "usage: scripts/gpu-run.sh bundle|run" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,427 @@
+//! Gemma-2 in tch: weights from (sharded) safetensors, a forward pass over a padded batch that
+//! stops after the last requested hook, hooks and interventions, greedy generation.
+//!
+//! Follows HF transformers' `Gemma2` (eager attention): embedding × √hidden in the model dtype;
+//! RMSNorm in f32 with weight `(1 + w)`; four norms per block; GQA; RoPE; attention scale
+//! `query_pre_attn_scalar^-0.5`; logit soft-capping `cap·tanh(x/cap)`; sliding window on the
+//! layers `layer_types` marks (a query at i sees keys j with `0 ≤ i − j < window`); GeGLU with
+//! tanh GELU; tied LM head with final soft-capping, only when logits are asked for.
+
+use super::config::{AttentionKind, Gemma2Config};
+use super::hooks::{HookKind, HookPoint, Intervention};
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Weights of one decoder block.
+struct Block {
+    input_norm: Tensor,
+    post_attn_norm: Tensor,
+    pre_ff_norm: Tensor,
+    post_ff_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A Gemma-2 model with its weights on a device.
+pub struct Gemma2 {
+    pub config: Gemma2Config,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    lm_head: Option<Tensor>,
+    kind: Kind,
+    device: Device,
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Default)]
+pub struct ForwardOutput {
+    /// Activations at the requested hooks (after any intervention at that hook).
+    pub hooks: BTreeMap<HookPoint, Tensor>,
+    /// `[B, T, V]` logits, when asked for.
+    pub logits: Option<Tensor>,
+}
+
+/// Reads every tensor of a checkpoint directory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+fn read_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<std::path::PathBuf> = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
+        let mut names: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        vec![dir.join("model.safetensors")]
+    };
+    let mut out = HashMap::new();
+    for f in files {
+        if !f.exists() {
+            return Err(Error::io(
+                &f,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "weight file not found"),
+            ));
+        }
+        let tensors = Tensor::read_safetensors(&f)
+            .map_err(|e| Error::format(&f, format!("cannot read safetensors: {e}")))?;
+        out.extend(tensors);
+    }
+    Ok(out)
+}
+
+impl Gemma2 {
+    /// Loads `config.json` and the weights of a Hugging Face checkpoint directory, converting
+    /// them to `kind` on `device`. Missing or mis-shaped tensors are errors naming the tensor.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let config = Gemma2Config::from_file(&dir.join("config.json"))?;
+        let mut w = read_weights(dir)?;
+        let c = &config;
+        let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
+        let (nh, nkv, hd) = (
+            c.num_attention_heads as i64,
+            c.num_key_value_heads as i64,
+            c.head_dim as i64,
+        );
+        let mut take = |name: &str, shape: &[i64]| -> Result<Tensor> {
+            let t = w.remove(name).ok_or_else(|| {
+                Error::format(
+                    dir,
+                    format!("missing weight `{name}` (expected shape {shape:?})"),
+                )
+            })?;
+            if t.size() != shape {
+                return Err(Error::format(
+                    dir,
+                    format!(
+                        "weight `{name}` has shape {:?}, expected {shape:?}",
+                        t.size()
+                    ),
+                ));
+            }
+            Ok(t.to_kind(kind).to_device(device))
+        };
+        let embed = take("model.embed_tokens.weight", &[c.vocab_size as i64, h])?;
+        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            blocks.push(Block {
+                input_norm: take(&p("input_layernorm.weight"), &[h])?,
+                post_attn_norm: take(&p("post_attention_layernorm.weight"), &[h])?,
+                pre_ff_norm: take(&p("pre_feedforward_layernorm.weight"), &[h])?,
+                post_ff_norm: take(&p("post_feedforward_layernorm.weight"), &[h])?,
+                q: take(&p("self_attn.q_proj.weight"), &[nh * hd, h])?,
+                k: take(&p("self_attn.k_proj.weight"), &[nkv * hd, h])?,
+                v: take(&p("self_attn.v_proj.weight"), &[nkv * hd, h])?,
+                o: take(&p("self_attn.o_proj.weight"), &[h, nh * hd])?,
+                gate: take(&p("mlp.gate_proj.weight"), &[i, h])?,
+                up: take(&p("mlp.up_proj.weight"), &[i, h])?,
+                down: take(&p("mlp.down_proj.weight"), &[h, i])?,
+            });
+        }
+        let final_norm = take("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight", &[c.vocab_size as i64, h])?)
+        };
+        Ok(Gemma2 {
+            config,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            kind,
+            device,
+        })
+    }
+
+    /// A model with random weights (for throughput measurements): N(0, 0.02²) matrices and
+    /// embeddings, zero norm weights (so every norm is the identity scale 1 + 0).
+    pub fn random(config: Gemma2Config, kind: Kind, device: Device, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let c = &config;
+        let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
+        let (nh, nkv, hd) = (
+            c.num_attention_heads as i64,
+            c.num_key_value_heads as i64,
+            c.head_dim as i64,
+        );
+        let r = |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, device)) * 0.02).to_kind(kind);
+        let z = |n: i64| Tensor::zeros([n], (kind, device));
+        let blocks = (0..c.num_hidden_layers)
+            .map(|_| Block {
+                input_norm: z(h),
+                post_attn_norm: z(h),
+                pre_ff_norm: z(h),
+                post_ff_norm: z(h),
+                q: r(&[nh * hd, h]),
+                k: r(&[nkv * hd, h]),
+                v: r(&[nkv * hd, h]),
+                o: r(&[h, nh * hd]),
+                gate: r(&[i, h]),
+                up: r(&[i, h]),
+                down: r(&[h, i]),
+            })
+            .collect();
+        Gemma2 {
+            embed: r(&[c.vocab_size as i64, h]),
+            blocks,
+            final_norm: z(h),
+            lm_head: None,
+            kind,
+            device,
+            config,
+        }
+    }
+
+    /// Nominal FLOPs of a forward over `tokens` tokens in sequences of `seq` tokens through
+    /// blocks `0..=last_layer` (2 per multiply-add of the projections and MLP, plus the
+    /// attention score and value products), without logits.
+    pub fn forward_flops(&self, tokens: u64, seq: u64, last_layer: usize) -> f64 {
+        let c = &self.config;
+        let (h, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+        let (nh, nkv, hd) = (
+            c.num_attention_heads as f64,
+            c.num_key_value_heads as f64,
+            c.head_dim as f64,
+        );
+        let proj = h * nh * hd * 2.0 + h * nkv * hd * 2.0; // q, o and k, v
+        let mlp = 3.0 * h * i;
+        let attn = 2.0 * seq as f64 * nh * hd; // QKᵀ and PV per token (full square, as computed)
+        2.0 * (proj + mlp + attn) * tokens as f64 * (last_layer + 1) as f64
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The weights' dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// RMSNorm in f32 with weight `(1 + w)`, back to the input's kind.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = &xf * (var + self.config.rms_norm_eps).rsqrt();
+        (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(x.kind())
+    }
+
+    /// `cos`, `sin` of RoPE for positions `0..t`, `[t, head_dim]`, in the model's kind.
+    fn rope(&self, t: i64) -> (Tensor, Tensor) {
+        let hd = self.config.head_dim as i64;
+        let opts = (Kind::Float, self.device);
+        let inv_freq = (Tensor::arange_start_step(0, hd, 2, (Kind::Int64, self.device))
+            .to_kind(Kind::Float)
+            / hd as f64
+            * self.config.rope_theta.ln())
+        .exp()
+        .reciprocal();
+        let pos = Tensor::arange(t, opts);
+        let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+    }
+
+    /// Forward over `input_ids` `[B, T]` (i64) with `attention_mask` `[B, T]` (1 = token,
+    /// 0 = padding; right padding). Runs blocks up to the last requested hook (all blocks when
+    /// logits are asked for), applies `interventions` at their hooks, and returns the requested
+    /// activations (`[B, T, D]`; `[B, T, heads, head_dim]` for `attn.hook_z`) and logits.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &[HookPoint],
+        interventions: &[Intervention],
+        logits: bool,
+    ) -> Result<ForwardOutput> {
+        let c = &self.config;
+        let size = input_ids.size();
+        if size.len() != 2 || attention_mask.size() != size {
+            return Err(Error::param(
+                "input",
+                format!(
+                    "input_ids {:?} and attention_mask {:?} must both be [B, T]",
+                    size,
+                    attention_mask.size()
+                ),
+            ));
+        }
+        let (b, t) = (size[0], size[1]);
+        for hp in hooks.iter().chain(interventions.iter().map(|i| &i.hook)) {
+            if hp.layer >= c.num_hidden_layers {
+                return Err(Error::param(
+                    "hook",
+                    format!("{hp}: the model has {} blocks", c.num_hidden_layers),
+                ));
+            }
+        }
+        for iv in interventions {
+            let d = if iv.hook.kind == HookKind::Z {
+                c.head_dim
+            } else {
+                c.hidden_size
+            };
+            if iv.hook.kind == HookKind::Z {
+                return Err(Error::param(
+                    "intervention",
+                    "interventions at attn.hook_z are not supported",
+                ));
+            }
+            iv.check(d as i64)?;
+        }
+        let last = if logits {
+            c.num_hidden_layers - 1
+        } else {
+            match hooks.iter().map(|h| h.layer).max() {
+                Some(l) => l,
+                None => return Ok(ForwardOutput::default()),
+            }
+        };
+        let _guard = tch::no_grad_guard();
+        let ids = input_ids.to_device(self.device);
+        let mask = attention_mask.to_device(self.device).to_kind(Kind::Bool);
+        let mut out = ForwardOutput::default();
+        let want = |hp: HookPoint| hooks.contains(&hp);
+        let edit = |hp: HookPoint, x: Tensor| -> Tensor {
+            interventions
+                .iter()
+                .filter(|iv| iv.hook == hp)
+                .fold(x, |x, iv| iv.apply(&x))
+        };
+        let record = |hp: HookPoint, x: &Tensor, out: &mut ForwardOutput| {
+            if want(hp) {
+                out.hooks.insert(hp, x.shallow_clone());
+            }
+        };
+        // Embedding × √hidden, the scale rounded to the model's kind as HF does.
+        let normalizer = Tensor::from((c.hidden_size as f64).sqrt())
+            .to_kind(self.kind)
+            .to_device(self.device);
+        let mut x = self.embed.index_select(0, &ids.view([-1])).view([b, t, -1]) * &normalizer;
+        let (cos, sin) = self.rope(t);
+        let (cos, sin) = (cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1]));
+        // Masks: causal, sliding window, key padding. [B, 1, T, T] booleans (true = attend).
+        let i_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([t, 1]);
+        let j_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([1, t]);
+        let causal = j_idx.le_tensor(&i_idx);
+        let keys = mask.view([b, 1, 1, t]);
+        let full_mask = causal.view([1, 1, t, t]).logical_and(&keys);
+        let window = (&i_idx - &j_idx).lt(c.sliding_window as i64);
+        let sliding_mask = full_mask.logical_and(&window.view([1, 1, t, t]));
+        let (nh, nkv, hd) = (
+            c.num_attention_heads as i64,
+            c.num_key_value_heads as i64,
+            c.head_dim as i64,
+        );
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
+        for (l, blk) in self.blocks.iter().enumerate().take(last + 1) {
+            let hp = |kind| HookPoint { layer: l, kind };
+            x = edit(hp(HookKind::ResidPre), x);
+            record(hp(HookKind::ResidPre), &x, &mut out);
+            // Attention.
+            let h = self.rms_norm(&x, &blk.input_norm);
+            let q = h.matmul(&blk.q.tr()).view([b, t, nh, hd]).transpose(1, 2);
+            let k = h.matmul(&blk.k.tr()).view([b, t, nkv, hd]).transpose(1, 2);
+            let v = h.matmul(&blk.v.tr()).view([b, t, nkv, hd]).transpose(1, 2);
+            let rot = |z: &Tensor| {
+                let half = hd / 2;
+                let z1 = z.narrow(-1, 0, half);
+                let z2 = z.narrow(-1, half, hd - half);
+                Tensor::cat(&[z2.neg(), z1], -1)
+            };
+            let q = &q * &cos + rot(&q) * &sin;
+            let k = &k * &cos + rot(&k) * &sin;
+            let rep = nh / nkv;
+            let (k, v) = if rep > 1 {
+                (
+                    k.repeat_interleave_self_int(rep, Some(1), None),
+                    v.repeat_interleave_self_int(rep, Some(1), None),
+                )
+            } else {
+                (k, v)
+            };
+            let mut scores = q.matmul(&k.transpose(2, 3)) * scale;
+            if let Some(cap) = c.attn_logit_softcapping {
+                scores = (scores / cap).tanh() * cap;
+            }
+            let allowed = match c.layer_types[l] {
+                AttentionKind::Sliding => &sliding_mask,
+                AttentionKind::Full => &full_mask,
+            };
+            // A finite fill, like HF's finfo.min: a query with no visible key (padding) gets a
+            // uniform row instead of NaN; such rows are never read.
+            let scores = scores.masked_fill(&allowed.logical_not(), f64::from(f32::MIN));
+            let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+            let z = probs.matmul(&v).transpose(1, 2).contiguous(); // [B, T, nh, hd]
+            record(hp(HookKind::Z), &z, &mut out);
+            let attn = z.view([b, t, nh * hd]).matmul(&blk.o.tr());
+            let attn_out = edit(
+                hp(HookKind::AttnOut),
+                self.rms_norm(&attn, &blk.post_attn_norm),
+            );
+            record(hp(HookKind::AttnOut), &attn_out, &mut out);
+            x = edit(hp(HookKind::ResidMid), &x + &attn_out);
+            record(hp(HookKind::ResidMid), &x, &mut out);
+            // MLP (GeGLU, tanh GELU).
+            let h = self.rms_norm(&x, &blk.pre_ff_norm);
+            let g = h.matmul(&blk.gate.tr()).gelu("tanh");
+            let mlp = (g * h.matmul(&blk.up.tr())).matmul(&blk.down.tr());
+            let mlp_out = edit(hp(HookKind::MlpOut), self.rms_norm(&mlp, &blk.post_ff_norm));
+            record(hp(HookKind::MlpOut), &mlp_out, &mut out);
+            x = edit(hp(HookKind::ResidPost), &x + &mlp_out);
+            record(hp(HookKind::ResidPost), &x, &mut out);
+        }
+        if logits {
+            let h = self.rms_norm(&x, &self.final_norm);
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            let mut lg = h.matmul(&head.tr());
+            if let Some(cap) = c.final_logit_softcapping {
+                lg = (lg / cap).tanh() * cap;
+            }
+            out.logits = Some(lg);
+        }
+        Ok(out)
+    }
+
+    /// Greedy decoding of `new_tokens` tokens after `prompt` (ids, BOS included), with
+    /// `interventions` applied at every step. Recomputes the whole prefix each step (no KV
+    /// cache), which is fine for short continuations.
+    pub fn generate_greedy(
+        &self,
+        prompt: &[i64],
+        new_tokens: usize,
+        interventions: &[Intervention],
+    ) -> Result<Vec<i64>> {
+        let mut ids = prompt.to_vec();
+        for _ in 0..new_tokens {
+            let t = ids.len() as i64;
+            let input = Tensor::from_slice(&ids).view([1, t]);
+            let mask = Tensor::ones([1, t], (Kind::Int64, Device::Cpu));
+            let out = self.forward(&input, &mask, &[], interventions, true)?;
+            let lg = out.logits.expect("logits were asked for");
+            let next = lg.get(0).get(t - 1).argmax(0, false).int64_value(&[]);
+            ids.push(next);
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,551 @@
+//! Gemma-2 in tch against Hugging Face transformers, on small random checkpoints written by
+//! `scripts/gemma2_fixtures.py` (scripts/test.sh runs it and sets EXEMPLAR_GEMMA2_FIXTURES).
+#![cfg(feature = "torch")]
+
+use exemplar::model::{Edit, Gemma2, HookKind, HookPoint, Intervention, Tokenizer};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+const CONFIGS: [&str; 2] = ["gqa", "sharded"];
+
+fn fixtures() -> Option<PathBuf> {
+    match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
+            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
+        }
+        None => {
+            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes the HF fixtures)");
+            None
+        }
+    }
+}
+
+fn expected(dir: &std::path::Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("expected.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Max |got − want| over valid (mask = 1) positions, relative to max |want| there.
+fn rel_err(got: &Tensor, want: &Tensor, mask: &Tensor) -> f64 {
+    let extra = got.dim() - 2;
+    let mut shape = mask.size();
+    shape.extend(std::iter::repeat_n(1, extra));
+    let m = mask.to_kind(Kind::Float).view(shape.as_slice());
+    let g = got.to_kind(Kind::Float).to_device(Device::Cpu);
+    let diff = ((&g - want) * &m).abs().max().double_value(&[]);
+    let scale = (want * &m).abs().max().double_value(&[]);
+    diff / scale
+}
+
+fn all_hooks(layers: usize) -> Vec<HookPoint> {
+    let kinds = [
+        HookKind::ResidPre,
+        HookKind::Z,
+        HookKind::AttnOut,
+        HookKind::ResidMid,
+        HookKind::MlpOut,
+        HookKind::ResidPost,
+    ];
+    (0..layers)
+        .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
+        .collect()
+}
+
+#[test]
+fn every_hook_and_the_logits_equal_hf_transformers() {
+    let Some(root) = fixtures() else { return };
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let exp = expected(&dir);
+        let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let l = model.config.num_hidden_layers;
+        let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
+        let out = model.forward(ids, mask, &all_hooks(l), &[], true).unwrap();
+        for (hp, t) in &out.hooks {
+            let key = match hp.kind {
+                HookKind::ResidPre => format!("resid_pre.{}", hp.layer),
+                HookKind::Z => format!("z.{}", hp.layer),
+                HookKind::AttnOut => format!("attn_out.{}", hp.layer),
+                HookKind::ResidMid => format!("resid_mid.{}", hp.layer),
+                HookKind::MlpOut => format!("mlp_out.{}", hp.layer),
+                HookKind::ResidPost => format!("resid_post.{}", hp.layer),
+            };
+            let e = rel_err(t, &exp[&key], mask);
+            assert!(e < 1e-4, "{name} {hp}: relative error {e:e}");
+            if hp.kind == HookKind::ResidPost && hp.layer + 1 < l {
+                // blocks.L.hook_resid_post is HF hidden_states[L+1] (the last entry is normed).
+                let e = rel_err(t, &exp[&format!("hidden_states.{}", hp.layer + 1)], mask);
+                assert!(e < 1e-4, "{name} {hp} vs hidden_states: {e:e}");
+            }
+        }
+        assert_eq!(out.hooks.len(), 6 * l);
+        let worst = out
+            .hooks
+            .iter()
+            .map(|(hp, t)| {
+                let key = format!(
+                    "{}.{}",
+                    match hp.kind {
+                        HookKind::ResidPre => "resid_pre",
+                        HookKind::Z => "z",
+                        HookKind::AttnOut => "attn_out",
+                        HookKind::ResidMid => "resid_mid",
+                        HookKind::MlpOut => "mlp_out",
+                        HookKind::ResidPost => "resid_post",
+                    },
+                    hp.layer
+                );
+                rel_err(t, &exp[&key], mask)
+            })
+            .fold(0.0, f64::max);
+        let e = rel_err(out.logits.as_ref().unwrap(), &exp["logits"], mask);
+        eprintln!(
+            "{name}: worst relative error over {} hooks {worst:.2e}, logits {e:.2e}",
+            6 * l
+        );
+        assert!(e < 1e-4, "{name} logits: relative error {e:e}");
+    }
+}
+
+#[test]
+fn a_forward_that_stops_early_gives_the_same_activations() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("gqa");
+    let exp = expected(&dir);
+    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let hp = HookPoint::parse("blocks.1.hook_resid_post").unwrap();
+    let out = model
+        .forward(&exp["input_ids"], &exp["attention_mask"], &[hp], &[], false)
+        .unwrap();
+    assert_eq!(out.hooks.keys().copied().collect::<Vec<_>>(), vec![hp]);
+    assert!(out.logits.is_none());
+    assert!(
+        rel_err(
+            &out.hooks[&hp],
+            &exp["resid_post.1"],
+            &exp["attention_mask"]
+        ) < 1e-4
+    );
+}
+
+#[test]
+fn tokenizer_and_greedy_generation_equal_python() {
+    let Some(root) = fixtures() else { return };
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let tok =
+            Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
+        let cases: Vec<serde_json::Value> = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_expected.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(!cases.is_empty());
+        for c in &cases {
+            let want: Vec<i64> = c["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            assert_eq!(
+                tok.encode(c["text"].as_str().unwrap()).unwrap(),
+                want,
+                "{name}: {c}"
+            );
+        }
+        let exp = expected(&dir);
+        let gen: Vec<i64> = Vec::<i64>::try_from(exp["generated_ids"].view([-1])).unwrap();
+        let got = model
+            .generate_greedy(&gen[..7], gen.len() - 7, &[])
+            .unwrap();
+        assert_eq!(got, gen, "{name}: greedy generation");
+    }
+}
+
+fn unit(v: Vec<f32>) -> Tensor {
+    let t = Tensor::from_slice(&v);
+    &t / t.norm()
+}
+
+fn seeded(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+#[test]
+fn interventions_do_their_algebra_and_change_what_follows() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("gqa");
+    let exp = expected(&dir);
+    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let d = model.config.hidden_size;
+    let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
+    let at = HookPoint::parse("blocks.1.hook_resid_post").unwrap();
+    let later = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+    let earlier = HookPoint::parse("blocks.1.hook_resid_mid").unwrap();
+    let hooks = [earlier, at, later];
+    let base = model.forward(ids, mask, &hooks, &[], true).unwrap();
+    let e = unit(seeded(d, 1));
+    let c = Tensor::from_slice(&seeded(d, 2)) * 3.0;
+    let run = |edit: Edit, positions: Option<Vec<i64>>| {
+        model
+            .forward(
+                ids,
+                mask,
+                &hooks,
+                &[Intervention {
+                    hook: at,
+                    edit,
+                    positions,
+                }],
+                true,
+            )
+            .unwrap()
+    };
+    let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
+
+    // Adding α·e shifts the projection on e by α, everywhere, and nothing before the hook.
+    let added = run(
+        Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 2.5,
+        },
+        None,
+    );
+    let shift = (&added.hooks[&at] - &base.hooks[&at]).matmul(&e);
+    assert!(max_abs(&(shift - 2.5)) < 1e-4);
+    assert!(max_abs(&(&added.hooks[&earlier] - &base.hooks[&earlier])) == 0.0);
+    assert!(
+        max_abs(&(&added.hooks[&later] - &base.hooks[&later])) > 1e-3,
+        "the edit reaches the next block"
+    );
+    assert!(max_abs(&(added.logits.as_ref().unwrap() - base.logits.as_ref().unwrap())) > 1e-3);
+
+    // Projecting out two directions leaves zero centered projection on both.
+    let e2 = unit(seeded(d, 3));
+    let dirs = Tensor::stack(&[&e, &e2], 0);
+    let ablated = run(
+        Edit::ProjectOut {
+            directions: dirs,
+            center: c.shallow_clone(),
+        },
+        None,
+    );
+    let xc = &ablated.hooks[&at] - &c;
+    assert!(max_abs(&xc.matmul(&e)) < 1e-4 && max_abs(&xc.matmul(&e2)) < 1e-4);
+    // ...and keeps the orthogonal complement.
+    let base_c = &base.hooks[&at] - &c;
+    let removed = &base_c - &xc;
+    // Orthonormal basis of span{e, e2} by Gram–Schmidt: what was removed lies in that span.
+    let e2o = &e2 - &e * e2.dot(&e);
+    let e2o = &e2o / e2o.norm();
+    let q = Tensor::stack(&[&e, &e2o], 0);
+    let resid = &removed - removed.matmul(&q.transpose(0, 1)).matmul(&q);
+    assert!(
+        max_abs(&resid) < 1e-4,
+        "only the span of the directions changes"
+    );
+
+    // Clamping sets the centered projection.
+    let clamped = run(
+        Edit::ClampProjection {
+            direction: e.shallow_clone(),
+            center: c.shallow_clone(),
+            value: -4.0,
+        },
+        None,
+    );
+    assert!(max_abs(&((&clamped.hooks[&at] - &c).matmul(&e) + 4.0)) < 1e-4);
+
+    // At chosen positions only: other positions unchanged at the hook; causality downstream.
+    let p = 5;
+    let local = run(
+        Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 10.0,
+        },
+        Some(vec![p]),
+    );
+    let diff_at = (&local.hooks[&at] - &base.hooks[&at])
+        .abs()
+        .amax([0, 2].as_slice(), false);
+    let diff_later = (&local.hooks[&later] - &base.hooks[&later])
+        .abs()
+        .amax([0, 2].as_slice(), false);
+    let t = diff_at.size()[0];
+    for i in 0..t {
+        let (a, l) = (diff_at.double_value(&[i]), diff_later.double_value(&[i]));
+        if i == p {
+            assert!(a > 1.0);
+        } else {
+            assert_eq!(a, 0.0, "position {i} untouched at the hook");
+        }
+        if i < p {
+            assert_eq!(
+                l, 0.0,
+                "position {i} precedes the edit: causal attention keeps it"
+            );
+        }
+    }
+    assert!(
+        diff_later.double_value(&[p + 1]) > 1e-4,
+        "later positions see the edit"
+    );
+    // Generation under steering differs from plain generation.
+    let gen: Vec<i64> = Vec::<i64>::try_from(exp["generated_ids"].view([-1])).unwrap();
+    let steer = [Intervention {
+        hook: HookPoint::parse("blocks.0.hook_resid_post").unwrap(),
+        edit: Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 50.0,
+        },
+        positions: None,
+    }];
+    assert_ne!(model.generate_greedy(&gen[..7], 6, &steer).unwrap(), gen);
+}
+
+#[test]
+fn bad_checkpoints_are_errors_naming_the_tensor_or_field() {
+    let Some(root) = fixtures() else { return };
+    let src = root.join("gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let weights: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    // A missing tensor.
+    let missing: Vec<(String, Tensor)> = weights
+        .iter()
+        .filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    Tensor::write_safetensors(&missing, dir.join("model.safetensors")).unwrap();
+    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"),
+        "{err}"
+    );
+    // A mis-shaped tensor.
+    let bad: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                if n == "model.layers.0.self_attn.q_proj.weight" {
+                    t.narrow(0, 0, 8)
+                } else {
+                    t.shallow_clone()
+                },
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&bad, dir.join("model.safetensors")).unwrap();
+    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj.weight") && err.contains("shape"),
+        "{err}"
+    );
+    // A config without a required field.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("num_key_value_heads");
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("num_key_value_heads") && err.contains("config.json"),
+        "{err}"
+    );
+    // A truncated weight file.
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn hook_names_round_trip_and_bad_names_are_rejected() {
+    for n in [
+        "blocks.0.hook_resid_pre",
+        "blocks.12.hook_resid_post",
+        "blocks.3.attn.hook_z",
+        "blocks.7.hook_mlp_out",
+        "blocks.2.hook_attn_out",
+        "blocks.1.hook_resid_mid",
+    ] {
+        assert_eq!(HookPoint::parse(n).unwrap().name(), n);
+    }
+    for n in [
+        "blocks.x.hook_resid_post",
+        "layers.1.hook_resid_post",
+        "blocks.1.hook_nope",
+        "blocks.1",
+    ] {
+        assert!(HookPoint::parse(n).is_err(), "{n}");
+    }
+}
+
+#[test]
+fn activations_cli_writes_rows_the_build_reads() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("docs.txt");
+    std::fs::write(&text, "the cat sat on the mat and looked at the dog\n\nlanguage models read text\nhello world hello world hello world hello world\n").unwrap();
+    let out = tmp.path().join("acts.safetensors");
+    let bin = env!("CARGO_BIN_EXE_exemplar");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let o = run(&[
+        "activations",
+        "--model",
+        dir.to_str().unwrap(),
+        "--hook",
+        "blocks.2.hook_resid_post",
+        "--text",
+        text.to_str().unwrap(),
+        "--ctx",
+        "6",
+        "--batch-prompts",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Rows = Σ min(len, ctx) over the 3 documents, and they equal a direct forward.
+    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
+    let docs = [
+        "the cat sat on the mat and looked at the dog",
+        "language models read text",
+        "hello world hello world hello world hello world",
+    ];
+    let acts: HashMap<String, Tensor> = Tensor::read_safetensors(&out)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let a = &acts["activations"];
+    let hp = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+    let mut row = 0;
+    for doc in docs {
+        let mut ids = tok.encode(doc).unwrap();
+        ids.truncate(7);
+        let n = ids.len() as i64;
+        let input = Tensor::from_slice(&ids).view([1, n]);
+        let fwd = model
+            .forward(
+                &input,
+                &Tensor::ones([1, n], (Kind::Int64, Device::Cpu)),
+                &[hp],
+                &[],
+                false,
+            )
+            .unwrap();
+        let want = fwd.hooks[&hp].get(0).narrow(0, 1, n - 1);
+        let got = a.narrow(0, row, n - 1);
+        let err = (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-5,
+            "padding in a batch must not change a document's activations: {err:e}"
+        );
+        row += n - 1;
+    }
+    assert_eq!(a.size(), [row, model.config.hidden_size as i64]);
+    let side =
+        std::fs::read_to_string(tmp.path().join("acts.safetensors.provenance.jsonl")).unwrap();
+    assert_eq!(side.lines().count(), 3);
+    // The build reads it, and inspect shows token context.
+    let dict = tmp.path().join("d.safetensors");
+    let o = run(&[
+        "build",
+        "-a",
+        out.to_str().unwrap(),
+        "-p",
+        "20",
+        "--batch-size",
+        "8",
+        "-o",
+        dict.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["inspect", dict.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("[["));
+    // Bad input: an unknown hook, a missing model dir, an existing output.
+    let o = run(&[
+        "activations",
+        "--model",
+        dir.to_str().unwrap(),
+        "--hook",
+        "blocks.9.hook_resid_post",
+        "--text",
+        text.to_str().unwrap(),
+        "-o",
+        tmp.path().join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("blocks.9"));
+    let o = run(&[
+        "activations",
+        "--model",
+        dir.to_str().unwrap(),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--text",
+        text.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
+}
+
+#[test]
+fn bf16_on_a_gpu_is_within_bf16_tolerance_of_hf() {
+    let Some(root) = fixtures() else { return };
+    if !tch::Cuda::is_available() {
+        eprintln!("skipping: no CUDA device visible to libtorch (this check runs on a GPU machine, see scripts/gpu-run.sh)");
+        return;
+    }
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let exp = expected(&dir);
+        let model = Gemma2::load(&dir, Kind::BFloat16, Device::Cuda(0)).unwrap();
+        let l = model.config.num_hidden_layers;
+        let mask = &exp["attention_mask"];
+        let out = model
+            .forward(&exp["input_ids"], mask, &all_hooks(l), &[], true)
+            .unwrap();
+        for (hp, t) in &out.hooks {
+            if hp.kind == HookKind::ResidPost {
+                let e = rel_err(t, &exp[&format!("resid_post.{}", hp.layer)], mask);
+                eprintln!("{name} {hp}: bf16 relative error {e:.3e}");
+                assert!(e < 5e-2, "{name} {hp}: bf16 relative error {e:e}");
+            }
+        }
+        let e = rel_err(out.logits.as_ref().unwrap(), &exp["logits"], mask);
+        assert!(e < 5e-2, "{name} logits: bf16 relative error {e:e}");
+    }
+}
