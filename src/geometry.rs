@@ -15,8 +15,9 @@ pub struct ZeroNormRow {
 }
 
 /// The centered unit direction of every row of `rows` (`n × d`, row-major), computed per row:
-/// the difference `x − c` in f32 (as the reference does in numpy), its norm in f64, then each
-/// component divided in f64 and rounded to f32. Rows are independent, so the result does not
+/// the difference `x − c` in f32 (as the reference does in numpy), its squared norm in f64 in
+/// the canonical lane order ([`crate::linalg::lane_sum_f64`], what a CUDA warp computes), then
+/// each component multiplied by `1 / (‖x − c‖ + 1e-12)` in f64 and rounded to f32. Rows are independent, so the result does not
 /// depend on batching or threads.
 ///
 /// A row equal to the center has no direction; the first such row (lowest index) is returned as
@@ -43,12 +44,10 @@ pub fn directions(rows: &[f32], center: &[f32]) -> std::result::Result<Vec<f32>,
 /// Writes `u(x)` into `out`; returns false when `x − c` is exactly zero.
 #[inline]
 pub fn direction_into(x: &[f32], center: &[f32], out: &mut [f32]) -> bool {
-    let mut sq = 0.0f64;
     for ((o, &xi), &ci) in out.iter_mut().zip(x).zip(center) {
-        let v = xi - ci;
-        *o = v;
-        sq += v as f64 * v as f64;
+        *o = xi - ci;
     }
+    let sq = crate::linalg::lane_sum_f64(out.len(), |i| out[i] as f64 * out[i] as f64);
     if sq == 0.0 {
         return false;
     }
@@ -77,9 +76,9 @@ pub fn check_threshold(theta: f64) -> Result<()> {
     Ok(())
 }
 
-/// Euclidean norm of a vector (f64 accumulation).
+/// Euclidean norm of a vector (f64, canonical lane order).
 pub fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
+    crate::linalg::lane_sum_f64(v.len(), |i| v[i] as f64 * v[i] as f64).sqrt()
 }
 
 #[cfg(test)]

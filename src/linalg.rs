@@ -52,26 +52,44 @@ pub fn matmul_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     }
 }
 
-/// The dot product of two f32 vectors accumulated in f64 in a fixed order. Products of two f32
-/// values are exact in f64, so the result is within ~1e-16 relative of the exact real number and
-/// does not depend on threads, tiling or batch size. Clustering decisions use this value.
+/// Lanes of the canonical f64 reduction (a CUDA warp).
+pub const REDUCTION_LANES: usize = 32;
+
+/// The canonical f64 reduction of `f(i)` over `0..n`: lane `l` sums the terms `i ≡ l (mod 32)`
+/// in ascending order, then lanes combine as a warp's shuffle-down tree does
+/// (`acc[l] += acc[l + o]` for o = 16, 8, 4, 2, 1). A GPU warp computes bit-identical values,
+/// so norms and decision dot products agree between backends.
+#[inline]
+pub fn lane_sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; REDUCTION_LANES];
+    let mut base = 0;
+    while base + REDUCTION_LANES <= n {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+        base += REDUCTION_LANES;
+    }
+    for (l, a) in acc.iter_mut().enumerate().take(n - base) {
+        *a += f(base + l);
+    }
+    let mut o = REDUCTION_LANES / 2;
+    while o > 0 {
+        for l in 0..o {
+            acc[l] += acc[l + o];
+        }
+        o /= 2;
+    }
+    acc[0]
+}
+
+/// The dot product of two f32 vectors accumulated in f64 in the canonical lane order
+/// ([`lane_sum_f64`]). Products of two f32 values are exact in f64, so the result is within
+/// ~1e-16 relative of the exact real number and does not depend on threads, tiling or batch
+/// size. Clustering decisions use this value.
 #[inline]
 pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; 4];
-    let chunks = a.len() / 4;
-    for c in 0..chunks {
-        let i = c * 4;
-        acc[0] += a[i] as f64 * b[i] as f64;
-        acc[1] += a[i + 1] as f64 * b[i + 1] as f64;
-        acc[2] += a[i + 2] as f64 * b[i + 2] as f64;
-        acc[3] += a[i + 3] as f64 * b[i + 3] as f64;
-    }
-    let mut tail = 0.0f64;
-    for i in chunks * 4..a.len() {
-        tail += a[i] as f64 * b[i] as f64;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    lane_sum_f64(a.len(), |i| a[i] as f64 * b[i] as f64)
 }
 
 /// An upper bound on the error of an f32 GEMM similarity between two unit vectors of width
@@ -273,6 +291,23 @@ mod tests {
                 assert!((out[i * 9 + j] as f64 - e).abs() < 1e-4, "{i},{j}");
             }
         }
+    }
+
+    #[test]
+    fn lane_sum_is_the_warp_tree_order() {
+        // 40 terms: lanes 0..7 get two terms, the rest one; then the shuffle-down tree.
+        let f = |i: usize| (i as f64 + 1.0).recip();
+        let mut acc = [0.0f64; 32];
+        for i in 0..40 {
+            acc[i % 32] += f(i);
+        }
+        for o in [16, 8, 4, 2, 1] {
+            for l in 0..o {
+                acc[l] += acc[l + o];
+            }
+        }
+        assert_eq!(lane_sum_f64(40, f).to_bits(), acc[0].to_bits());
+        assert_eq!(lane_sum_f64(0, f), 0.0);
     }
 
     #[test]
