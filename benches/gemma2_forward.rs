@@ -61,6 +61,11 @@ fn main() {
         "hidden_activation": "gelu_pytorch_tanh", "bos_token_id": 2, "pad_token_id": 0
     }))
     .unwrap();
+    // Only the blocks up to the deepest measured hook are built (the forward never runs more).
+    let mut config = config;
+    let deepest = *layers.iter().max().unwrap();
+    config.num_hidden_layers = deepest + 1;
+    config.layer_types.truncate(deepest + 1);
     println!("device: {device:?} ({kind:?}), batch {prompts} × {ctx} tokens");
     // The device's GEMM rate on a large plain product.
     let n = if cuda { 8192 } else { 1024 };

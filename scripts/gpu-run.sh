@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks, in two halves, because the GPU machine has no Rust toolchain and no network.
 #
-#   scripts/gpu-run.sh bundle     (here) builds the torch-feature test and bench binaries,
+#   scripts/gpu-run.sh bundle     (here) builds the GPU test binaries (CUDA kernel parity,
+#                                 Gemma-2 bf16 parity) and the forward bench,
 #                                 copies them with the HF fixtures into .gpu-bundle/ (git-ignored)
 #   scripts/gpu-run.sh run        (on the GPU machine, from the repository root, with
 #                                 .gpu-bundle carried over) runs the GPU tests and benches and
@@ -23,7 +24,7 @@ bundle)
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gemma2":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma2", "cuda_parity", "cuda_kernels"):
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/"; done
     cargo bench --features torch --no-run --bench gemma2_forward --message-format=json 2>/dev/null |
         "$PWD/.venv/bin/python" -c '
@@ -48,7 +49,7 @@ run)
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
     } 2>&1 | tee "$OUT/device.txt"
-    for t in "$BUNDLE"/bin/gemma2-*; do
+    for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/gemma2-*; do
         [[ "$(basename "$t")" == bench-* ]] && continue
         echo "==> $t --nocapture" | tee -a "$OUT/tests.txt"
         "$t" --nocapture 2>&1 | tee -a "$OUT/tests.txt"

@@ -30,7 +30,11 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The torch wheel also ships NVRTC (nvidia/cu13/lib/libnvrtc.so.13): every CUDA kernel is
+# compiled with it in a test, with no GPU needed, and that test may not skip here.
+NVRTC_LIB="$(dirname "$(dirname "$TORCH_LIB")")/nvidia/cu13/lib"
+export LD_LIBRARY_PATH="$TORCH_LIB:$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export EXEMPLAR_REQUIRE_NVRTC=1
 
 # Small random Gemma-2 checkpoints and HF transformers' outputs on them (cached by a stamp).
 export EXEMPLAR_GEMMA2_FIXTURES="$PWD/target/gemma2-fixtures"
@@ -39,7 +43,8 @@ echo "==> $PY scripts/gemma2_fixtures.py $EXEMPLAR_GEMMA2_FIXTURES"
 
 export EXEMPLAR_PYTHON="$PY"
 export EXEMPLAR_REQUIRE_PYTHON=1
-echo "==> cargo check --all-targets (default features)"
+echo "==> cargo check --all-targets (default features) and --no-default-features"
 cargo check --all-targets
+cargo check --all-targets --no-default-features
 echo "==> cargo test --features torch --no-fail-fast $*"
 cargo test --features torch --no-fail-fast "$@"

@@ -261,7 +261,7 @@ pub fn pairwise_distance_percentile(
 }
 
 /// The 0-based ranks whose values the method needs.
-fn needed_ranks(pairs: usize, q: f64, method: PercentileMethod) -> Vec<usize> {
+pub(crate) fn needed_ranks(pairs: usize, q: f64, method: PercentileMethod) -> Vec<usize> {
     let last = (pairs - 1) as f64;
     match method {
         PercentileMethod::Linear => {
@@ -276,7 +276,7 @@ fn needed_ranks(pairs: usize, q: f64, method: PercentileMethod) -> Vec<usize> {
 }
 
 /// numpy's linear interpolation (`_lerp`, which computes from the upper end when γ ≥ 0.5).
-fn combine(values: &[f64], pairs: usize, q: f64, method: PercentileMethod) -> f64 {
+pub(crate) fn combine(values: &[f64], pairs: usize, q: f64, method: PercentileMethod) -> f64 {
     match method {
         PercentileMethod::NearestRank => values[0],
         PercentileMethod::Linear => {
@@ -349,6 +349,38 @@ fn bin_of(dist: f32) -> usize {
     ((dist * (BINS as f32 / 2.0)).max(0.0) as usize).min(BINS - 1)
 }
 
+/// The f32 distance window `[lo, hi]` around the bins holding the needed ranks, widened by
+/// twice the screen's error: pairs below `lo` are certainly below every pair of the window in
+/// exact arithmetic, pairs above `hi` certainly above. Shared by the CPU and CUDA paths.
+pub(crate) fn window_bounds(hist: &[u64], ranks: &[usize], d: usize) -> (f32, f32) {
+    let bins = hist.len();
+    let bin_of_rank = |r: usize| {
+        let mut cum = 0u64;
+        for (b, &c) in hist.iter().enumerate() {
+            cum += c;
+            if cum > r as u64 {
+                return b;
+            }
+        }
+        bins - 1
+    };
+    let lo_bin = bin_of_rank(*ranks.iter().min().expect("at least one rank"));
+    let hi_bin = bin_of_rank(*ranks.iter().max().expect("at least one rank"));
+    let eps = 2.0 * screen_margin(d);
+    let width = 2.0 / bins as f32;
+    let lo = if lo_bin == 0 {
+        f32::NEG_INFINITY
+    } else {
+        lo_bin as f32 * width - eps
+    };
+    let hi = if hi_bin == bins - 1 {
+        f32::INFINITY
+    } else {
+        (hi_bin + 1) as f32 * width + eps
+    };
+    (lo, hi)
+}
+
 /// Two GEMM passes: histogram, then exact f64 distances of the pairs near the target bins.
 fn select_screened(u: &[f32], d: usize, ranks: &[usize]) -> Vec<f64> {
     let hist = for_each_pair(
@@ -361,31 +393,7 @@ fn select_screened(u: &[f32], d: usize, ranks: &[usize]) -> Vec<f64> {
             a
         },
     );
-    // Bins holding the lowest and highest needed ranks.
-    let bin_of_rank = |r: usize| {
-        let mut cum = 0u64;
-        for (b, &c) in hist.iter().enumerate() {
-            cum += c;
-            if cum > r as u64 {
-                return b;
-            }
-        }
-        BINS - 1
-    };
-    let lo_bin = bin_of_rank(*ranks.iter().min().unwrap());
-    let hi_bin = bin_of_rank(*ranks.iter().max().unwrap());
-    let eps = 2.0 * screen_margin(d);
-    let width = 2.0 / BINS as f32;
-    let lo = if lo_bin == 0 {
-        f32::NEG_INFINITY
-    } else {
-        lo_bin as f32 * width - eps
-    };
-    let hi = if hi_bin == BINS - 1 {
-        f32::INFINITY
-    } else {
-        (hi_bin + 1) as f32 * width + eps
-    };
+    let (lo, hi) = window_bounds(&hist, ranks, d);
     // Pairs with f32 distance below `lo` are certainly below every pair of the window in exact
     // arithmetic; those above `hi` certainly above.
     let (below, window) = for_each_pair(

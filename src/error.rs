@@ -50,6 +50,15 @@ pub enum Error {
     #[error("invalid {name}: {message}")]
     InvalidParameter { name: &'static str, message: String },
 
+    /// No usable CUDA device: the driver or NVRTC library cannot be loaded, or no device opens.
+    /// Callers can fall back to the CPU backend.
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+
+    /// A CUDA call failed on a device that is present.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+
     /// An output path that already exists (outputs are never overwritten without `force`).
     #[error("{0} already exists; pass --force to overwrite it")]
     OutputExists(PathBuf),
