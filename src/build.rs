@@ -15,6 +15,7 @@
 //! Under both rules the exemplar set and its order equal strict sequential leader clustering,
 //! so K and exemplar ids do not depend on batch size.
 
+use crate::backend::Backend;
 use crate::data::{ActivationBatch, TokenRef};
 use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
@@ -126,6 +127,7 @@ const LEADER_CHUNK: usize = 256;
 /// The streaming builder.
 pub struct Builder {
     dict: Dictionary,
+    backend: Backend,
     config: BuildConfig,
     /// Per stream row, the *creation* id of its partition (stable across merges).
     assignments: Option<Vec<i64>>,
@@ -167,6 +169,7 @@ impl Builder {
         let assignments = config.record_assignments.map(|n| vec![-1i64; n as usize]);
         Ok(Builder {
             dict,
+            backend: Backend::Cpu,
             config,
             assignments,
             creation_to_current: vec![],
@@ -175,6 +178,15 @@ impl Builder {
             last_new_batch: 0,
             saturated: false,
         })
+    }
+
+    /// Runs phase A (the nearest pre-batch exemplar, the dominant GEMM) on `backend`. Every
+    /// backend returns the same exact decisions, so the dictionary does not change; the backend
+    /// is recorded in its metadata.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.dict.info.backend = backend.describe();
+        self.backend = backend;
+        self
     }
 
     /// The dictionary so far.
@@ -213,7 +225,7 @@ impl Builder {
                 row: batch.stream_rows[z.index],
             })?;
         let k0 = self.dict.len();
-        let targets = self.decide(&u, n);
+        let targets = self.decide(&u, n)?;
         let new = self.apply(batch, &u, &targets, k0);
         self.dict.info.activations_streamed += n as u64;
         self.dict.info.tokens_streamed += batch.new_tokens;
@@ -250,7 +262,7 @@ impl Builder {
     }
 
     /// Phases A and B: where each row goes.
-    fn decide(&self, u: &[f32], n: usize) -> Vec<Target> {
+    fn decide(&self, u: &[f32], n: usize) -> Result<Vec<Target>> {
         let d = self.dict.dim;
         let theta = self.dict.theta;
         let margin = screen_margin(d);
@@ -276,30 +288,40 @@ impl Builder {
         } else {
             &self.dict.exemplars
         };
-        // Phase A.
+        // Phase A: the exact nearest pre-batch exemplar of every other row.
         let rest = &u[start * d..];
-        let screen = screen_rows(rest, old, d);
-        let phase_a: Vec<Target> = screen
-            .par_iter()
-            .enumerate()
-            .map(|(a, sc)| {
-                if sc.top.best < certainly_far {
-                    return Target::Unset;
-                }
-                let row = &rest[a * d..(a + 1) * d];
-                let (id, sim) = sc.resolve(row, old, d);
-                if geometry::distance_from_similarity(sim) <= theta {
-                    // Partition ids visible to phase A: existing ones, or the founder.
-                    if k0 == 0 {
-                        Target::Follow { ordinal: 0, sim }
-                    } else {
-                        Target::Old { id, sim }
+        let join = |id: u32, sim: f64| {
+            if geometry::distance_from_similarity(sim) > theta {
+                Target::Unset
+            } else if k0 == 0 {
+                // The only partition visible to phase A is the founder.
+                Target::Follow { ordinal: 0, sim }
+            } else {
+                Target::Old { id, sim }
+            }
+        };
+        let phase_a: Vec<Target> = match &self.backend {
+            Backend::Cpu => screen_rows(rest, old, d)
+                .par_iter()
+                .enumerate()
+                .map(|(a, sc)| {
+                    // Certainly unmatched: no need to settle the argmax exactly.
+                    if sc.top.best < certainly_far {
+                        return Target::Unset;
                     }
-                } else {
-                    Target::Unset
-                }
-            })
-            .collect();
+                    let (id, sim) = sc.resolve(&rest[a * d..(a + 1) * d], old, d);
+                    join(id, sim)
+                })
+                .collect(),
+            #[cfg(feature = "cuda")]
+            gpu @ Backend::Cuda(_) => {
+                let (ids, sims) = gpu.nearest(rest, old, d)?;
+                ids.iter()
+                    .zip(&sims)
+                    .map(|(&id, &sim)| join(id, sim))
+                    .collect()
+            }
+        };
         targets[start..].copy_from_slice(&phase_a);
         // Phase B: sequential leader clustering of the unmatched rows, chunk by chunk.
         let unmatched: Vec<usize> = (start..n)
@@ -359,7 +381,7 @@ impl Builder {
                 first_b,
             );
         }
-        targets
+        Ok(targets)
     }
 
     /// Strict order: rows matched to a pre-batch exemplar move to an earlier in-batch leader

@@ -169,6 +169,26 @@ pub fn calibrate_batches(
     method: PercentileMethod,
     batch_size: usize,
 ) -> std::result::Result<Calibration, CalibrationError> {
+    calibrate_batches_on(
+        &crate::backend::Backend::Cpu,
+        batches,
+        d,
+        percentile,
+        method,
+        batch_size,
+    )
+}
+
+/// [`calibrate_batches`] with the per-batch percentiles computed on `backend` (the value is the
+/// same on every backend).
+pub fn calibrate_batches_on(
+    backend: &crate::backend::Backend,
+    batches: &[Vec<f32>],
+    d: usize,
+    percentile: f64,
+    method: PercentileMethod,
+    batch_size: usize,
+) -> std::result::Result<Calibration, CalibrationError> {
     check_percentile(percentile)?;
     let mut acc = CenterAccumulator::new(d);
     for b in batches {
@@ -184,7 +204,7 @@ pub fn calibrate_batches(
             batch: bi,
             row: z.index,
         })?;
-        batch_percentiles.push(pairwise_distance_percentile(&u, d, percentile, method)?);
+        batch_percentiles.push(backend.pairwise_percentile(&u, d, percentile, method)?);
     }
     if batch_percentiles.is_empty() {
         return Err(

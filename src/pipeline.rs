@@ -2,6 +2,7 @@
 //! progress bars (rate and ETA on a terminal, silent in pipes and CI) and errors that name the
 //! file and row.
 
+use crate::backend::Backend;
 use crate::build::{BuildConfig, BuildOutput, Builder};
 use crate::calibrate::{self, Calibration, CalibrationError, PercentileMethod};
 use crate::data::ActivationStream;
@@ -51,6 +52,7 @@ fn locate_error(stream: &ActivationStream, e: Error) -> Error {
 /// `calibration_activations` rows are read (so it may read up to one batch more, like the
 /// reference). The stream is left after those rows; call `rewind` to build from the start.
 pub fn calibrate_stream(
+    backend: &Backend,
     stream: &mut ActivationStream,
     percentile: f64,
     method: PercentileMethod,
@@ -86,16 +88,14 @@ pub fn calibrate_stream(
         return Err(Error::EmptyInput("no rows to calibrate on".into()));
     }
     pb.set_message("percentiles");
-    let cal =
-        calibrate::calibrate_batches(&batches, d, percentile, method, batch_size).map_err(|e| {
-            match e {
-                CalibrationError::Lib(e) => e,
-                CalibrationError::ZeroNorm { batch, row } => {
-                    let (path, r) = stream.locate(rows[batch][row]);
-                    Error::ZeroNorm {
-                        path: path.to_path_buf(),
-                        row: r,
-                    }
+    let cal = calibrate::calibrate_batches_on(backend, &batches, d, percentile, method, batch_size)
+        .map_err(|e| match e {
+            CalibrationError::Lib(e) => e,
+            CalibrationError::ZeroNorm { batch, row } => {
+                let (path, r) = stream.locate(rows[batch][row]);
+                Error::ZeroNorm {
+                    path: path.to_path_buf(),
+                    row: r,
                 }
             }
         });
@@ -122,6 +122,7 @@ pub struct BuildPlan {
 
 /// Builds a dictionary from `stream` (from its current position) with `calibration`.
 pub fn build_stream(
+    backend: &Backend,
     stream: &mut ActivationStream,
     calibration: &Calibration,
     plan: &BuildPlan,
@@ -144,7 +145,8 @@ pub fn build_stream(
     if config.record_assignments.is_some() {
         config.record_assignments = Some(stream.total_rows());
     }
-    let mut builder = Builder::new(calibration.center.clone(), calibration.theta, config)?;
+    let mut builder = Builder::new(calibration.center.clone(), calibration.theta, config)?
+        .with_backend(backend.clone());
     let total = plan
         .max_activations
         .map_or(stream.total_rows(), |m| m.min(stream.total_rows()));
@@ -208,6 +210,7 @@ pub fn build_stream(
 /// Nearest exemplar and distance of every row of `stream`, aligned with the input rows
 /// (skipped non-finite rows get id −1 and distance NaN).
 pub fn assign_stream(
+    backend: &Backend,
     stream: &mut ActivationStream,
     dict: &Dictionary,
     batch_size: usize,
@@ -231,10 +234,18 @@ pub fn assign_stream(
                 row: r,
             }
         })?;
-        let (i, dd) = dict.assign_directions(&u);
+        if dict.is_empty() {
+            // No exemplar: every row is id −1 at distance +inf (as the reference).
+            for &r in &b.stream_rows {
+                dists[r as usize] = f32::INFINITY;
+            }
+            pb.inc(b.rows() as u64 + b.skipped_nonfinite);
+            continue;
+        }
+        let (i, sims) = backend.nearest(&u, dict.exemplars(), dict.dim())?;
         for (j, &r) in b.stream_rows.iter().enumerate() {
-            ids[r as usize] = i[j];
-            dists[r as usize] = dd[j];
+            ids[r as usize] = i[j] as i64;
+            dists[r as usize] = crate::geometry::distance_from_similarity(sims[j]) as f32;
         }
         pb.inc(b.rows() as u64 + b.skipped_nonfinite);
     }

@@ -1566,3 +1566,86 @@ fn missing_output_directory_fails_before_any_work() {
     }
     assert_eq!(listing(env.root()), ["a.npy"]);
 }
+
+#[test]
+fn device_selection_falls_back_to_the_cpu_or_fails_clearly() {
+    let env = Env::new();
+    env.acts("acts.npy", 400, 40);
+    if exemplar::backend::cuda::driver_available() {
+        eprintln!("skipping: a CUDA driver is present (the GPU parity tests cover this machine)");
+        return;
+    }
+    // auto: the CPU, with the reason on stderr and "cpu" in the metadata.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_exemplar"))
+        .current_dir(env.root())
+        .args([
+            "build",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--device",
+            "auto",
+            "-o",
+            "d.safetensors",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using the CPU"));
+    let dict = exemplar::Dictionary::load(&env.path("d.safetensors")).unwrap();
+    assert_eq!(dict.info().backend, "cpu");
+    // cuda: a clear error, and no output.
+    for cmd in [
+        vec![
+            "build",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--device",
+            "cuda",
+            "-o",
+            "e.safetensors",
+        ],
+        vec![
+            "calibrate",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--device",
+            "cuda",
+            "-o",
+            "e.safetensors",
+        ],
+        vec![
+            "assign",
+            "-d",
+            "d.safetensors",
+            "-a",
+            "acts.npy",
+            "--device",
+            "cuda",
+            "-o",
+            "e.npz",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_exemplar"))
+            .current_dir(env.root())
+            .args(&cmd)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("CUDA is not available") && err.contains("driver"),
+            "{cmd:?}: {err}"
+        );
+        assert!(!env.path("e.safetensors").exists() && !env.path("e.npz").exists());
+    }
+}

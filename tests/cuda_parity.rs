@@ -243,3 +243,63 @@ fn statistics_sums_are_bit_identical_to_the_cpu_order() {
         .unwrap();
     assert!(err.to_string().contains("outside"), "{err}");
 }
+
+#[test]
+fn a_build_on_the_gpu_equals_the_build_on_the_cpu() {
+    let Some(dev) = device() else { return };
+    use exemplar::backend::Backend;
+    use exemplar::build::{BuildConfig, Builder, Semantics};
+    use exemplar::data::ActivationBatch;
+    let gpu = Backend::Cuda(std::sync::Arc::new(dev));
+    let (n, d) = (20_000, 256);
+    let x = data(n, d, 300, 8);
+    let center: Vec<f32> = (0..d)
+        .map(|j| (0..n).map(|i| x[i * d + j]).sum::<f32>() / n as f32)
+        .collect();
+    let u = directions(&x, &center).unwrap();
+    let theta = Backend::Cpu
+        .pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
+        .unwrap();
+    assert_eq!(
+        theta.to_bits(),
+        gpu.pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
+            .unwrap()
+            .to_bits()
+    );
+    for semantics in [Semantics::TwoPhase, Semantics::StrictOrder] {
+        let run = |backend: &Backend| {
+            let cfg = BuildConfig {
+                semantics,
+                saturation_window: None,
+                record_assignments: Some(n as u64),
+                ..BuildConfig::default()
+            };
+            let mut b = Builder::new(center.clone(), theta, cfg)
+                .unwrap()
+                .with_backend(backend.clone());
+            for (s, chunk) in x.chunks(4096 * d).enumerate() {
+                b.add_batch(&ActivationBatch::from_rows(
+                    chunk.to_vec(),
+                    d,
+                    (s * 4096) as u64,
+                ))
+                .unwrap();
+            }
+            b.finish(1)
+        };
+        let (c, g) = (run(&Backend::Cpu), run(&gpu));
+        assert!(c.dictionary.len() > 50, "K = {}", c.dictionary.len());
+        assert_eq!(c.assignments, g.assignments, "{semantics:?}: assignments");
+        let (mut cd, mut gd) = (c.dictionary, g.dictionary);
+        assert!(
+            gd.info().backend.starts_with("cuda"),
+            "{}",
+            gd.info().backend
+        );
+        // Everything but the recorded backend is identical, bit for bit.
+        let info = cd.info().clone();
+        gd.set_info(info.clone());
+        cd.set_info(info);
+        assert_eq!(cd, gd, "{semantics:?}: dictionary");
+    }
+}

@@ -1,6 +1,144 @@
 //! Compute backends. The CPU backend is the oracle: its operations live in [`crate::linalg`],
-//! [`crate::geometry`], [`crate::calibrate`] and [`crate::build`]; every CUDA kernel here has
-//! a CPU twin there, with the same semantics, and a parity test against it.
+//! [`crate::geometry`], [`crate::calibrate`] and [`crate::build`]; every CUDA kernel has a CPU
+//! twin there, with the same semantics, and a parity test against it.
+//!
+//! [`Backend`] is what the builder, calibration and assignment run on. Its GPU steps return the
+//! same ids and exact similarities as the CPU (see `docs/semantics.md`), so a dictionary built
+//! on either backend is the same.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+use crate::error::{Error, Result};
+#[cfg(feature = "cuda")]
+use std::sync::Arc;
+
+/// Which backend the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0; an error when none is usable.
+    Cuda,
+    /// CUDA when a device is usable, otherwise the CPU (with the reason).
+    #[default]
+    Auto,
+}
+
+impl DeviceChoice {
+    /// Parses `cpu`, `cuda` or `auto`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "auto" => Ok(DeviceChoice::Auto),
+            _ => Err(Error::param(
+                "device",
+                format!("`{s}` is not cpu, cuda or auto"),
+            )),
+        }
+    }
+}
+
+/// A compute backend.
+#[derive(Clone, Default)]
+pub enum Backend {
+    /// The CPU (multithreaded GEMM; the oracle).
+    #[default]
+    Cpu,
+    /// A CUDA device.
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<cuda::CudaDevice>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Backend {
+    /// Selects a backend. With [`DeviceChoice::Auto`] a missing GPU is not an error: the CPU is
+    /// chosen and the second value says why, so the caller can tell the user.
+    pub fn select(choice: DeviceChoice) -> Result<(Backend, Option<String>)> {
+        match choice {
+            DeviceChoice::Cpu => Ok((Backend::Cpu, None)),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda => Ok((Backend::Cuda(Arc::new(cuda::CudaDevice::open(0)?)), None)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceChoice::Cuda => Err(Error::CudaUnavailable(
+                "this build of exemplar has no `cuda` feature".into(),
+            )),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Auto => match cuda::CudaDevice::open(0) {
+                Ok(dev) => Ok((Backend::Cuda(Arc::new(dev)), None)),
+                Err(Error::CudaUnavailable(why)) => Ok((
+                    Backend::Cpu,
+                    Some(format!("no CUDA device ({why}); using the CPU")),
+                )),
+                Err(e) => Err(e),
+            },
+            #[cfg(not(feature = "cuda"))]
+            DeviceChoice::Auto => Ok((
+                Backend::Cpu,
+                Some("built without the `cuda` feature; using the CPU".into()),
+            )),
+        }
+    }
+
+    /// "cpu", or "cuda (device name, sm_XY)": recorded in the dictionary's metadata.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => format!(
+                "cuda ({}, sm_{}{})",
+                d.name(),
+                d.compute_capability().0,
+                d.compute_capability().1
+            ),
+        }
+    }
+
+    /// The exact nearest of each unit row of `u` (`n × d`) among `cands` (`k × d`, k ≥ 1):
+    /// ids and f64 similarities, identical on every backend.
+    pub fn nearest(&self, u: &[f32], cands: &[f32], d: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+        match self {
+            Backend::Cpu => {
+                let screens = crate::linalg::screen_rows(u, cands, d);
+                use rayon::prelude::*;
+                Ok(screens
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, s)| s.resolve(&u[i * d..(i + 1) * d], cands, d))
+                    .unzip())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                let n = u.len() / d;
+                let (ids, sims) =
+                    dev.nearest(&dev.upload(u)?, n, &dev.upload(cands)?, cands.len() / d, d)?;
+                Ok((ids.into_iter().map(|i| i as u32).collect(), sims))
+            }
+        }
+    }
+
+    /// The exact pairwise-distance percentile of the unit rows `u`, identical on every backend.
+    pub fn pairwise_percentile(
+        &self,
+        u: &[f32],
+        d: usize,
+        percentile: f64,
+        method: crate::calibrate::PercentileMethod,
+    ) -> Result<f64> {
+        match self {
+            Backend::Cpu => {
+                crate::calibrate::pairwise_distance_percentile(u, d, percentile, method)
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                dev.pairwise_percentile(&dev.upload(u)?, u.len() / d, d, percentile, method)
+            }
+        }
+    }
+}

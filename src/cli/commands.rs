@@ -3,6 +3,7 @@
 use super::report;
 use super::*;
 use anyhow::{bail, Context, Result};
+use exemplar::backend::{Backend, DeviceChoice};
 use exemplar::build::{BuildConfig, Semantics};
 use exemplar::calibrate::{Calibration, PercentileMethod};
 use exemplar::data::npy::{self, NpyArray};
@@ -53,6 +54,15 @@ fn open_stream(input: &InputArgs) -> Result<ActivationStream> {
     Ok(stream)
 }
 
+/// The backend for `--device`; a fallback to the CPU is said on stderr.
+fn backend(device: &str) -> Result<Backend> {
+    let (b, note) = Backend::select(DeviceChoice::parse(device)?)?;
+    if let Some(n) = note {
+        eprintln!("{n}");
+    }
+    Ok(b)
+}
+
 fn method(name: &str) -> PercentileMethod {
     PercentileMethod::parse(name).expect("clap restricts the values")
 }
@@ -75,7 +85,9 @@ fn note_skipped(stream: &ActivationStream) {
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     check_writable(&a.out, a.force)?;
     let mut stream = open_stream(&a.input)?;
+    let dev = backend(&a.device)?;
     let cal = pipeline::calibrate_stream(
+        &dev,
         &mut stream,
         a.percentile,
         method(&a.calibration.percentile_method),
@@ -117,6 +129,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         check_writable(p, a.force)?;
     }
     let mut stream = open_stream(&a.input)?;
+    let dev = backend(&a.device)?;
     let cal = match (&a.calibration, a.percentile) {
         (Some(path), _) => {
             let cal = Calibration::load(path)?;
@@ -136,6 +149,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         }
         (None, Some(p)) => {
             let cal = pipeline::calibrate_stream(
+                &dev,
                 &mut stream,
                 p,
                 method(&a.calibration_args.percentile_method),
@@ -174,7 +188,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         model: a.model.clone(),
         hook: a.hook.clone(),
     };
-    let out = pipeline::build_stream(&mut stream, &cal, &plan)?;
+    let out = pipeline::build_stream(&dev, &mut stream, &cal, &plan)?;
     let dict = out.dictionary;
     // The dictionary first: it is the result; the assignments line up with it.
     dict.save(&a.out, a.force)
@@ -209,7 +223,8 @@ pub fn assign(a: AssignArgs) -> Result<()> {
     check_writable(&a.out, a.force)?;
     let dict = Dictionary::load(&a.dictionary)?;
     let mut stream = open_stream(&a.input)?;
-    let (ids, dists) = pipeline::assign_stream(&mut stream, &dict, a.batch_size)?;
+    let dev = backend(&a.device)?;
+    let (ids, dists) = pipeline::assign_stream(&dev, &mut stream, &dict, a.batch_size)?;
     let within = dict.within_threshold(&dists);
     let n_valid = ids.iter().filter(|&&i| i >= 0).count();
     let n_within = within.iter().filter(|&&w| w).count();
@@ -361,6 +376,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let batch_size = 512;
     let all_rows = stream.total_rows();
     let cal = pipeline::calibrate_stream(
+        &Backend::Cpu,
         &mut stream,
         a.percentile,
         PercentileMethod::Linear,
@@ -380,7 +396,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
         hook: Some("hidden_states[3] (residual stream after block 3 of 6)".into()),
     };
-    let dict = pipeline::build_stream(&mut stream, &cal, &plan)?.dictionary;
+    let dict = pipeline::build_stream(&Backend::Cpu, &mut stream, &cal, &plan)?.dictionary;
     println!(
         "exemplar demo: {} activations (D = {}) of all-MiniLM-L6-v2, layer 3, on {} passages of Python's documentation",
         stream.total_rows(),

@@ -96,6 +96,10 @@ pub struct CalibrationArgs {
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
+    /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
+    /// Every backend gives the same result.
+    #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
+    pub device: String,
     #[command(flatten)]
     pub input: InputArgs,
     /// Percentile p in (0, 100) of within-batch pairwise cosine distances that sets θ.
@@ -116,6 +120,10 @@ pub struct CalibrateArgs {
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
+    /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
+    /// Every backend gives the same result.
+    #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
+    pub device: String,
     #[command(flatten)]
     pub input: InputArgs,
     /// A calibration file from `exemplar calibrate`.
@@ -195,6 +203,10 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug)]
 pub struct AssignArgs {
+    /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
+    /// Every backend gives the same result.
+    #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
+    pub device: String,
     /// The dictionary.
     #[arg(long, short = 'd', value_name = "FILE")]
     pub dictionary: PathBuf,

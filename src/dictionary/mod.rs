@@ -188,6 +188,11 @@ impl Dictionary {
         &self.info
     }
 
+    /// Replaces the build record (e.g. to add provenance the builder could not know).
+    pub fn set_info(&mut self, info: BuildInfo) {
+        self.info = info;
+    }
+
     /// All exemplars, `K × D` row-major.
     pub fn exemplars(&self) -> &[f32] {
         &self.exemplars
