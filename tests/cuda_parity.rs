@@ -127,6 +127,22 @@ fn prepare_is_bit_identical_to_the_cpu_for_f32_and_bf16() {
             &cpu[src as usize * d..(src as usize + 1) * d]
         );
     }
+    // A gather index outside the input is an error, not an out-of-bounds read.
+    let err = dev
+        .prepare_bf16(
+            &dev.upload(&bits).unwrap(),
+            2,
+            d,
+            &dev.upload(&center).unwrap(),
+            Some(&dev.upload(&[1i64, n as i64]).unwrap()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("output row 1") && err.contains("outside"),
+        "{err}"
+    );
     // A row equal to the center is reported by index.
     let d = 16;
     let mut x = data(10, d, 2, 2);

@@ -256,18 +256,33 @@ impl CudaDevice {
             .alloc_zeros::<f32>(n * d)
             .map_err(|e| cuda_err("alloc", e))?;
         let mut zero = self.upload(&[i32::MAX])?;
+        let mut bad = self.upload(&[i32::MAX])?;
         let stride = d as i64;
+        let x_rows = (x_len / d) as i64;
         let null = 0u64;
         let mut b = self.stream.launch_builder(self.f(kernel));
-        b.arg(x).arg(&stride);
+        b.arg(x).arg(&stride).arg(&x_rows);
         match rows {
             Some(r) => b.arg(r),
             None => b.arg(&null),
         };
-        b.arg(&ni).arg(&di).arg(center).arg(&mut out).arg(&mut zero);
-        // SAFETY: x holds n·d values of the kernel's element type (or whole rows that `rows`
-        // indexes), center holds d f32, out holds n·d, zero holds 1; the kernel touches only those.
+        b.arg(&ni)
+            .arg(&di)
+            .arg(center)
+            .arg(&mut out)
+            .arg(&mut zero)
+            .arg(&mut bad);
+        // SAFETY: x holds x_rows whole rows of d values of the kernel's element type, and the
+        // kernel reads only rows it has checked to lie in 0..x_rows (a gather index outside is
+        // flagged in `bad`, not read); center holds d f32, out holds n·d, zero and bad hold 1.
         unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err(kernel, e))?;
+        let bad = self.download(&bad)?[0];
+        if bad != i32::MAX {
+            return Err(Error::param(
+                "rows",
+                format!("gather index of output row {bad} is outside the {x_rows} input rows"),
+            ));
+        }
         let z = self.download(&zero)?[0];
         if z != i32::MAX {
             return Err(Error::param(
