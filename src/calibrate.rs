@@ -550,13 +550,7 @@ impl Calibration {
             inputs: inputs.to_vec(),
             input_fingerprint: fingerprint.map(String::from),
         };
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert("format".into(), FORMAT.into());
-        meta.insert("format_version".into(), FORMAT_VERSION.to_string());
-        meta.insert(
-            "exemplar".into(),
-            serde_json::to_string(&header).expect("header"),
-        );
+        let meta = crate::tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
         crate::tensorfile::write(
             path,
             vec![
@@ -575,31 +569,7 @@ impl Calibration {
     /// Loads a calibration file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let f = crate::tensorfile::TensorFile::open(path)?;
-        let meta = f.metadata();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(Error::format(
-                path,
-                format!(
-                    "not an exemplar calibration file (format = {:?})",
-                    meta.get("format")
-                ),
-            ));
-        }
-        let version: u32 = meta
-            .get("format_version")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::format(path, "missing or invalid `format_version`"))?;
-        if version > FORMAT_VERSION {
-            return Err(Error::format(
-                path,
-                format!("format version {version} is newer than supported ({FORMAT_VERSION})"),
-            ));
-        }
-        let h: CalibrationHeader = serde_json::from_str(
-            meta.get("exemplar")
-                .ok_or_else(|| Error::format(path, "missing `exemplar` metadata"))?,
-        )
-        .map_err(|e| Error::format(path, format!("invalid `exemplar` metadata: {e}")))?;
+        let h: CalibrationHeader = f.header(FORMAT, FORMAT_VERSION, "calibration file")?;
         let center = f.f32("center", &[h.dim])?;
         let nb = f.shape("batch_percentiles")?.first().copied().unwrap_or(0);
         let batch_percentiles = f.f64("batch_percentiles", &[nb])?;

@@ -197,6 +197,23 @@ pub fn write(
     f.commit()
 }
 
+/// The `__metadata__` of the crate's own files: `format`, `format_version`, and the header
+/// as a JSON object under `exemplar`.
+pub fn header_metadata(
+    format: &str,
+    version: u32,
+    header: &impl serde::Serialize,
+) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), format.to_string());
+    meta.insert("format_version".to_string(), version.to_string());
+    meta.insert(
+        "exemplar".to_string(),
+        serde_json::to_string(header).expect("headers serialise"),
+    );
+    meta
+}
+
 /// A safetensors file opened for reading.
 pub struct TensorFile {
     path: PathBuf,
@@ -245,6 +262,50 @@ impl TensorFile {
             .map_err(|e| Error::format(&self.path, e.to_string()))?;
         st.tensor(name)
             .map_err(|_| Error::format(&self.path, format!("missing tensor `{name}`")))
+    }
+
+    /// Checks the crate's header keys — `format` must equal `format`, `format_version` must be
+    /// at most `version` — and parses the `exemplar` JSON object. `what` names the kind of file
+    /// in errors ("dictionary", "calibration").
+    pub fn header<T: serde::de::DeserializeOwned>(
+        &self,
+        format: &str,
+        version: u32,
+        what: &str,
+    ) -> Result<T> {
+        let path = &self.path;
+        match self.metadata.get("format").map(String::as_str) {
+            Some(f) if f == format => {}
+            Some(other) => {
+                return Err(Error::format(
+                    path,
+                    format!("this is a `{other}` file, not an exemplar {what}"),
+                ))
+            }
+            None => {
+                return Err(Error::format(
+                    path,
+                    format!("not an exemplar {what} (no `format` in the safetensors metadata)"),
+                ))
+            }
+        }
+        let found: u32 = self
+            .metadata
+            .get("format_version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::format(path, "missing or invalid `format_version`"))?;
+        if found > version {
+            return Err(Error::format(
+                path,
+                format!("format version {found} is newer than this exemplar reads ({version}); upgrade exemplar"),
+            ));
+        }
+        let json = self
+            .metadata
+            .get("exemplar")
+            .ok_or_else(|| Error::format(path, "missing `exemplar` metadata"))?;
+        serde_json::from_str(json)
+            .map_err(|e| Error::format(path, format!("invalid `exemplar` metadata: {e}")))
     }
 
     /// Whether a tensor exists.

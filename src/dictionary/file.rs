@@ -4,7 +4,6 @@ use super::{BuildInfo, Dictionary, Example};
 use crate::data::TokenRef;
 use crate::error::{Error, Result};
 use crate::tensorfile::{self, Dtype, TensorFile, TensorOut};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -61,13 +60,7 @@ impl Dictionary {
             partitions: k,
             info: self.info.clone(),
         };
-        let mut meta = BTreeMap::new();
-        meta.insert("format".to_string(), FORMAT.to_string());
-        meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-        meta.insert(
-            "exemplar".to_string(),
-            serde_json::to_string(&header).expect("header serialises"),
-        );
+        let meta = tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
         let means = self.mean_directions();
         let coherence: Vec<f32> = (0..k).map(|p| self.coherence(p) as f32).collect();
         let counts: Vec<i64> = self.counts.iter().map(|&c| c as i64).collect();
@@ -140,37 +133,7 @@ impl Dictionary {
     /// Loads a dictionary file, checking its format, version and every tensor's shape.
     pub fn load(path: &Path) -> Result<Self> {
         let f = TensorFile::open(path)?;
-        let meta = f.metadata();
-        match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {}
-            Some(other) => {
-                return Err(Error::format(
-                    path,
-                    format!("this is a `{other}` file, not an exemplar dictionary"),
-                ))
-            }
-            None => {
-                return Err(Error::format(
-                    path,
-                    "not an exemplar dictionary (no `format` in the safetensors metadata)",
-                ))
-            }
-        }
-        let version: u32 = meta
-            .get("format_version")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::format(path, "missing or invalid `format_version`"))?;
-        if version > FORMAT_VERSION {
-            return Err(Error::format(
-                path,
-                format!("format version {version} is newer than this exemplar reads ({FORMAT_VERSION}); upgrade exemplar"),
-            ));
-        }
-        let header: Header = serde_json::from_str(
-            meta.get("exemplar")
-                .ok_or_else(|| Error::format(path, "missing `exemplar` metadata"))?,
-        )
-        .map_err(|e| Error::format(path, format!("invalid `exemplar` metadata: {e}")))?;
+        let header: Header = f.header(FORMAT, FORMAT_VERSION, "dictionary")?;
         let (k, d) = (header.partitions, header.dim);
         let n = header.info.examples_per_partition as usize;
         let r = header.info.reservoir_size as usize;
