@@ -2,6 +2,7 @@
 //! an optional provenance sidecar per file (see `docs/inputs.md`), and the `.npy`/`.npz`
 //! writers used for per-row outputs.
 
+pub mod corpus;
 pub mod npy;
 pub mod provenance;
 mod safetensors_input;
