@@ -26,7 +26,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma2", "cuda_parity", "cuda_kernels"):
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/"; done
-    cargo bench --features torch --no-run --bench gemma2_forward --message-format=json 2>/dev/null |
+    cargo bench --features torch --no-run --bench gemma2_forward --bench cuda_kernels --message-format=json 2>/dev/null |
         "$PWD/.venv/bin/python" -c '
 import json, sys
 for line in sys.stdin:
@@ -55,8 +55,8 @@ run)
         "$t" --nocapture 2>&1 | tee -a "$OUT/tests.txt"
     done
     for b in "$BUNDLE"/bin/bench-*; do
-        echo "==> $b" | tee -a "$OUT/bench-gemma2-forward.txt"
-        "$b" --bench 2>&1 | tee -a "$OUT/bench-gemma2-forward.txt"
+        echo "==> $b" | tee -a "$OUT/benches.txt"
+        "$b" --bench 2>&1 | tee -a "$OUT/benches.txt"
     done
     ;;
 *)
