@@ -1567,6 +1567,7 @@ fn missing_output_directory_fails_before_any_work() {
     assert_eq!(listing(env.root()), ["a.npy"]);
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn device_selection_falls_back_to_the_cpu_or_fails_clearly() {
     let env = Env::new();
