@@ -31,7 +31,7 @@ for line in sys.stdin:
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/bench-$(basename "$exe")"; done
     cp -r target/gemma2-fixtures "$BUNDLE/fixtures"
     strip "$BUNDLE"/bin/* 2>/dev/null || true
@@ -51,8 +51,10 @@ run)
     } 2>&1 | tee "$OUT/device.txt"
     for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/gemma2-*; do
         [[ "$(basename "$t")" == bench-* ]] && continue
-        echo "==> $t --nocapture" | tee -a "$OUT/tests.txt"
-        "$t" --nocapture 2>&1 | tee -a "$OUT/tests.txt"
+        # The CLI test needs the exemplar binary at this checkout's build path; the CPU
+        # machine's CI runs it, so it is skipped here.
+        echo "==> $t --nocapture --skip activations_cli" | tee -a "$OUT/tests.txt"
+        "$t" --nocapture --skip activations_cli 2>&1 | tee -a "$OUT/tests.txt"
     done
     for b in "$BUNDLE"/bin/bench-*; do
         echo "==> $b" | tee -a "$OUT/benches.txt"
