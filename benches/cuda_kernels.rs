@@ -57,18 +57,36 @@ fn main() {
         return;
     }
     let dev = CudaDevice::open(0).expect("device 0");
-    println!("device: {} (sm_{}{})", dev.name(), dev.compute_capability().0, dev.compute_capability().1);
+    println!(
+        "device: {} (sm_{}{})",
+        dev.name(),
+        dev.compute_capability().0,
+        dev.compute_capability().1
+    );
     let d = env_usize("EXEMPLAR_GPU_BENCH_DIM", 2304);
     let b = env_usize("EXEMPLAR_GPU_BENCH_ROWS", 16384);
     let ks = env_list("EXEMPLAR_GPU_BENCH_K", &[1000, 5000, 20000]);
-    let blas = CudaBlas::new(dev.stream().clone()).expect("cuBLAS (libcublas.so.13 on LD_LIBRARY_PATH)");
+    let blas =
+        CudaBlas::new(dev.stream().clone()).expect("cuBLAS (libcublas.so.13 on LD_LIBRARY_PATH)");
     let u = random_unit_rows(b, d, 1);
     let du = dev.upload(&u).unwrap();
-    let du16 = dev.upload(&u.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+    let du16 = dev
+        .upload(
+            &u.iter()
+                .map(|&x| half::bf16::from_f32(x))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
     for &k in &ks {
         let e = random_unit_rows(k, d, 2);
         let de = dev.upload(&e).unwrap();
-        let de16 = dev.upload(&e.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+        let de16 = dev
+            .upload(
+                &e.iter()
+                    .map(|&x| half::bf16::from_f32(x))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
         let flop = 2.0 * (b * k * d) as f64;
         let mut c32 = dev.stream().alloc_zeros::<f32>(b * k).unwrap();
         let t_sgemm = best_of(10, &dev, || {
@@ -80,7 +98,15 @@ fn main() {
         let one = half::bf16::from_f32(1.0);
         let t_bf16 = best_of(10, &dev, || {
             // SAFETY: as above, in bf16.
-            unsafe { blas.gemm(gemm_config(b, k, d, one, half::bf16::ZERO), &de16, &du16, &mut c16) }.unwrap();
+            unsafe {
+                blas.gemm(
+                    gemm_config(b, k, d, one, half::bf16::ZERO),
+                    &de16,
+                    &du16,
+                    &mut c16,
+                )
+            }
+            .unwrap();
         });
         drop(c16);
         let t_nearest = best_of(5, &dev, || {
@@ -101,9 +127,14 @@ fn main() {
     // Calibration percentile at 16,384 rows (134M pairs), p = 1.
     let n = b.min(16384);
     let t = best_of(3, &dev, || {
-        dev.pairwise_percentile(&du, n, d, 1.0, PercentileMethod::Linear).unwrap();
+        dev.pairwise_percentile(&du, n, d, 1.0, PercentileMethod::Linear)
+            .unwrap();
     });
-    println!("calibration percentile n={n} D={d} p=1: {:.1} ms ({:.0} Mpairs/s)", t * 1e3, (n * (n - 1) / 2) as f64 / t / 1e6);
+    println!(
+        "calibration percentile n={n} D={d} p=1: {:.1} ms ({:.0} Mpairs/s)",
+        t * 1e3,
+        (n * (n - 1) / 2) as f64 / t / 1e6
+    );
     // A whole build, phase A on the GPU, clustered data.
     let clusters = 20000;
     let centers = random_unit_rows(clusters, d, 3);
@@ -111,16 +142,29 @@ fn main() {
         .flat_map(|i| {
             let c = &centers[(i * 7919 % clusters) * d..(i * 7919 % clusters + 1) * d];
             let noise = random_unit_rows(1, d, 1000 + i as u64);
-            c.iter().zip(&noise).map(|(x, z)| x + 0.2 * z).collect::<Vec<_>>()
+            c.iter()
+                .zip(&noise)
+                .map(|(x, z)| x + 0.2 * z)
+                .collect::<Vec<_>>()
         })
         .collect();
     let backend = Backend::Cuda(Arc::new(dev));
-    let cfg = BuildConfig { saturation_window: None, ..BuildConfig::default() };
-    let mut builder = Builder::new(vec![0.0; d], 0.3, cfg).unwrap().with_backend(backend);
+    let cfg = BuildConfig {
+        saturation_window: None,
+        ..BuildConfig::default()
+    };
+    let mut builder = Builder::new(vec![0.0; d], 0.3, cfg)
+        .unwrap()
+        .with_backend(backend);
     for (s, chunk) in rows.chunks(b * d).enumerate() {
         let batch = ActivationBatch::from_rows(chunk.to_vec(), d, (s * b) as u64);
         let t = Instant::now();
         let out = builder.add_batch(&batch).unwrap();
-        println!("build batch {s}: {} rows, K = {}, {:.1} ms", out.rows, out.partitions, t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "build batch {s}: {} rows, K = {}, {:.1} ms",
+            out.rows,
+            out.partitions,
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
 }

@@ -619,8 +619,7 @@ impl Builder {
         // Creation ids of merged partitions now point at their targets; then renumber.
         for g in groups.iter().filter(|g| g.len() > 1) {
             for &src in &g[1..] {
-                let c = self.current_to_creation[src] as usize;
-                self.redirect(c, g[0]);
+                self.redirect(src, g[0]);
             }
         }
         let map = self.dict.retain(&keep);
@@ -639,11 +638,11 @@ impl Builder {
         merged
     }
 
-    /// Points every creation id currently mapped to `from_current`'s creation `c` at `to`.
-    fn redirect(&mut self, c: usize, to: usize) {
-        let from = self.creation_to_current[c];
+    /// Points every creation id that maps to current partition `from` (its own and those of
+    /// partitions merged into it earlier) at current partition `to`.
+    fn redirect(&mut self, from: usize, to: usize) {
         for cur in self.creation_to_current.iter_mut() {
-            if *cur == from {
+            if *cur == from as i64 {
                 *cur = to as i64;
             }
         }

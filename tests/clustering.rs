@@ -594,3 +594,56 @@ fn finish_with_min_members_drops_small_partitions_and_remaps_assignments() {
     assert_eq!(out.dictionary.member_counts(), &[4, 2]);
     assert_eq!(assignments(&out, 7), vec![0, 0, 0, -1, 0, 1, 1]);
 }
+
+#[test]
+fn with_merges_over_many_batches_assignments_still_match_member_counts() {
+    // Merge threshold well above θ, so partitions merge (also in chains) after many batches;
+    // every row's final id must point at the partition that holds it.
+    let (n, d) = (3000, 12);
+    let data = clustered(n, d, 60, 0.25, 11);
+    let cfg = BuildConfig {
+        merge_threshold: Some(0.45),
+        ..config(Semantics::TwoPhase)
+    };
+    let mut b = Builder::new(vec![0.0; d], 0.2, cfg).unwrap();
+    let mut merged = 0;
+    for (s, chunk) in data.chunks(150 * d).enumerate() {
+        merged += b
+            .add_batch(&ActivationBatch::from_rows(
+                chunk.to_vec(),
+                d,
+                (s * 150) as u64,
+            ))
+            .unwrap()
+            .merged;
+    }
+    assert!(
+        merged > 5,
+        "the data must exercise merging ({merged} merges)"
+    );
+    let out = b.finish(1);
+    let asg = assignments(&out, n);
+    let k = out.dictionary.len();
+    let mut counts = vec![0u64; k];
+    for &a in &asg {
+        assert!(a >= 0 && (a as usize) < k);
+        counts[a as usize] += 1;
+    }
+    assert_eq!(counts, out.dictionary.member_counts());
+    // Exemplars stay more than the merge threshold apart after the last merge pass.
+    for i in 0..k {
+        for j in i + 1..k {
+            let s: f64 = out
+                .dictionary
+                .exemplar(i)
+                .iter()
+                .zip(out.dictionary.exemplar(j))
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            assert!(
+                1.0 - s > 0.45 - 1e-9,
+                "partitions {i} and {j} should have merged"
+            );
+        }
+    }
+}
