@@ -128,6 +128,9 @@ const LEADER_CHUNK: usize = 256;
 pub struct Builder {
     dict: Dictionary,
     backend: Backend,
+    /// With a CUDA backend: the exemplars, resident on the device (only new ones are copied).
+    #[cfg(feature = "cuda")]
+    device_exemplars: Option<crate::backend::cuda::GrowableRows>,
     config: BuildConfig,
     /// Per stream row, the *creation* id of its partition (stable across merges).
     assignments: Option<Vec<i64>>,
@@ -170,6 +173,8 @@ impl Builder {
         Ok(Builder {
             dict,
             backend: Backend::Cpu,
+            #[cfg(feature = "cuda")]
+            device_exemplars: None,
             config,
             assignments,
             creation_to_current: vec![],
@@ -225,6 +230,7 @@ impl Builder {
                 row: batch.stream_rows[z.index],
             })?;
         let k0 = self.dict.len();
+        self.sync_device_exemplars()?;
         let targets = self.decide(&u, n)?;
         let new = self.apply(batch, &u, &targets, k0);
         self.dict.info.activations_streamed += n as u64;
@@ -240,6 +246,13 @@ impl Builder {
             Some(m) => self.merge_close(m),
             None => 0,
         };
+        #[cfg(feature = "cuda")]
+        if merged > 0 {
+            // Ids were renumbered: the device copy is rebuilt at the next batch.
+            if let Some(g) = self.device_exemplars.as_mut() {
+                g.clear();
+            }
+        }
         self.dict.prune_documents();
         if new > 0 {
             self.last_new_batch = self.batches;
@@ -259,6 +272,21 @@ impl Builder {
             merged,
             saturated: self.saturated,
         })
+    }
+
+    /// With a CUDA backend, copies the exemplars created since the last batch to the device.
+    fn sync_device_exemplars(&mut self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(dev) = &self.backend {
+            let d = self.dict.dim;
+            if self.device_exemplars.is_none() {
+                self.device_exemplars = Some(dev.growable_rows(d)?);
+            }
+            let g = self.device_exemplars.as_mut().expect("just created");
+            let have = g.rows();
+            dev.append_rows(g, &self.dict.exemplars[have * d..])?;
+        }
+        Ok(())
     }
 
     /// Phases A and B: where each row goes.

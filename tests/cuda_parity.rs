@@ -319,3 +319,22 @@ fn a_build_on_the_gpu_equals_the_build_on_the_cpu() {
         assert_eq!(cd, gd, "{semantics:?}: dictionary");
     }
 }
+
+#[test]
+fn growable_rows_keep_every_row_across_capacity_growth() {
+    let Some(dev) = device() else { return };
+    let d = 7;
+    let mut g = dev.growable_rows(d).unwrap();
+    let mut all = Vec::new();
+    for (i, m) in [3usize, 0, 20, 1, 100, 5].iter().enumerate() {
+        let rows: Vec<f32> = (0..m * d).map(|j| (i * 1000 + j) as f32).collect();
+        dev.append_rows(&mut g, &rows).unwrap();
+        all.extend(rows);
+        assert_eq!(g.rows(), all.len() / d);
+        assert_eq!(dev.stream().clone_dtoh(&g.view()).unwrap(), all);
+    }
+    assert!(
+        dev.append_rows(&mut g, &[1.0; 3]).is_err(),
+        "partial rows are an error"
+    );
+}

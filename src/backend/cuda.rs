@@ -15,7 +15,8 @@
 use crate::calibrate::PercentileMethod;
 use crate::error::{Error, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -88,6 +89,31 @@ pub struct CudaDevice {
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     compute_capability: (i32, i32),
+}
+
+/// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
+/// the exemplar matrix that grows batch by batch: only new rows cross to the device.
+pub struct GrowableRows {
+    buf: CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+}
+
+impl GrowableRows {
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The held rows, `rows × dim`.
+    pub fn view(&self) -> CudaView<'_, f32> {
+        self.buf.slice(0..self.rows * self.dim)
+    }
+
+    /// Forgets every row (capacity is kept).
+    pub fn clear(&mut self) {
+        self.rows = 0;
+    }
 }
 
 const WARPS_PER_BLOCK: u32 = 8;
@@ -306,6 +332,9 @@ impl CudaDevice {
     ) -> Result<(Vec<i32>, Vec<f64>)> {
         check_len("rows", u.len(), n * d)?;
         check_len("candidates", e.len(), k * d)?;
+        if n == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
         if k == 0 {
             return Err(Error::param(
                 "cuda launch",
@@ -566,6 +595,57 @@ impl CudaDevice {
             .arg(&mut *sum_d2);
         // SAFETY: as above; counts, sum_d and sum_d2 hold K each.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_counts_and_distances", e))?;
+        Ok(())
+    }
+
+    /// An empty [`GrowableRows`] of width `dim`.
+    pub fn growable_rows(&self, dim: usize) -> Result<GrowableRows> {
+        if dim == 0 {
+            return Err(Error::param(
+                "cuda launch",
+                "rows need a width of at least 1",
+            ));
+        }
+        let buf = self
+            .stream
+            .alloc_zeros::<f32>(16 * dim)
+            .map_err(|e| cuda_err("alloc", e))?;
+        Ok(GrowableRows { buf, rows: 0, dim })
+    }
+
+    /// Appends host rows (`m × dim`) to `g`, growing its device buffer when full (the old
+    /// rows move device to device).
+    pub fn append_rows(&self, g: &mut GrowableRows, host: &[f32]) -> Result<()> {
+        let d = g.dim;
+        if host.len() % d != 0 {
+            return Err(Error::param(
+                "cuda launch",
+                format!("{} values are not whole rows of width {d}", host.len()),
+            ));
+        }
+        let need = g.rows + host.len() / d;
+        if need * d > g.buf.len() {
+            let cap = need.max(2 * g.buf.len() / d).max(16);
+            let mut grown = self
+                .stream
+                .alloc_zeros::<f32>(cap * d)
+                .map_err(|e| cuda_err("alloc", e))?;
+            if g.rows > 0 {
+                self.stream
+                    .memcpy_dtod(
+                        &g.buf.slice(0..g.rows * d),
+                        &mut grown.slice_mut(0..g.rows * d),
+                    )
+                    .map_err(|e| cuda_err("device → device copy", e))?;
+            }
+            g.buf = grown;
+        }
+        if !host.is_empty() {
+            self.stream
+                .memcpy_htod(host, &mut g.buf.slice_mut(g.rows * d..need * d))
+                .map_err(|e| cuda_err("host → device copy", e))?;
+        }
+        g.rows = need;
         Ok(())
     }
 }
