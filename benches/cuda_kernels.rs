@@ -110,7 +110,7 @@ fn main() {
         });
         drop(c16);
         let t_nearest = best_of(5, &dev, || {
-            dev.nearest(&du, b, &de, k, d).unwrap();
+            dev.nearest(&du, b, &de.slice(..), k, d).unwrap();
         });
         println!(
             "nearest B={b} D={d} K={k}: {:.3} ms ({:.1} TFLOP/s) | cuBLAS SGEMM alone {:.3} ms ({:.1} TFLOP/s) | bf16 GEMM {:.3} ms ({:.1} TFLOP/s) | nearest / bf16-GEMM rate = {:.3}, vs SGEMM = {:.3}",

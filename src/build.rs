@@ -342,8 +342,17 @@ impl Builder {
                 })
                 .collect(),
             #[cfg(feature = "cuda")]
-            gpu @ Backend::Cuda(_) => {
-                let (ids, sims) = gpu.nearest(rest, old, d)?;
+            Backend::Cuda(dev) => {
+                let (ids, sims) = match &self.device_exemplars {
+                    // The exemplars resident on the device (synced before this batch).
+                    Some(g) if k0 > 0 && g.rows() == k0 => {
+                        let (ids, sims) =
+                            dev.nearest(&dev.upload(rest)?, rest.len() / d, &g.view(), k0, d)?;
+                        (ids.into_iter().map(|i| i as u32).collect(), sims)
+                    }
+                    // The founder of an empty dictionary: one host row.
+                    _ => self.backend.nearest(rest, old, d)?,
+                };
                 ids.iter()
                     .zip(&sims)
                     .map(|(&id, &sim)| join(id, sim))

@@ -132,20 +132,6 @@ impl Top2 {
         }
     }
 
-    /// Combines with the top-2 of candidates whose indices all come *after* this one's.
-    pub fn merge_after(&mut self, later: Top2) {
-        if later.index == u32::MAX {
-            return;
-        }
-        if later.best > self.best {
-            self.second = self.best.max(later.second);
-            self.best = later.best;
-            self.index = later.index;
-        } else {
-            self.second = self.second.max(later.best);
-        }
-    }
-
     /// Whether the f32 screen cannot tell the best from the runner-up.
     #[inline]
     pub fn is_ambiguous(&self, margin: f32) -> bool {
@@ -242,6 +228,17 @@ pub fn screen_rows(rows: &[f32], cands: &[f32], d: usize) -> Vec<Screen> {
     out
 }
 
+/// The exact nearest candidate of every row of `u` (`n × d`) among `cands` (`k × d`, k ≥ 1):
+/// the f32 screen, then [`Screen::resolve`]. Ids and f64 similarities; the CPU twin of the CUDA
+/// `nearest` path.
+pub fn nearest_rows(u: &[f32], cands: &[f32], d: usize) -> (Vec<u32>, Vec<f64>) {
+    screen_rows(u, cands, d)
+        .par_iter()
+        .enumerate()
+        .map(|(i, s)| s.resolve(&u[i * d..(i + 1) * d], cands, d))
+        .unzip()
+}
+
 /// For every row of `rows` (`n × d`), the f32 top-2 among `cands` (`k × d`), computed by tiled
 /// GEMM with a fused row scan; the `n × k` matrix is never held whole.
 pub fn top2_screen(rows: &[f32], cands: &[f32], d: usize) -> Vec<Top2> {
@@ -317,9 +314,6 @@ mod tests {
         assert_eq!(t.best, 0.9);
         assert_eq!(t.second, 0.9);
         assert!(t.is_ambiguous(1e-6));
-        let mut a = Top2::of_slice(&[0.2, 0.7], 0);
-        a.merge_after(Top2::of_slice(&[0.7, 0.3], 2));
-        assert_eq!((a.index, a.best, a.second), (1, 0.7, 0.7));
     }
 
     #[test]

@@ -226,6 +226,12 @@ pub fn assign_stream(
     let mut ids = vec![-1i64; n];
     let mut dists = vec![f32::NAN; n];
     let pb = progress_bar(n as u64, "assign");
+    // The exemplars are prepared once (on a GPU: copied to the device once).
+    let cands = if dict.is_empty() {
+        None
+    } else {
+        Some(backend.candidates(dict.exemplars(), dict.dim())?)
+    };
     while let Some(b) = stream.next_batch(batch_size.max(1))? {
         let u = crate::geometry::directions(&b.data, dict.center()).map_err(|z| {
             let (path, r) = stream.locate(b.stream_rows[z.index]);
@@ -234,15 +240,15 @@ pub fn assign_stream(
                 row: r,
             }
         })?;
-        if dict.is_empty() {
+        let Some(cands) = cands.as_ref() else {
             // No exemplar: every row is id −1 at distance +inf (as the reference).
             for &r in &b.stream_rows {
                 dists[r as usize] = f32::INFINITY;
             }
             pb.inc(b.rows() as u64 + b.skipped_nonfinite);
             continue;
-        }
-        let (i, sims) = backend.nearest(&u, dict.exemplars(), dict.dim())?;
+        };
+        let (i, sims) = backend.nearest_among(&u, cands)?;
         for (j, &r) in b.stream_rows.iter().enumerate() {
             ids[r as usize] = i[j] as i64;
             dists[r as usize] = crate::geometry::distance_from_similarity(sims[j]) as f32;

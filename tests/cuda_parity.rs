@@ -174,7 +174,13 @@ fn nearest_gives_the_cpu_ids_and_exact_similarities() {
         let u = directions(&data(n, d, clusters, 3), &vec![0.0; d]).unwrap();
         let e = directions(&data(k, d, clusters, 4), &vec![0.0; d]).unwrap();
         let (ids, sims) = dev
-            .nearest(&dev.upload(&u).unwrap(), n, &dev.upload(&e).unwrap(), k, d)
+            .nearest(
+                &dev.upload(&u).unwrap(),
+                n,
+                &dev.upload(&e).unwrap().slice(..),
+                k,
+                d,
+            )
             .unwrap();
         let screens = screen_rows(&u, &e, d);
         for i in 0..n {

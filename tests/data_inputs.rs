@@ -9,24 +9,11 @@ use half::{bf16, f16};
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
+mod common;
+use common::write_npy_raw;
+
 // ---------------------------------------------------------------------------------------------
 // File builders
-
-/// A `.npy` file with a hand-written header (`shape` as Python text, e.g. `(2, 3)`).
-fn npy_raw(path: &Path, descr: &str, fortran: bool, shape: &str, data: &[u8]) {
-    let dict = format!(
-        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
-        if fortran { "True" } else { "False" }
-    );
-    let total = (10 + dict.len() + 1).div_ceil(64) * 64;
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&((total - 10) as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.resize(total - 1, b' ');
-    out.push(b'\n');
-    out.extend_from_slice(data);
-    std::fs::write(path, out).unwrap();
-}
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -46,7 +33,7 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
 
 fn npy_f32(path: &Path, rows: usize, dim: usize, v: &[f32]) {
     assert_eq!(v.len(), rows * dim);
-    npy_raw(
+    write_npy_raw(
         path,
         "<f4",
         false,
@@ -57,7 +44,7 @@ fn npy_f32(path: &Path, rows: usize, dim: usize, v: &[f32]) {
 
 fn npy_f16(path: &Path, rows: usize, dim: usize, v: &[f32]) {
     assert_eq!(v.len(), rows * dim);
-    npy_raw(
+    write_npy_raw(
         path,
         "<f2",
         false,
@@ -368,13 +355,13 @@ fn truncated_and_oversized_files_are_format_errors() {
     let dir = TempDir::new().unwrap();
     let p = dir.path().join("t.npy");
     let data = f16_bytes(&values(12, 0.0));
-    npy_raw(&p, "<f2", false, "(4, 3)", &data[..data.len() - 2]);
+    write_npy_raw(&p, "<f2", false, "(4, 3)", &data[..data.len() - 2]);
     let msg = format_error(open_one(&p).unwrap_err(), &p);
     assert_eq!(
         msg,
         "file is truncated: header says 4 × 3 f16 = 24 data bytes, file holds 22"
     );
-    npy_raw(
+    write_npy_raw(
         &p,
         "<f2",
         false,
@@ -387,7 +374,7 @@ fn truncated_and_oversized_files_are_format_errors() {
         "{msg}"
     );
     // Header cut short.
-    npy_raw(&p, "<f2", false, "(4, 3)", &data);
+    write_npy_raw(&p, "<f2", false, "(4, 3)", &data);
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..40]).unwrap();
     assert!(format_error(open_one(&p).unwrap_err(), &p).contains("header is truncated"));
@@ -455,7 +442,7 @@ fn unsupported_dtypes_are_rejected() {
         .enumerate()
     {
         let p = dir.path().join(format!("d{i}.npy"));
-        npy_raw(&p, descr, false, "(2, 2)", &vec![0; 4 * size]);
+        write_npy_raw(&p, descr, false, "(2, 2)", &vec![0; 4 * size]);
         match open_one(&p).unwrap_err() {
             Error::UnsupportedDtype {
                 path,
@@ -491,22 +478,22 @@ fn unsupported_dtypes_are_rejected() {
 fn non_2d_and_fortran_arrays_are_rejected() {
     let dir = TempDir::new().unwrap();
     let p = dir.path().join("x.npy");
-    npy_raw(&p, "<f4", false, "(3,)", &f32_bytes(&[1.0, 2.0, 3.0]));
+    write_npy_raw(&p, "<f4", false, "(3,)", &f32_bytes(&[1.0, 2.0, 3.0]));
     assert_eq!(
         format_error(open_one(&p).unwrap_err(), &p),
         "shape must be 2-D (N, D), found (3,)"
     );
-    npy_raw(&p, "<f4", false, "(1, 2, 2)", &f32_bytes(&[1.0; 4]));
+    write_npy_raw(&p, "<f4", false, "(1, 2, 2)", &f32_bytes(&[1.0; 4]));
     assert_eq!(
         format_error(open_one(&p).unwrap_err(), &p),
         "shape must be 2-D (N, D), found (1, 2, 2)"
     );
-    npy_raw(&p, "<f4", true, "(2, 2)", &f32_bytes(&[1.0; 4]));
+    write_npy_raw(&p, "<f4", true, "(2, 2)", &f32_bytes(&[1.0; 4]));
     assert_eq!(
         format_error(open_one(&p).unwrap_err(), &p),
         "fortran_order arrays are not supported; save with np.ascontiguousarray"
     );
-    npy_raw(&p, "<f4", false, "(2, 0)", &[]);
+    write_npy_raw(&p, "<f4", false, "(2, 0)", &[]);
     assert!(format_error(open_one(&p).unwrap_err(), &p).contains("D must be at least 1"));
 
     let s = dir.path().join("x.safetensors");

@@ -277,6 +277,13 @@ impl CudaDevice {
             None => check_len("x", x_len, n * d)?,
         }
         let (ni, di) = (check_i32("rows", n)?, check_i32("d", d)?);
+        if n == 0 {
+            // A zero-block grid is an invalid launch, and an empty output cannot be allocated.
+            return Err(Error::param(
+                "cuda launch",
+                "prepare needs at least one row",
+            ));
+        }
         let mut out = self
             .stream
             .alloc_zeros::<f32>(n * d)
@@ -326,7 +333,7 @@ impl CudaDevice {
         &self,
         u: &CudaSlice<f32>,
         n: usize,
-        e: &CudaSlice<f32>,
+        e: &CudaView<'_, f32>,
         k: usize,
         d: usize,
     ) -> Result<(Vec<i32>, Vec<f64>)> {

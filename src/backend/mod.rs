@@ -13,6 +13,14 @@ use crate::error::{Error, Result};
 #[cfg(feature = "cuda")]
 use std::sync::Arc;
 
+/// Candidate rows prepared for a backend (see [`Backend::candidates`]).
+pub struct Candidates<'a> {
+    host: &'a [f32],
+    d: usize,
+    #[cfg(feature = "cuda")]
+    device: Option<cuda::GrowableRows>,
+}
+
 /// Which backend the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -100,27 +108,51 @@ impl Backend {
         }
     }
 
-    /// The exact nearest of each unit row of `u` (`n × d`) among `cands` (`k × d`, k ≥ 1):
-    /// ids and f64 similarities, identical on every backend.
-    pub fn nearest(&self, u: &[f32], cands: &[f32], d: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+    /// Candidates for many [`Backend::nearest_among`] calls, prepared once: on a GPU they are
+    /// copied to the device here and stay there.
+    pub fn candidates<'a>(&self, host: &'a [f32], d: usize) -> Result<Candidates<'a>> {
+        if d == 0 || host.is_empty() || host.len() % d != 0 {
+            return Err(Error::param(
+                "candidates",
+                format!("{} values are not k ≥ 1 rows of width {d}", host.len()),
+            ));
+        }
+        Ok(Candidates {
+            host,
+            d,
+            #[cfg(feature = "cuda")]
+            device: match self {
+                Backend::Cuda(dev) => {
+                    let mut g = dev.growable_rows(d)?;
+                    dev.append_rows(&mut g, host)?;
+                    Some(g)
+                }
+                Backend::Cpu => None,
+            },
+        })
+    }
+
+    /// The exact nearest of each unit row of `u` (`n × d`) among `cands`: ids and f64
+    /// similarities, identical on every backend.
+    pub fn nearest_among(&self, u: &[f32], cands: &Candidates<'_>) -> Result<(Vec<u32>, Vec<f64>)> {
+        let d = cands.d;
         match self {
-            Backend::Cpu => {
-                let screens = crate::linalg::screen_rows(u, cands, d);
-                use rayon::prelude::*;
-                Ok(screens
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, s)| s.resolve(&u[i * d..(i + 1) * d], cands, d))
-                    .unzip())
-            }
+            Backend::Cpu => Ok(crate::linalg::nearest_rows(u, cands.host, d)),
             #[cfg(feature = "cuda")]
             Backend::Cuda(dev) => {
-                let n = u.len() / d;
+                let g = cands.device.as_ref().ok_or_else(|| {
+                    Error::param("candidates", "prepared for the CPU backend, used with CUDA")
+                })?;
                 let (ids, sims) =
-                    dev.nearest(&dev.upload(u)?, n, &dev.upload(cands)?, cands.len() / d, d)?;
+                    dev.nearest(&dev.upload(u)?, u.len() / d, &g.view(), g.rows(), d)?;
                 Ok((ids.into_iter().map(|i| i as u32).collect(), sims))
             }
         }
+    }
+
+    /// [`Backend::nearest_among`] for a single use of `cands` (`k × d`, k ≥ 1).
+    pub fn nearest(&self, u: &[f32], cands: &[f32], d: usize) -> Result<(Vec<u32>, Vec<f64>)> {
+        self.nearest_among(u, &self.candidates(cands, d)?)
     }
 
     /// The exact pairwise-distance percentile of the unit rows `u`, identical on every backend.

@@ -7,7 +7,7 @@ pub mod file;
 
 use crate::data::TokenRef;
 use crate::geometry;
-use crate::linalg::{matmul_abt, screen_rows};
+use crate::linalg::{matmul_abt, nearest_rows};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -338,14 +338,10 @@ impl Dictionary {
         if self.is_empty() {
             return (vec![-1; n], vec![f32::INFINITY; n]);
         }
-        let screens = screen_rows(u, &self.exemplars, d);
-        screens
-            .par_iter()
-            .enumerate()
-            .map(|(i, sc)| {
-                let (k, s) = sc.resolve(&u[i * d..(i + 1) * d], &self.exemplars, d);
-                (k as i64, geometry::distance_from_similarity(s) as f32)
-            })
+        let (ids, sims) = nearest_rows(u, &self.exemplars, d);
+        ids.iter()
+            .zip(&sims)
+            .map(|(&k, &s)| (k as i64, geometry::distance_from_similarity(s) as f32))
             .unzip()
     }
 

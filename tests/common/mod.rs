@@ -206,8 +206,11 @@ pub fn write_npy(path: &Path, data: &[f32], d: usize) {
 }
 
 /// A `.npy` file with a hand-written header (`shape` as Python text, e.g. `(2, 3)`).
-pub fn write_npy_raw(path: &Path, descr: &str, shape: &str, data: &[u8]) {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+pub fn write_npy_raw(path: &Path, descr: &str, fortran: bool, shape: &str, data: &[u8]) {
+    let dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
     let total = (10 + dict.len() + 1).div_ceil(64) * 64;
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&((total - 10) as u16).to_le_bytes());
@@ -224,7 +227,13 @@ pub fn write_npy_f64(path: &Path, data: &[f32], d: usize) {
         .iter()
         .flat_map(|&x| (x as f64).to_le_bytes())
         .collect();
-    write_npy_raw(path, "<f8", &format!("({}, {d})", data.len() / d), &bytes);
+    write_npy_raw(
+        path,
+        "<f8",
+        false,
+        &format!("({}, {d})", data.len() / d),
+        &bytes,
+    );
 }
 
 /// Writes `data` (`n × d`, F32) as a `.safetensors` file holding the tensor `name`.
