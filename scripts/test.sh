@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command. It sets up the Python the tests use, a git-ignored venv `.venv`
-# at the repository root with pinned numpy, scipy, safetensors, torch 2.11.0 and transformers.
+# at the repository root with pinned numpy, scipy, safetensors, torch 2.11.0, transformers and
+# scikit-learn (the independent implementations the evaluation metrics are checked against).
 # It writes the Hugging Face Gemma-2 fixtures, then runs the whole Rust test suite with the
 # `torch` feature (tch links the venv's libtorch) and with the Python-backed tests required,
 # not skipped. It also checks that the default (no-feature) build compiles.
@@ -11,14 +12,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Pinned versions of the Python packages the tests use (tch 0.24 needs torch 2.11.0 exactly).
-PY_PACKAGES=(numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0 torch==2.11.0 transformers==5.23.0)
+PY_PACKAGES=(numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0 torch==2.11.0 transformers==5.23.0 scikit-learn==1.9.1)
 
 if [[ ! -x .venv/bin/python ]]; then
     echo "==> creating .venv (python3 -m venv .venv)"
     python3 -m venv .venv
 fi
 PY="$PWD/.venv/bin/python"
-if "$PY" -c 'import numpy, scipy.spatial, safetensors.numpy, transformers, tokenizers, torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
+if "$PY" -c 'import numpy, scipy.spatial, safetensors.numpy, transformers, tokenizers, torch, sklearn; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
     echo "==> .venv has $("$PY" -c 'import numpy, scipy, safetensors, torch, transformers as t; print("numpy", numpy.__version__, "scipy", scipy.__version__, "safetensors", safetensors.__version__, "torch", torch.__version__, "transformers", t.__version__)')"
 else
     echo "==> installing ${PY_PACKAGES[*]} into .venv"

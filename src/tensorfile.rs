@@ -355,6 +355,40 @@ impl TensorFile {
         self.read(name, safetensors::Dtype::F32, shape, f32::from_le_bytes)
     }
 
+    /// A float tensor of any float dtype (F32, F16, BF16, F64) up- or down-cast to f32, with its
+    /// shape. For files other tools wrote (SAE weights), whose dtype we do not choose.
+    pub fn f32_any(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        use safetensors::Dtype;
+        let v = self.view(name)?;
+        let shape = v.shape().to_vec();
+        let data = v.data();
+        let out: Vec<f32> = match v.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::format(
+                    &self.path,
+                    format!("tensor `{name}` has dtype {other:?}; expected a float tensor"),
+                ))
+            }
+        };
+        Ok((out, shape))
+    }
+
     /// An f64 tensor of the given shape.
     pub fn f64(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         self.read(name, safetensors::Dtype::F64, shape, f64::from_le_bytes)

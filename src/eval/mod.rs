@@ -1,0 +1,9 @@
+//! Evaluation: intrinsic metrics of a dictionary (spec §6), and the harness that compares EP with
+//! SAEs and with itself (spec §7–§8): SAE import/export and encode, EP ↔ SAE correspondence,
+//! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
+//! build-compute comparison with a TopK SAE trained on the same activations.
+
+mod intrinsic;
+pub mod sae;
+
+pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};
