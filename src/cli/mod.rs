@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod commands;
+mod compute;
 mod report;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,15 @@ pub enum Command {
     /// Run text through a Gemma-2 checkpoint and write the activations at a hook (+ provenance).
     #[cfg(feature = "torch")]
     Activations(ActivationsArgs),
+    /// Generate activations with known structure (ground-truth features, a shared offset, noise).
+    Synth(compute::SynthArgs),
+    /// Train a TopK sparse autoencoder (tch) on activation files → SAELens layout.
+    #[cfg(feature = "torch")]
+    TrainSae(compute::TrainSaeArgs),
+    /// EP vs a TopK SAE at several activation budgets: quality on held-out rows against build
+    /// compute (FLOPs, seconds) → report.json + quality_vs_compute.png.
+    #[cfg(feature = "torch")]
+    BudgetSweep(compute::BudgetSweepArgs),
 }
 
 #[cfg(feature = "torch")]
@@ -308,6 +318,11 @@ pub fn main() -> std::process::ExitCode {
         Command::Demo(a) => commands::demo(a),
         #[cfg(feature = "torch")]
         Command::Activations(a) => commands::activations(a),
+        Command::Synth(a) => compute::synth(a),
+        #[cfg(feature = "torch")]
+        Command::TrainSae(a) => compute::train_sae(a),
+        #[cfg(feature = "torch")]
+        Command::BudgetSweep(a) => compute::budget_sweep(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

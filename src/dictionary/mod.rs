@@ -54,6 +54,9 @@ pub struct BuildInfo {
     pub crate_version: String,
     pub build_seconds: f64,
     pub created_unix: u64,
+    /// Clustering FLOPs spent by the build (filled by the builder; 0 in older files).
+    #[serde(default)]
+    pub clustering_flops: f64,
 }
 
 impl Default for BuildInfo {
@@ -86,6 +89,7 @@ impl Default for BuildInfo {
             crate_version: env!("CARGO_PKG_VERSION").into(),
             build_seconds: 0.0,
             created_unix: 0,
+            clustering_flops: 0.0,
         }
     }
 }

@@ -3,7 +3,13 @@
 //! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
 //! build-compute comparison with a TopK SAE trained on the same activations.
 
+#[cfg(feature = "torch")]
+pub mod budget;
 mod intrinsic;
+pub mod plot;
 pub mod sae;
+pub mod synthetic;
+#[cfg(feature = "torch")]
+pub mod train_sae;
 
 pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};

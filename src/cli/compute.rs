@@ -1,0 +1,416 @@
+//! `synth` (activations with known features), `train-sae` (a TopK SAE in tch) and
+//! `budget-sweep` (EP vs SAE quality against build compute, JSON + PNG).
+
+use super::InputArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use exemplar::data::StreamOptions;
+use exemplar::eval::synthetic::SyntheticSpec;
+use exemplar::tensorfile::{self, TensorOut};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Width D.
+    #[arg(long, default_value_t = 256)]
+    pub dim: usize,
+    /// Rows.
+    #[arg(long, default_value_t = 20_000)]
+    pub rows: usize,
+    /// Ground-truth features F.
+    #[arg(long, default_value_t = 512)]
+    pub features: usize,
+    /// Weaker secondary features added to each row.
+    #[arg(long, default_value_t = 3)]
+    pub secondary: usize,
+    /// Zipf exponent of the dominant feature's frequency (0: uniform).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Noise standard deviation per coordinate (a feature has norm 1).
+    #[arg(long, default_value_t = 0.02)]
+    pub noise: f64,
+    /// Norm of the offset shared by every row.
+    #[arg(long, default_value_t = 2.0)]
+    pub offset_norm: f64,
+    /// Seed of the features and the offset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the rows: keep --seed and change this for a held-out set of the same features.
+    #[arg(long, default_value_t = 0)]
+    pub row_seed: u64,
+    /// Output .safetensors: `activations` (rows × D, f32), `features` (F × D), `offset` (D),
+    /// `dominant` (rows, i64).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    exemplar::output::check_writable(&a.out, a.force)?;
+    let spec = SyntheticSpec {
+        dim: a.dim,
+        rows: a.rows,
+        features: a.features,
+        secondary: a.secondary,
+        zipf: a.zipf,
+        noise: a.noise,
+        offset_norm: a.offset_norm,
+        seed: a.seed,
+        row_seed: a.row_seed,
+    };
+    let s = spec.generate()?;
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "producer".into(),
+        format!("exemplar {} synth", env!("CARGO_PKG_VERSION")),
+    );
+    meta.insert("spec".into(), format!("{spec:?}"));
+    tensorfile::write(
+        &a.out,
+        vec![
+            TensorOut::f32("activations", vec![a.rows, a.dim], &s.activations),
+            TensorOut::f32("features", vec![a.features, a.dim], &s.features),
+            TensorOut::f32("offset", vec![a.dim], &s.offset),
+            TensorOut::i64("dominant", vec![a.rows], &s.dominant),
+        ],
+        &meta,
+        a.force,
+    )?;
+    println!(
+        "wrote {}: {} rows × D = {}, {} ground-truth features",
+        a.out.display(),
+        a.rows,
+        a.dim,
+        a.features
+    );
+    Ok(())
+}
+
+/// SAE training flags shared by `train-sae` and `budget-sweep`.
+#[cfg(feature = "torch")]
+#[derive(Args, Debug, Clone)]
+pub struct SaeTrainArgs {
+    /// SAE features F.
+    #[arg(long, default_value_t = 4096)]
+    pub width: usize,
+    /// Active features per row (TopK).
+    #[arg(long, short = 'k', default_value_t = 32)]
+    pub k: usize,
+    /// Rows per training step.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub sae_batch_size: usize,
+    /// Adam learning rate (default: 2e-4 / sqrt(width / 16384)).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight of the AuxK loss that revives dead features (0 disables it).
+    #[arg(long, default_value_t = 1.0 / 32.0)]
+    pub aux_k_coef: f64,
+    /// Rows without firing after which a feature counts as dead.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub dead_after: u64,
+    /// Seed of the SAE's initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub sae_seed: i64,
+    /// Device of the training: cpu or cuda (the first GPU).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub sae_device: String,
+}
+
+#[cfg(feature = "torch")]
+impl SaeTrainArgs {
+    fn config(&self) -> Result<exemplar::eval::train_sae::TrainConfig> {
+        let device = match self.sae_device.as_str() {
+            "cuda" => {
+                if !tch::Cuda::is_available() {
+                    bail!("--sae-device cuda: torch sees no CUDA device");
+                }
+                tch::Device::Cuda(0)
+            }
+            _ => tch::Device::Cpu,
+        };
+        let mut c = exemplar::eval::train_sae::TrainConfig::new(self.width, self.k);
+        c.batch_size = self.sae_batch_size;
+        c.lr = self.lr;
+        c.aux_k_coef = self.aux_k_coef;
+        c.dead_after = self.dead_after;
+        c.seed = self.sae_seed;
+        c.device = device;
+        Ok(c)
+    }
+}
+
+#[cfg(feature = "torch")]
+#[derive(Args, Debug)]
+pub struct TrainSaeArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub sae: SaeTrainArgs,
+    /// Train on at most this many rows (default: one pass over the input).
+    #[arg(long, value_name = "N")]
+    pub max_activations: Option<u64>,
+    /// Output directory (SAELens layout: cfg.json + sae_weights.safetensors).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite outputs that exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the training record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "torch")]
+fn stream_options(input: &InputArgs) -> StreamOptions {
+    StreamOptions {
+        tensor: input.tensor.clone(),
+        skip_nonfinite: input.skip_nonfinite,
+    }
+}
+
+#[cfg(feature = "torch")]
+pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
+    for f in ["cfg.json", "sae_weights.safetensors"] {
+        exemplar::output::check_writable(&a.out.join(f), a.force)?;
+    }
+    let mut stream =
+        exemplar::data::ActivationStream::open(&a.input.activations, stream_options(&a.input))?;
+    let mut cfg = a.sae.config()?;
+    cfg.max_rows = a.max_activations;
+    let (sae, rec) = exemplar::eval::train_sae::train_topk_sae(&mut stream, &cfg)?;
+    sae.save_saelens(&a.out, a.force)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        println!(
+            "trained a TopK SAE (F = {}, k = {}) on {} rows in {} steps: {:.3} s on {}, {:.3e} FLOPs",
+            rec.width, rec.k, rec.rows, rec.steps, rec.seconds, rec.device, rec.flops
+        );
+        println!(
+            "final fraction of variance unexplained {:.4}; dead features {:.1}%",
+            rec.final_fvu,
+            100.0 * rec.dead_fraction
+        );
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "torch")]
+#[derive(Args, Debug)]
+pub struct BudgetSweepArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Held-out activation files the quality is measured on (never trained or built on).
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pub eval_activations: Vec<PathBuf>,
+    /// Held-out rows used.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub eval_rows: usize,
+    /// A file with the ground-truth `features` tensor (F × D), e.g. from `exemplar synth`:
+    /// adds feature recovery to the quality metrics.
+    #[arg(long, value_name = "FILE")]
+    pub ground_truth: Option<PathBuf>,
+    /// Activation budgets, comma-separated (e.g. 10000,100000,1000000).
+    #[arg(long, required = true, value_delimiter = ',', value_name = "N,N,...")]
+    pub budgets: Vec<u64>,
+    /// EP: percentile that sets θ.
+    #[arg(long, short = 'p')]
+    pub percentile: f64,
+    /// EP: rows per batch (calibration and build).
+    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    pub batch_size: usize,
+    /// EP: calibration rows (capped at each budget).
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub calibration_activations: u64,
+    /// EP: stop after this many consecutive batches without a new partition (default: never,
+    /// so each build streams its whole budget).
+    #[arg(long, value_name = "W")]
+    pub saturation_window: Option<u64>,
+    /// EP backend: cpu, cuda or auto.
+    #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
+    pub device: String,
+    #[command(flatten)]
+    pub sae: SaeTrainArgs,
+    /// Output directory: report.json, quality_vs_compute.png, ep-<budget>.safetensors and
+    /// sae-<budget>/ for each budget.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite outputs that exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[cfg(feature = "torch")]
+pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
+    use exemplar::eval::budget::{run_sweep, EvalSet, SweepConfig};
+    use exemplar::eval::plot::{write_png, Panel, Series};
+    if a.budgets.is_empty() || a.budgets.contains(&0) {
+        bail!("--budgets: every budget must be a positive number of activations");
+    }
+    let mut budgets = a.budgets.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let report_path = a.out.join("report.json");
+    let png_path = a.out.join("quality_vs_compute.png");
+    let mut outputs = vec![report_path.clone(), png_path.clone()];
+    for b in &budgets {
+        outputs.push(a.out.join(format!("ep-{b}.safetensors")));
+        outputs.push(a.out.join(format!("sae-{b}/cfg.json")));
+        outputs.push(a.out.join(format!("sae-{b}/sae_weights.safetensors")));
+    }
+    for p in &outputs {
+        exemplar::output::check_writable(p, a.force)?;
+    }
+    let eval = EvalSet::load(
+        &a.eval_activations,
+        StreamOptions {
+            tensor: a.input.tensor.clone(),
+            skip_nonfinite: a.input.skip_nonfinite,
+        },
+        a.eval_rows,
+        a.ground_truth.as_deref(),
+    )?;
+    let (backend, note) =
+        exemplar::backend::Backend::select(exemplar::backend::DeviceChoice::parse(&a.device)?)?;
+    if let Some(n) = note {
+        eprintln!("{n}");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let cfg = SweepConfig {
+        budgets,
+        percentile: a.percentile,
+        batch_size: a.batch_size,
+        calibration_activations: a.calibration_activations,
+        build: exemplar::build::BuildConfig {
+            saturation_window: a.saturation_window,
+            ..Default::default()
+        },
+        sae: a.sae.config()?,
+    };
+    let mut report = run_sweep(
+        &backend,
+        &a.input.activations,
+        stream_options(&a.input),
+        &eval,
+        &cfg,
+        &a.out,
+        a.force,
+    )?;
+    report.eval_inputs = a
+        .eval_activations
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    report.ground_truth = a.ground_truth.as_ref().map(|p| p.display().to_string());
+
+    // Table.
+    println!(
+        "{:>10}  {:>6} {:>9} {:>10} {:>9} {:>7} {:>7}   {:>10} {:>10} {:>9} {:>7} {:>7}",
+        "budget",
+        "EP K",
+        "EP s",
+        "EP FLOPs",
+        "EP EV",
+        "EP rec",
+        "",
+        "SAE s",
+        "SAE FLOPs",
+        "SAE EV",
+        "SAE L0",
+        "SAE rec"
+    );
+    let rec = |q: &exemplar::eval::budget::Quality| {
+        q.feature_recovery_frac
+            .map_or("-".to_string(), |v| format!("{v:.3}"))
+    };
+    for (e, s) in report.ep.iter().zip(&report.sae) {
+        println!(
+            "{:>10}  {:>6} {:>9.3} {:>10.3e} {:>9.4} {:>7} {:>7}   {:>10.3} {:>10.3e} {:>9.4} {:>7.1} {:>7}",
+            e.budget,
+            e.partitions,
+            e.seconds,
+            e.flops,
+            e.quality.explained_variance,
+            rec(&e.quality),
+            "",
+            s.training.seconds,
+            s.training.flops,
+            s.quality.explained_variance,
+            s.quality.l0,
+            rec(&s.quality),
+        );
+    }
+
+    // Plot: quality against FLOPs, one panel per metric.
+    let ep_pts =
+        |f: &dyn Fn(&exemplar::eval::budget::Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
+            report
+                .ep
+                .iter()
+                .filter_map(|e| f(&e.quality).map(|y| (e.flops.max(1.0), y, short(e.budget))))
+                .collect()
+        };
+    let sae_pts =
+        |f: &dyn Fn(&exemplar::eval::budget::Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
+            report
+                .sae
+                .iter()
+                .filter_map(|s| {
+                    f(&s.quality).map(|y| (s.training.flops.max(1.0), y, short(s.budget)))
+                })
+                .collect()
+        };
+    let mut panels = vec![Panel {
+        title: "explained variance (held out)".into(),
+        x_label: "build / training FLOPs".into(),
+        y_label: "explained variance".into(),
+        series: vec![
+            Series {
+                name: "EP (k = 1)".into(),
+                points: ep_pts(&|q| Some(q.explained_variance)),
+            },
+            Series {
+                name: format!("TopK SAE (k = {})", report.sae_k),
+                points: sae_pts(&|q| Some(q.explained_variance)),
+            },
+        ],
+    }];
+    if report.ground_truth.is_some() {
+        panels.push(Panel {
+            title: "ground-truth features recovered (|cos| > 0.9)".into(),
+            x_label: "build / training FLOPs".into(),
+            y_label: "fraction recovered".into(),
+            series: vec![
+                Series {
+                    name: "EP exemplars".into(),
+                    points: ep_pts(&|q| q.feature_recovery_frac),
+                },
+                Series {
+                    name: "SAE decoder rows".into(),
+                    points: sae_pts(&|q| q.feature_recovery_frac),
+                },
+            ],
+        });
+    }
+    write_png(&png_path, &panels, a.force)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    exemplar::output::write_atomic(&report_path, json.as_bytes(), a.force)?;
+    println!("wrote {} and {}", report_path.display(), png_path.display());
+    Ok(())
+}
+
+/// 12000 → "12k", 3000000 → "3M".
+#[cfg(feature = "torch")]
+fn short(n: u64) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
