@@ -6,24 +6,29 @@ use std::process::Command;
 #[test]
 fn every_cli_flag_is_documented() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
-    let mut cmds = vec![
-        "calibrate",
-        "build",
-        "assign",
-        "encode",
-        "inspect",
-        "eval",
-        "demo",
-    ];
-    if cfg!(feature = "torch") {
-        cmds.push("activations");
-    }
+    // Every subcommand `exemplar --help` lists (so a new one cannot go undocumented).
+    let top = Command::new(env!("CARGO_BIN_EXE_exemplar"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let top = String::from_utf8(top.stdout).unwrap();
+    let cmds: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // Command lines are indented by two spaces; wrapped descriptions by more.
+        .filter(|l| !l[2..].starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(cmds.len() >= 8, "could not read the subcommands from --help:\n{top}");
     for cmd in cmds {
         let out = Command::new(env!("CARGO_BIN_EXE_exemplar"))
-            .args([cmd, "--help"])
+            .args([cmd.as_str(), "--help"])
             .output()
             .unwrap();
-        assert!(out.status.success());
+        assert!(out.status.success(), "exemplar {cmd} --help failed");
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(
             doc.contains(&format!("`exemplar {cmd}`")),
