@@ -361,6 +361,72 @@ print(json.dumps(out))
         }
     }
 
+    /// The embedded demo activations (real MiniLM rows, D = 384) through train-sae and a
+    /// two-budget sweep, end to end.
+    #[test]
+    fn demo_data_sweep_runs_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let demo =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/demo/minilm-l6-layer3.safetensors");
+        let demo = demo.to_str().unwrap();
+        exemplar(
+            d,
+            &[
+                "train-sae",
+                "-a",
+                demo,
+                "--width",
+                "128",
+                "-k",
+                "4",
+                "--sae-batch-size",
+                "512",
+                "-o",
+                "sae",
+            ],
+        )
+        .ok();
+        let out = exemplar(
+            d,
+            &[
+                "budget-sweep",
+                "-a",
+                demo,
+                "--eval-activations",
+                demo,
+                "--eval-rows",
+                "1000",
+                "--budgets",
+                "1024,4548",
+                "-p",
+                "5",
+                "--batch-size",
+                "512",
+                "--width",
+                "128",
+                "-k",
+                "4",
+                "--sae-batch-size",
+                "512",
+                "-o",
+                "sweep",
+            ],
+        )
+        .ok();
+        assert_mentions(&out.stdout, &["4548", "quality_vs_compute.png"]);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("sweep/report.json")).unwrap())
+                .unwrap();
+        let ep = report["ep"].as_array().unwrap();
+        assert_eq!(ep[1]["activations"].as_u64(), Some(4548));
+        assert!(ep[1]["partitions"].as_u64().unwrap() > ep[0]["partitions"].as_u64().unwrap());
+        for p in ep.iter().chain(report["sae"].as_array().unwrap()) {
+            let ev = p["quality"]["explained_variance"].as_f64().unwrap();
+            assert!(ev > 0.0 && ev < 1.0, "{ev}");
+        }
+    }
+
     #[test]
     fn train_sae_cli_writes_a_loadable_saelens_sae_and_bad_inputs_fail_cleanly() {
         let dir = tempfile::tempdir().unwrap();

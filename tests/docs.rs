@@ -22,7 +22,10 @@ fn every_cli_flag_is_documented() {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .filter(|c| c != "help")
         .collect();
-    assert!(cmds.len() >= 8, "could not read the subcommands from --help:\n{top}");
+    assert!(
+        cmds.len() >= 8,
+        "could not read the subcommands from --help:\n{top}"
+    );
     for cmd in cmds {
         let out = Command::new(env!("CARGO_BIN_EXE_exemplar"))
             .args([cmd.as_str(), "--help"])
