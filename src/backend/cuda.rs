@@ -216,6 +216,14 @@ fn check_i32(what: &str, v: usize) -> Result<i32> {
     })
 }
 
+/// The activations a prepare launch reads: a cudarc buffer, or the address of memory owned by
+/// someone else (a torch tensor, see `backend::cuda_torch`) that the caller has checked holds
+/// `x_len` elements of the kernel's type on this device's context.
+pub(crate) enum PrepInput<'a, T> {
+    Slice(&'a CudaSlice<T>),
+    Raw(u64),
+}
+
 /// The screen of [`CudaDevice::nearest_with`]; both give the same exact result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScreenKind {
@@ -385,7 +393,15 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare("prepare_f32", x, x.len(), n, d, center, rows)
+        self.prepare(
+            "prepare_f32",
+            PrepInput::Slice(x),
+            x.len(),
+            n,
+            d,
+            center,
+            rows,
+        )
     }
 
     /// [`CudaDevice::prepare_f32`] for bf16 input given as its raw bits (`u16`), e.g. a torch
@@ -399,14 +415,22 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare("prepare_bf16", x, x.len(), n, d, center, rows)
+        self.prepare(
+            "prepare_bf16",
+            PrepInput::Slice(x),
+            x.len(),
+            n,
+            d,
+            center,
+            rows,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn prepare<T>(
+    pub(crate) fn prepare<T>(
         &self,
         kernel: &str,
-        x: &CudaSlice<T>,
+        x: PrepInput<'_, T>,
         x_len: usize,
         n: usize,
         d: usize,
@@ -443,8 +467,16 @@ impl CudaDevice {
         let stride = d as i64;
         let x_rows = (x_len / d) as i64;
         let null = 0u64;
+        let raw = match x {
+            PrepInput::Raw(p) => p,
+            PrepInput::Slice(_) => 0,
+        };
         let mut b = self.stream.launch_builder(self.f(kernel));
-        b.arg(x).arg(&stride).arg(&x_rows);
+        match x {
+            PrepInput::Slice(x) => b.arg(x),
+            PrepInput::Raw(_) => b.arg(&raw),
+        };
+        b.arg(&stride).arg(&x_rows);
         match rows {
             Some(r) => b.arg(r),
             None => b.arg(&null),
@@ -455,7 +487,8 @@ impl CudaDevice {
             .arg(&mut out)
             .arg(&mut zero)
             .arg(&mut bad);
-        // SAFETY: x holds x_rows whole rows of d values of the kernel's element type, and the
+        // SAFETY: x (a buffer, or raw memory whose extent and context the caller checked) holds
+        // x_rows whole rows of d values of the kernel's element type, and the
         // kernel reads only rows it has checked to lie in 0..x_rows (a gather index outside is
         // flagged in `bad`, not read); center holds d f32, out holds n·d, zero and bad hold 1.
         unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err(kernel, e))?;
