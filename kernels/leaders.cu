@@ -118,10 +118,11 @@ extern "C" __global__ void append_leaders(const float* __restrict__ W, int d,
 }
 
 // Rows W (n x d) gathered from U by index: W[r] = U[rows[r]] (the launcher checks the indices).
+// Rows stride over grid.y (at most 65535 blocks high).
 extern "C" __global__ void gather_rows(const float* __restrict__ U, int d,
                                        const int* __restrict__ rows, int n, float* __restrict__ W) {
-    const int r = blockIdx.y;
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= n || col >= d) return;
-    W[(long long)r * d + col] = U[(long long)rows[r] * d + col];
+    if (col >= d) return;
+    for (int r = blockIdx.y; r < n; r += gridDim.y)
+        W[(long long)r * d + col] = U[(long long)rows[r] * d + col];
 }

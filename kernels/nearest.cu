@@ -167,40 +167,42 @@ recheck_partial_f64(const float* __restrict__ U, const float* __restrict__ E, in
                     int* __restrict__ part_index, double* __restrict__ part_sim) {
     __shared__ double ws[8];
     __shared__ int wj[8];
-    const int y = blockIdx.y;
-    if (y >= n_rows) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = rows[y];
-    const int kl = limits ? min(k, limits[row]) : k;
-    const float* u = U + (long long)row * d;
-    double best = NEG_INF_D;
-    int arg = -1;
-    for (int j = blockIdx.x * 8 + warp; j < kl; j += gridDim.x * 8) {
-        const float* e = E + (long long)j * d;
-        double acc = 0.0;
-        for (int i = lane; i < d; i += 32) acc += (double)u[i] * (double)e[i];
-        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-        acc = __shfl_sync(0xffffffffu, acc, 0);
-        if (acc > best) {
-            best = acc;
-            arg = j;
-        }
-    }
-    if (lane == 0) {
-        ws[warp] = best;
-        wj[warp] = arg;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double b = NEG_INF_D;
-        int a = -1;
-        for (int w = 0; w < 8; ++w)
-            if (better_f64(ws[w], wj[w], b, a)) {
-                b = ws[w];
-                a = wj[w];
+    // Rows stride over grid.y (at most 65535 blocks high).
+    for (int y = blockIdx.y; y < n_rows; y += gridDim.y) {
+        const int row = rows[y];
+        const int kl = limits ? min(k, limits[row]) : k;
+        const float* u = U + (long long)row * d;
+        double best = NEG_INF_D;
+        int arg = -1;
+        for (int j = blockIdx.x * 8 + warp; j < kl; j += gridDim.x * 8) {
+            const float* e = E + (long long)j * d;
+            double acc = 0.0;
+            for (int i = lane; i < d; i += 32) acc += (double)u[i] * (double)e[i];
+            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+            acc = __shfl_sync(0xffffffffu, acc, 0);
+            if (acc > best) {
+                best = acc;
+                arg = j;
             }
-        part_index[(long long)y * gridDim.x + blockIdx.x] = a;
-        part_sim[(long long)y * gridDim.x + blockIdx.x] = b;
+        }
+        __syncthreads();  // the previous row's reduction has read ws / wj
+        if (lane == 0) {
+            ws[warp] = best;
+            wj[warp] = arg;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double b = NEG_INF_D;
+            int a = -1;
+            for (int w = 0; w < 8; ++w)
+                if (better_f64(ws[w], wj[w], b, a)) {
+                    b = ws[w];
+                    a = wj[w];
+                }
+            part_index[(long long)y * gridDim.x + blockIdx.x] = a;
+            part_sim[(long long)y * gridDim.x + blockIdx.x] = b;
+        }
     }
 }
 
@@ -229,9 +231,10 @@ extern "C" __global__ void recheck_reduce(const int* __restrict__ rows, int n_ro
 //
 // Inputs are bf16 copies (round to nearest even) of the unit rows, padded with zeros to a width
 // dp that is a multiple of 32. The screen value of a pair differs from the exact similarity by
-// at most eps(d) = 2^-8 + 2^-17 + d * 2^-22 (bf16 rounding of both unit vectors is at most
-// 2^-8 + 2^-18 relative to sum |u_i e_i| <= 1; the f32 accumulation at most d * 2^-23, doubled
-// for tensor-core accumulation that may truncate). resolve_f64 flags a row when
+// at most eps(d) = 2^-7 + 2^-15 + d * 2^-22: rounding both unit vectors to bf16 (8 significant
+// bits, unit roundoff 2^-8) changes each product by at most (2^-7 + 2^-16) |u_i e_i|, and
+// sum |u_i e_i| <= |u| |e| ~ 1 (Cauchy-Schwarz); the f32 accumulation adds at most d * 2^-23,
+// doubled for tensor-core accumulation that may truncate. resolve_f64 flags a row when
 // second > best - margin with margin > 2 eps (backend::cuda::bf16_screen_margin), so an
 // unflagged row's screen winner is the exact argmax, and flagged rows are re-checked in f64.
 // ---------------------------------------------------------------------------------------------
@@ -239,15 +242,16 @@ extern "C" __global__ void recheck_reduce(const int* __restrict__ rows, int n_ro
 // f32 -> bf16 bits, round to nearest even (inputs are finite); W is n x dp, zero padded.
 extern "C" __global__ void to_bf16_padded(const float* __restrict__ X, int n, int d, int dp,
                                           unsigned short* __restrict__ W) {
-    const int r = blockIdx.y;
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= n || col >= dp) return;
-    unsigned short out = 0;
-    if (col < d) {
-        const unsigned int u = __float_as_uint(X[(long long)r * d + col]);
-        out = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    if (col >= dp) return;
+    for (int r = blockIdx.y; r < n; r += gridDim.y) {
+        unsigned short out = 0;
+        if (col < d) {
+            const unsigned int u = __float_as_uint(X[(long long)r * d + col]);
+            out = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+        W[(long long)r * dp + col] = out;
     }
-    W[(long long)r * dp + col] = out;
 }
 
 #define TBM 128

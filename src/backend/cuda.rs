@@ -21,7 +21,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The kernel sources, embedded so NVRTC can compile them on any machine.
@@ -160,6 +160,8 @@ pub struct CudaDevice {
     name: String,
     compute_capability: (i32, i32),
     origin: KernelOrigin,
+    /// Rows the last nearest search re-checked in f64 (for benchmarks and diagnostics).
+    last_rechecked: AtomicUsize,
 }
 
 /// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
@@ -188,6 +190,9 @@ impl GrowableRows {
 }
 
 const WARPS_PER_BLOCK: u32 = 8;
+
+/// The largest grid height; kernels with a row per grid.y stride over it.
+const MAX_GRID_Y: usize = 65_535;
 
 fn warp_grid(rows: usize) -> LaunchConfig {
     LaunchConfig {
@@ -221,6 +226,7 @@ fn check_i32(what: &str, v: usize) -> Result<i32> {
 /// `x_len` elements of the kernel's type on this device's context.
 pub(crate) enum PrepInput<'a, T> {
     Slice(&'a CudaSlice<T>),
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     Raw(u64),
 }
 
@@ -246,10 +252,10 @@ impl ScreenKind {
 }
 
 /// The ambiguity margin of the bf16 screen: more than twice its error bound
-/// `2⁻⁸ + 2⁻¹⁷ + d·2⁻²²` on the similarity of two unit vectors (bf16 rounding of both, then
-/// f32 tensor-core accumulation; see `kernels/nearest.cu`). About 0.0094 at d = 2304.
+/// `2⁻⁷ + 2⁻¹⁵ + d·2⁻²²` on the similarity of two unit vectors (bf16 rounding of both, then
+/// f32 tensor-core accumulation; see `kernels/nearest.cu`). About 0.0176 at d = 2304.
 pub fn bf16_screen_margin(d: usize) -> f32 {
-    let eps = 2.0f64.powi(-8) + 2.0f64.powi(-17) + d as f64 * 2.0f64.powi(-22);
+    let eps = 2.0f64.powi(-7) + 2.0f64.powi(-15) + d as f64 * 2.0f64.powi(-22);
     (2.1 * eps) as f32
 }
 
@@ -333,7 +339,14 @@ impl CudaDevice {
             name,
             compute_capability: cc,
             origin,
+            last_rechecked: AtomicUsize::new(0),
         })
+    }
+
+    /// Rows that the last nearest search could not settle with its screen and re-checked in
+    /// f64 over all candidates.
+    pub fn last_rechecked_rows(&self) -> usize {
+        self.last_rechecked.load(Ordering::Relaxed)
     }
 
     /// Where the loaded kernels came from (prebuilt PTX or NVRTC).
@@ -559,6 +572,90 @@ impl CudaDevice {
         d: usize,
         limits: Option<&CudaSlice<i32>>,
     ) -> Result<(CudaSlice<i32>, CudaSlice<f64>)> {
+        let (idx, best, second, margin) = self.screen_device(screen, u, n, e, k, d, limits)?;
+        // screen_device checked the shapes and that they fit 32-bit indices.
+        let (ni, ki, di) = (n as i32, k as i32, d as i32);
+        let mut idx = idx;
+        let null = 0u64;
+        let s = &self.stream;
+        let alloc_i32 = |len: usize| s.alloc_zeros::<i32>(len).map_err(|e| cuda_err("alloc", e));
+        let mut sim = s.alloc_zeros::<f64>(n).map_err(|e| cuda_err("alloc", e))?;
+        let mut amb = alloc_i32(n)?;
+        let mut b = s.launch_builder(self.f("resolve_f64"));
+        b.arg(u)
+            .arg(e)
+            .arg(&ni)
+            .arg(&di)
+            .arg(&idx)
+            .arg(&best)
+            .arg(&second)
+            .arg(&margin)
+            .arg(&mut sim)
+            .arg(&mut amb);
+        // SAFETY: as above; the screen wrote ids in −1..k; sim and amb hold n each.
+        unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err("resolve_f64", e))?;
+        let flags = self.download(&amb)?;
+        let rows: Vec<i32> = flags
+            .iter()
+            .enumerate()
+            .filter(|(_, &f)| f != 0)
+            .map(|(i, _)| i as i32)
+            .collect();
+        self.last_rechecked.store(rows.len(), Ordering::Relaxed);
+        if !rows.is_empty() {
+            let r = self.upload(&rows)?;
+            let nr = rows.len() as i32;
+            // About 32 candidates per warp, 8 warps per block.
+            let parts = k.div_ceil(256).clamp(1, 1024);
+            let mut pi = alloc_i32(parts * rows.len())?;
+            let mut ps = s
+                .alloc_zeros::<f64>(parts * rows.len())
+                .map_err(|e| cuda_err("alloc", e))?;
+            let cfg = LaunchConfig {
+                grid_dim: (parts as u32, rows.len().min(MAX_GRID_Y) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = s.launch_builder(self.f("recheck_partial_f64"));
+            b.arg(u).arg(e).arg(&ki).arg(&di).arg(&r).arg(&nr);
+            match limits {
+                Some(l) => b.arg(l),
+                None => b.arg(&null),
+            };
+            b.arg(&mut pi).arg(&mut ps);
+            // SAFETY: r lists nr row indices < n; the partials hold parts·nr (grid.x = parts,
+            // rows stride over grid.y).
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("recheck_partial_f64", e))?;
+            let pa = parts as i32;
+            let mut b = s.launch_builder(self.f("recheck_reduce"));
+            b.arg(&r)
+                .arg(&nr)
+                .arg(&pa)
+                .arg(&pi)
+                .arg(&ps)
+                .arg(&mut idx)
+                .arg(&mut sim);
+            // SAFETY: as above; idx and sim hold n each and r's indices are < n.
+            unsafe { b.launch(LaunchConfig::for_num_elems(rows.len() as u32)) }
+                .map_err(|e| cuda_err("recheck_reduce", e))?;
+        }
+        Ok((idx, sim))
+    }
+
+    /// The screen alone: per row of `u` the screen's best candidate (−1 if none), its value and
+    /// the runner-up's, left on the device, and the margin within which the two are ambiguous.
+    /// [`CudaDevice::nearest_device`] resolves them exactly; this is public for benchmarks.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn screen_device(
+        &self,
+        screen: ScreenKind,
+        u: &CudaView<'_, f32>,
+        n: usize,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        limits: Option<&CudaSlice<i32>>,
+    ) -> Result<(CudaSlice<i32>, CudaSlice<f32>, CudaSlice<f32>, f32)> {
         check_len("rows", u.len(), n * d)?;
         check_len("candidates", e.len(), k * d)?;
         if let Some(l) = limits {
@@ -658,65 +755,7 @@ impl CudaDevice {
                 bf16_screen_margin(d)
             }
         };
-        let mut sim = s.alloc_zeros::<f64>(n).map_err(|e| cuda_err("alloc", e))?;
-        let mut amb = alloc_i32(n)?;
-        let mut b = s.launch_builder(self.f("resolve_f64"));
-        b.arg(u)
-            .arg(e)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&idx)
-            .arg(&best)
-            .arg(&second)
-            .arg(&margin)
-            .arg(&mut sim)
-            .arg(&mut amb);
-        // SAFETY: as above; the screen wrote ids in −1..k; sim and amb hold n each.
-        unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err("resolve_f64", e))?;
-        let flags = self.download(&amb)?;
-        let rows: Vec<i32> = flags
-            .iter()
-            .enumerate()
-            .filter(|(_, &f)| f != 0)
-            .map(|(i, _)| i as i32)
-            .collect();
-        if !rows.is_empty() {
-            let r = self.upload(&rows)?;
-            let nr = rows.len() as i32;
-            // About 32 candidates per warp, 8 warps per block.
-            let parts = k.div_ceil(256).clamp(1, 1024);
-            let mut pi = alloc_i32(parts * rows.len())?;
-            let mut ps = s
-                .alloc_zeros::<f64>(parts * rows.len())
-                .map_err(|e| cuda_err("alloc", e))?;
-            let cfg = LaunchConfig {
-                grid_dim: (parts as u32, rows.len() as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = s.launch_builder(self.f("recheck_partial_f64"));
-            b.arg(u).arg(e).arg(&ki).arg(&di).arg(&r).arg(&nr);
-            match limits {
-                Some(l) => b.arg(l),
-                None => b.arg(&null),
-            };
-            b.arg(&mut pi).arg(&mut ps);
-            // SAFETY: r lists nr row indices < n; the partials hold parts·nr (grid = parts × nr).
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("recheck_partial_f64", e))?;
-            let pa = parts as i32;
-            let mut b = s.launch_builder(self.f("recheck_reduce"));
-            b.arg(&r)
-                .arg(&nr)
-                .arg(&pa)
-                .arg(&pi)
-                .arg(&ps)
-                .arg(&mut idx)
-                .arg(&mut sim);
-            // SAFETY: as above; idx and sim hold n each and r's indices are < n.
-            unsafe { b.launch(LaunchConfig::for_num_elems(rows.len() as u32)) }
-                .map_err(|e| cuda_err("recheck_reduce", e))?;
-        }
-        Ok((idx, sim))
+        Ok((idx, best, second, margin))
     }
 
     /// bf16 bits (round to nearest even) of `x` (`n × d`), zero padded to width `dp`.
@@ -741,7 +780,7 @@ impl CudaDevice {
             check_i32("dp", dp)?,
         );
         let cfg = LaunchConfig {
-            grid_dim: ((dp as u32).div_ceil(256), n as u32, 1),
+            grid_dim: ((dp as u32).div_ceil(256), n.min(MAX_GRID_Y) as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -1139,7 +1178,11 @@ impl CudaDevice {
         let mut b = self.stream.launch_builder(self.f("gather_rows"));
         b.arg(u).arg(&di).arg(&idx).arg(&ni).arg(&mut out);
         let cfg = LaunchConfig {
-            grid_dim: ((d as u32).div_ceil(256), rows.len() as u32, 1),
+            grid_dim: (
+                (d as u32).div_ceil(256),
+                rows.len().min(MAX_GRID_Y) as u32,
+                1,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
