@@ -11,6 +11,9 @@ use exemplar::linalg::{nearest_rows, screen_rows};
 
 fn device() -> Option<CudaDevice> {
     if !driver_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_REQUIRE_CUDA is set but the CUDA driver cannot be loaded");
+        }
         eprintln!(
             "skipping: no CUDA driver on this machine (GPU parity runs via scripts/gpu-run.sh)"
         );
@@ -496,6 +499,9 @@ fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
     use tch::{Device, Kind, Tensor};
     let Some(dev) = device() else { return };
     if !tch::Cuda::is_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
+        }
         eprintln!(
             "skipping: this libtorch has no CUDA (the GPU bundle uses the GPU machine's torch)"
         );

@@ -76,7 +76,16 @@ pub mod prebuilt {
 /// The prebuilt PTX of `module` for the highest architecture not above `cc` (10·major + minor):
 /// PTX of a virtual architecture is JIT-compiled by the driver for any later GPU.
 pub fn prebuilt_ptx(module: &str, cc: u32) -> Option<(u32, &'static str)> {
-    prebuilt::PREBUILT
+    pick_ptx(prebuilt::PREBUILT, module, cc)
+}
+
+/// [`prebuilt_ptx`] over any table of (module, architecture, PTX).
+pub fn pick_ptx<'t>(
+    table: &[(&str, u32, &'t str)],
+    module: &str,
+    cc: u32,
+) -> Option<(u32, &'t str)> {
+    table
         .iter()
         .filter(|(m, arch, _)| *m == module && *arch <= cc)
         .max_by_key(|(_, arch, _)| *arch)
