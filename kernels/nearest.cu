@@ -282,11 +282,22 @@ __device__ __forceinline__ unsigned int lds32(const unsigned short* p) {
 // Block (x, y): rows x*128 .. +128 against candidate tiles of split y (gridDim.y splits of the
 // 128-candidate tiles, contiguous). Writes the split's top-2 of each row to
 // part_{index,best,second}[y * n + row]; top2_merge_splits combines the splits.
-extern "C" __global__ void __launch_bounds__(256)
-nearest_top2_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned short* __restrict__ Eb,
-                      int n, int k, int dp, const int* __restrict__ limits,
-                      int* __restrict__ part_index, float* __restrict__ part_best,
-                      float* __restrict__ part_second) {
+// CONT = false: the screen (top-2 per row and split). CONT = true: the contender pass for rows
+// the screen left ambiguous (gathered, n of them): every candidate whose bf16 value is at least
+// floor[row] (the screen's best minus the margin) is listed in cont_index[row * max_cont + i]
+// (any order; cont_count[row] counts them, and a count above max_cont means "re-check all").
+// The exact maximum is always listed: a candidate with exact value >= the screen winner's has
+// screen value >= best - 2 eps > floor.
+template <bool CONT>
+__device__ __forceinline__ void mma_screen(const unsigned short* __restrict__ Ub,
+                                           const unsigned short* __restrict__ Eb, int n, int k,
+                                           int dp, const int* __restrict__ limits,
+                                           int* __restrict__ part_index,
+                                           float* __restrict__ part_best,
+                                           float* __restrict__ part_second,
+                                           const float* __restrict__ floor_, int max_cont,
+                                           int* __restrict__ cont_count,
+                                           int* __restrict__ cont_index) {
     __shared__ __align__(16) unsigned short As[TBM * TPAD];
     __shared__ __align__(16) unsigned short Bs[TBN * TPAD];
     __shared__ Top2 red[4][TBM];
@@ -312,11 +323,22 @@ nearest_top2_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned shor
             lim[mt * 2 + h] = (r < n) ? (limits ? min(k, limits[r]) : k) : 0;
         }
     Top2 run[8];
+    float flo[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         run[i].index = -1;
         run[i].best = NEG_INF_F;
         run[i].second = NEG_INF_F;
+        flo[i] = 0.0f;
+    }
+    if (CONT) {
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = m0 + wm * 64 + mt * 16 + g + 8 * h;
+                flo[mt * 2 + h] = (r < n) ? floor_[r] : 0.0f;
+            }
     }
 
     for (int tile = t_begin; tile < t_end; ++tile) {
@@ -397,9 +419,20 @@ nearest_top2_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned shor
 #pragma unroll
                     for (int j = 0; j < 2; ++j) {
                         const int c = n0 + wn * 32 + nt * 8 + 2 * t4 + j;
-                        if (c < lim[mt * 2 + h]) top2_offer(run[mt * 2 + h], c, acc[mt][nt][h * 2 + j]);
+                        if (c >= lim[mt * 2 + h]) continue;
+                        const float v = acc[mt][nt][h * 2 + j];
+                        if (CONT) {
+                            if (v >= flo[mt * 2 + h]) {
+                                const int r = m0 + wm * 64 + mt * 16 + g + 8 * h;
+                                const int slot = atomicAdd(&cont_count[r], 1);
+                                if (slot < max_cont) cont_index[(long long)r * max_cont + slot] = c;
+                            }
+                        } else {
+                            top2_offer(run[mt * 2 + h], c, v);
+                        }
                     }
     }
+    if (CONT) return;
     // Merge the 4 threads of a quad (same rows), then the 4 candidate quarters via shared memory.
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -425,6 +458,74 @@ nearest_top2_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned shor
         part_index[o] = r.index;
         part_best[o] = r.best;
         part_second[o] = r.second;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+nearest_top2_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned short* __restrict__ Eb,
+                      int n, int k, int dp, const int* __restrict__ limits,
+                      int* __restrict__ part_index, float* __restrict__ part_best,
+                      float* __restrict__ part_second) {
+    mma_screen<false>(Ub, Eb, n, k, dp, limits, part_index, part_best, part_second, nullptr, 0,
+                      nullptr, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+contenders_bf16_mma(const unsigned short* __restrict__ Ub, const unsigned short* __restrict__ Eb,
+                    int n, int k, int dp, const float* __restrict__ floor_, int max_cont,
+                    int* __restrict__ cont_count, int* __restrict__ cont_index) {
+    mma_screen<true>(Ub, Eb, n, k, dp, nullptr, nullptr, nullptr, nullptr, floor_, max_cont,
+                     cont_count, cont_index);
+}
+
+// The exact f64 maximum over each gathered row's listed contenders (lowest index on ties):
+// block per row (rows stride over grid.x), warp per contender. Rows whose list overflowed
+// (count > max_cont) are skipped here and re-checked over all candidates by the launcher.
+extern "C" __global__ void __launch_bounds__(256)
+contenders_f64(const float* __restrict__ U, const float* __restrict__ E, int d,
+               const int* __restrict__ rows, int n_rows, int max_cont,
+               const int* __restrict__ cont_count, const int* __restrict__ cont_index,
+               int* __restrict__ best_index, double* __restrict__ sim) {
+    __shared__ double ws[8];
+    __shared__ int wj[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int y = blockIdx.x; y < n_rows; y += gridDim.x) {
+        const int cnt = cont_count[y];
+        if (cnt > max_cont) continue;  // uniform across the block
+        const float* u = U + (long long)rows[y] * d;
+        double best = NEG_INF_D;
+        int arg = -1;
+        for (int i = warp; i < cnt; i += 8) {
+            const int j = cont_index[(long long)y * max_cont + i];
+            const float* e = E + (long long)j * d;
+            double acc = 0.0;
+            for (int t = lane; t < d; t += 32) acc += (double)u[t] * (double)e[t];
+            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+            acc = __shfl_sync(0xffffffffu, acc, 0);
+            if (better_f64(acc, j, best, arg)) {
+                best = acc;
+                arg = j;
+            }
+        }
+        __syncthreads();
+        if (lane == 0) {
+            ws[warp] = best;
+            wj[warp] = arg;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double b = NEG_INF_D;
+            int a = -1;
+            for (int w = 0; w < 8; ++w)
+                if (better_f64(ws[w], wj[w], b, a)) {
+                    b = ws[w];
+                    a = wj[w];
+                }
+            if (a >= 0) {
+                best_index[rows[y]] = a;
+                sim[rows[y]] = b;
+            }
+        }
     }
 }
 

@@ -384,6 +384,20 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
     let mut u = unit_rows(2000, d, 20, 10);
     u.extend_from_slice(&base[..100 * d]);
     cases.push(("duplicated candidates".into(), d, u, e));
+    // Hundreds of near-identical candidates: more contenders than the tensor-core path lists,
+    // so its rows fall back to the re-check over all candidates.
+    let d = 128;
+    let one = unit_rows(1, d, 0, 13);
+    let jitter = unit_rows(300, d, 0, 14);
+    let e: Vec<f32> = (0..300 * d)
+        .map(|i| one[i % d] + 1e-3 * jitter[i])
+        .collect();
+    let e = directions(&e, &vec![0.0; d]).unwrap();
+    let u: Vec<f32> = (0..500 * d)
+        .map(|i| one[i % d] + 0.05 * jitter[(i * 7) % (300 * d)])
+        .collect();
+    let u = directions(&u, &vec![0.0; d]).unwrap();
+    cases.push(("near-identical candidates".into(), d, u, e));
     for (what, d, u, e) in &cases {
         let (n, k) = (u.len() / d, e.len() / d);
         let (want_ids, want_sims) = nearest_rows(u, e, *d);
@@ -399,6 +413,17 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
                     want_sims[i].to_bits(),
                     "{what} {screen:?}: row {i} similarity"
                 );
+            }
+            let (amb, full) = (dev.last_ambiguous_rows(), dev.last_rechecked_rows());
+            eprintln!("{what} {screen:?}: {amb} rows ambiguous, {full} re-checked over all K");
+            if screen == ScreenKind::Bf16TensorCores && what.starts_with("duplicated") {
+                assert!(
+                    amb >= 100 && full < amb,
+                    "the contender path must settle them"
+                );
+            }
+            if screen == ScreenKind::Bf16TensorCores && what.starts_with("near-identical") {
+                assert!(full > 0, "overflowing contender lists must fall back");
             }
         }
     }

@@ -45,6 +45,8 @@ pub const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "recheck_reduce",
             "to_bf16_padded",
             "nearest_top2_bf16_mma",
+            "contenders_bf16_mma",
+            "contenders_f64",
             "top2_merge_splits",
         ],
     ),
@@ -169,7 +171,9 @@ pub struct CudaDevice {
     name: String,
     compute_capability: (i32, i32),
     origin: KernelOrigin,
-    /// Rows the last nearest search re-checked in f64 (for benchmarks and diagnostics).
+    /// Rows the last nearest search found ambiguous, and those it re-checked in f64 over all
+    /// candidates (for benchmarks and diagnostics).
+    last_ambiguous: AtomicUsize,
     last_rechecked: AtomicUsize,
 }
 
@@ -348,12 +352,18 @@ impl CudaDevice {
             name,
             compute_capability: cc,
             origin,
+            last_ambiguous: AtomicUsize::new(0),
             last_rechecked: AtomicUsize::new(0),
         })
     }
 
-    /// Rows that the last nearest search could not settle with its screen and re-checked in
-    /// f64 over all candidates.
+    /// Rows of the last nearest search that its screen could not settle (resolved over their
+    /// contenders with the tensor-core screen, over all candidates with the FP32 screen).
+    pub fn last_ambiguous_rows(&self) -> usize {
+        self.last_ambiguous.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the last nearest search re-checked in f64 over all candidates.
     pub fn last_rechecked_rows(&self) -> usize {
         self.last_rechecked.load(Ordering::Relaxed)
     }
@@ -610,6 +620,17 @@ impl CudaDevice {
             .filter(|(_, &f)| f != 0)
             .map(|(i, _)| i as i32)
             .collect();
+        // Tensor-core screen: the ambiguous rows' contenders (candidates within the margin of
+        // the best) are listed by a second bf16 pass and only they are resolved in f64; rows
+        // with too many contenders fall back to the full re-check.
+        self.last_ambiguous.store(rows.len(), Ordering::Relaxed);
+        let rows = if screen == ScreenKind::Bf16TensorCores && limits.is_none() && !rows.is_empty()
+        {
+            let best = self.download(&best)?;
+            self.resolve_contenders(u, e, k, d, &rows, &best, margin, &mut idx, &mut sim)?
+        } else {
+            rows
+        };
         self.last_rechecked.store(rows.len(), Ordering::Relaxed);
         if !rows.is_empty() {
             let r = self.upload(&rows)?;
@@ -765,6 +786,87 @@ impl CudaDevice {
             }
         };
         Ok((idx, best, second, margin))
+    }
+
+    /// The contender pass of the tensor-core screen for the ambiguous `rows`: lists, per row,
+    /// the candidates whose bf16 screen value is at least `best[row] − margin`, and writes the
+    /// exact f64 maximum over them (lowest index on ties) into `idx` and `sim`. Returns the rows
+    /// whose list overflowed, which the caller re-checks over all candidates.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_contenders(
+        &self,
+        u: &CudaView<'_, f32>,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        rows: &[i32],
+        best: &[f32],
+        margin: f32,
+        idx: &mut CudaSlice<i32>,
+        sim: &mut CudaSlice<f64>,
+    ) -> Result<Vec<i32>> {
+        const MAX_CONT: usize = 64;
+        let s = &self.stream;
+        let n2 = rows.len();
+        let dp = d.next_multiple_of(32);
+        let gathered: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let w = self.gather_rows(u, d, &gathered)?;
+        let ub = self.to_bf16_padded(&w.slice(..), n2, d, dp)?;
+        let eb = self.to_bf16_padded(e, k, d, dp)?;
+        let floor: Vec<f32> = rows.iter().map(|&r| best[r as usize] - margin).collect();
+        let floor = self.upload(&floor)?;
+        let mut count = s.alloc_zeros::<i32>(n2).map_err(|e| cuda_err("alloc", e))?;
+        let mut list = s
+            .alloc_zeros::<i32>(n2 * MAX_CONT)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let (n2i, ki, dpi, di, mc) = (n2 as i32, k as i32, dp as i32, d as i32, MAX_CONT as i32);
+        let row_blocks = n2.div_ceil(128);
+        let splits = (264usize.div_ceil(row_blocks)).clamp(1, k.div_ceil(128).min(64));
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks as u32, splits as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(self.f("contenders_bf16_mma"));
+        b.arg(&ub)
+            .arg(&eb)
+            .arg(&n2i)
+            .arg(&ki)
+            .arg(&dpi)
+            .arg(&floor)
+            .arg(&mc)
+            .arg(&mut count)
+            .arg(&mut list);
+        // SAFETY: ub holds n2·dp and eb k·dp bf16 (dp a multiple of 32); floor and count hold
+        // n2, list n2·MAX_CONT and the kernel writes a slot only below MAX_CONT.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_bf16_mma", e))?;
+        let r = self.upload(rows)?;
+        let mut b = s.launch_builder(self.f("contenders_f64"));
+        b.arg(u)
+            .arg(e)
+            .arg(&di)
+            .arg(&r)
+            .arg(&n2i)
+            .arg(&mc)
+            .arg(&count)
+            .arg(&list)
+            .arg(&mut *idx)
+            .arg(&mut *sim);
+        let cfg = LaunchConfig {
+            grid_dim: (n2.min(MAX_GRID_Y) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rows are < n (idx, sim and u hold n rows), listed candidates are < k; rows
+        // stride over grid.x; overflowing lists are not read.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_f64", e))?;
+        let count = self.download(&count)?;
+        Ok(rows
+            .iter()
+            .zip(&count)
+            .filter(|(_, &c)| c as usize > MAX_CONT || c == 0)
+            .map(|(&r, _)| r)
+            .collect())
     }
 
     /// bf16 bits (round to nearest even) of `x` (`n × d`), zero padded to width `dp`.
