@@ -372,7 +372,7 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
         (64, 1, 8, 1),
     ] {
         let u = unit_rows(n, d, clusters, 3);
-        let e = unit_rows(k, d, clusters, 4);
+        let e = unit_rows(k.max(2), d, clusters, 4)[..k * d].to_vec();
         cases.push((format!("n={n} k={k} d={d} clusters={clusters}"), d, u, e));
     }
     // Exact ties: every candidate twice (ids must be the lower copy), and rows that are
@@ -387,7 +387,7 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
     // Hundreds of near-identical candidates: more contenders than the tensor-core path lists,
     // so its rows fall back to the re-check over all candidates.
     let d = 128;
-    let one = unit_rows(1, d, 0, 13);
+    let one = unit_rows(2, d, 0, 13);
     let jitter = unit_rows(300, d, 0, 14);
     let e: Vec<f32> = (0..300 * d)
         .map(|i| one[i % d] + 1e-3 * jitter[i])
@@ -474,6 +474,7 @@ fn leaders_on_the_device_equal_the_cpu_twin_across_batches_and_growth() {
             let got = dev
                 .leaders(&dev.upload(batch).unwrap().slice(..), m, d, theta, &mut g)
                 .unwrap();
+            assert_eq!(got.len(), m);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 match (a, b) {
                     (
