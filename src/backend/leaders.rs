@@ -186,6 +186,76 @@ mod tests {
         }
     }
 
+    /// The CUDA kernels' decomposition, on the CPU: per chunk, each row's exact nearest among
+    /// earlier chunks' leaders (`linalg::nearest_rows`), then one in-order scan over exact pair
+    /// similarities inside the chunk (ties to the lower ordinal; earlier chunks win ties).
+    fn chunked_like_the_gpu(
+        rows: &[f32],
+        d: usize,
+        theta: f64,
+        chunk: usize,
+    ) -> Vec<LeaderDecision> {
+        let mut lead: Vec<f32> = Vec::new();
+        let mut out = Vec::new();
+        for w in rows.chunks(chunk * d) {
+            let c = w.len() / d;
+            let made = lead.len() / d;
+            let prev = if made > 0 {
+                let (i, s) = crate::linalg::nearest_rows(w, &lead, d);
+                i.into_iter().map(|i| i as i64).zip(s).collect()
+            } else {
+                vec![(-1i64, f64::NEG_INFINITY); c]
+            };
+            let mut chunk_leaders: Vec<usize> = Vec::new();
+            for a in 0..c {
+                let (mut o, mut s) = prev[a];
+                let mut best: Option<(usize, f64)> = None;
+                for (l, &b) in chunk_leaders.iter().enumerate() {
+                    let v = dot_f64(&w[a * d..(a + 1) * d], &w[b * d..(b + 1) * d]);
+                    if best.is_none_or(|(_, bv)| v > bv) {
+                        best = Some((l, v));
+                    }
+                }
+                if let Some((l, v)) = best {
+                    if o < 0 || v > s {
+                        o = (made + l) as i64;
+                        s = v;
+                    }
+                }
+                if o >= 0 && distance_from_similarity(s) <= theta {
+                    out.push(LeaderDecision::Follow {
+                        ordinal: o as u32,
+                        sim: s,
+                    });
+                } else {
+                    out.push(LeaderDecision::Leader {
+                        ordinal: (made + chunk_leaders.len()) as u32,
+                    });
+                    chunk_leaders.push(a);
+                }
+            }
+            for &a in &chunk_leaders {
+                lead.extend_from_slice(&w[a * d..(a + 1) * d]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_gpu_chunked_resolution_equals_sequential_leader_clustering() {
+        for (n, d, clusters, theta) in [(700, 48, 9, 0.3), (600, 4, 0, 0.1)] {
+            let rows = data(n, d, clusters, 3 + n as u64);
+            let want = leaders_cpu(&rows, d, theta);
+            for chunk in [1, 7, 64, 512] {
+                assert_eq!(
+                    chunked_like_the_gpu(&rows, d, theta, chunk),
+                    want,
+                    "n={n} d={d} chunk={chunk}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn exact_ties_follow_the_lowest_ordinal() {
         // Rows 0 and 1 are orthogonal leaders at θ = 0.5; row 2 is equally near both.
