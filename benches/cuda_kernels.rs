@@ -1,17 +1,20 @@
 //! GPU benchmarks of the CUDA backend (issue 3), run by `scripts/gpu-run.sh run` on a GPU
 //! machine (without a CUDA device it says so and exits):
 //!
-//! * nearest (screen + exact resolution, ids and similarities back on the host) at
-//!   B = 16,384 rows, D = 2304, K ∈ {1,000; 5,000; 20,000}, against cuBLAS SGEMM of the same
-//!   shape (a lower bound of "GEMM + argmax": the argmax only adds) and the device's bf16 GEMM
-//!   rate on that shape;
+//! * nearest at B = 16,384 rows, D = 2304, K ∈ {1,000; 5,000; 20,000}: the fused screens alone
+//!   (bf16 tensor cores; FP32) and the whole exact search (screen + f64 resolution + re-check,
+//!   ids and similarities back on the host), against cuBLAS GEMM + a separate row argmax
+//!   (SGEMM and bf16 GEMM) and the plain cuBLAS bf16 GEMM rate of that shape;
+//! * one batch end to end at K = 20,000: prepare → nearest → leaders → stats;
 //! * the exact calibration percentile at 16,384 rows;
 //! * a whole build (phase A on the GPU) of 8 batches of 16,384 rows of clustered data.
 //!
-//! Sizes: EXEMPLAR_GPU_BENCH_K ("1000,5000,20000"), EXEMPLAR_GPU_BENCH_ROWS (16384).
+//! Sizes: EXEMPLAR_GPU_BENCH_K ("1000,5000,20000"), EXEMPLAR_GPU_BENCH_ROWS (16384),
+//! EXEMPLAR_GPU_BENCH_DIM (2304).
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use exemplar::backend::cuda::{driver_available, CudaDevice};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use exemplar::backend::cuda::{driver_available, CudaDevice, ScreenKind};
 use exemplar::backend::Backend;
 use exemplar::build::{BuildConfig, Builder};
 use exemplar::calibrate::PercentileMethod;
@@ -51,6 +54,47 @@ fn gemm_config<T>(b: usize, k: usize, d: usize, one: T, zero: T) -> GemmConfig<T
     }
 }
 
+/// Row argmax of a row-major b × k similarity matrix (f32, or bf16 bits), warp per row: the
+/// "separate argmax" of the cuBLAS baseline.
+const ARGMAX: &str = r#"
+extern "C" __global__ void argmax_f32(const float* C, int b, int k, int* out) {
+    const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (w >= b) return;
+    float best = -1e30f; int arg = -1;
+    for (int j = lane; j < k; j += 32) { float v = C[(long long)w * k + j]; if (v > best) { best = v; arg = j; } }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_down_sync(0xffffffffu, best, o); int oa = __shfl_down_sync(0xffffffffu, arg, o);
+        if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
+    }
+    if (lane == 0) out[w] = arg;
+}
+extern "C" __global__ void argmax_bf16(const unsigned short* C, int b, int k, int* out) {
+    const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (w >= b) return;
+    float best = -1e30f; int arg = -1;
+    for (int j = lane; j < k; j += 32) {
+        float v = __uint_as_float(((unsigned int)C[(long long)w * k + j]) << 16);
+        if (v > best) { best = v; arg = j; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_down_sync(0xffffffffu, best, o); int oa = __shfl_down_sync(0xffffffffu, arg, o);
+        if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
+    }
+    if (lane == 0) out[w] = arg;
+}
+"#;
+
+fn argmax_kernels(dev: &CudaDevice) -> (CudaFunction, CudaFunction) {
+    let cc = dev.compute_capability();
+    let arch: &'static str = Box::leak(format!("compute_{}{}", cc.0, cc.1).into_boxed_str());
+    let ptx = exemplar::backend::cuda::compile("bench_argmax", ARGMAX, arch).unwrap();
+    let m = dev.context().load_module(ptx).unwrap();
+    (
+        m.load_function("argmax_f32").unwrap(),
+        m.load_function("argmax_bf16").unwrap(),
+    )
+}
+
 fn main() {
     if !driver_available() {
         println!("no CUDA driver on this machine: nothing to measure (run on a GPU via scripts/gpu-run.sh)");
@@ -77,6 +121,7 @@ fn main() {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
+    let (argmax_f32, argmax_bf16) = argmax_kernels(&dev);
     for &k in &ks {
         let e = random_unit_rows(k, d, 2);
         let de = dev.upload(&e).unwrap();
@@ -109,21 +154,136 @@ fn main() {
             .unwrap();
         });
         drop(c16);
-        let t_nearest = best_of(5, &dev, || {
-            dev.nearest(&du, b, &de.slice(..), k, d).unwrap();
+        let warp_cfg = LaunchConfig {
+            grid_dim: ((b as u32).div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut am = dev.stream().alloc_zeros::<i32>(b).unwrap();
+        let (bi, ki) = (b as i32, k as i32);
+        let mut c32 = dev.stream().alloc_zeros::<f32>(b * k).unwrap();
+        let t_sgemm_argmax = best_of(10, &dev, || {
+            // SAFETY: as above.
+            unsafe { blas.gemm(gemm_config(b, k, d, 1.0f32, 0.0f32), &de, &du, &mut c32) }.unwrap();
+            let mut l = dev.stream().launch_builder(&argmax_f32);
+            l.arg(&c32).arg(&bi).arg(&ki).arg(&mut am);
+            // SAFETY: c32 holds b·k, am b; one warp per row.
+            unsafe { l.launch(warp_cfg) }.unwrap();
+        });
+        drop(c32);
+        let mut c16 = dev.stream().alloc_zeros::<half::bf16>(b * k).unwrap();
+        let t_bf16_argmax = best_of(10, &dev, || {
+            // SAFETY: as above.
+            unsafe {
+                blas.gemm(
+                    gemm_config(b, k, d, one, half::bf16::ZERO),
+                    &de16,
+                    &du16,
+                    &mut c16,
+                )
+            }
+            .unwrap();
+            let mut l = dev.stream().launch_builder(&argmax_bf16);
+            l.arg(&c16).arg(&bi).arg(&ki).arg(&mut am);
+            // SAFETY: c16 holds b·k bf16, am b; one warp per row.
+            unsafe { l.launch(warp_cfg) }.unwrap();
+        });
+        drop(c16);
+        let (uv, ev) = (du.slice(..), de.slice(..));
+        let t_screen_tc = best_of(10, &dev, || {
+            dev.screen_device(ScreenKind::Bf16TensorCores, &uv, b, &ev, k, d, None)
+                .unwrap();
+        });
+        let t_screen_f32 = best_of(3, &dev, || {
+            dev.screen_device(ScreenKind::F32, &uv, b, &ev, k, d, None)
+                .unwrap();
+        });
+        let mut rechecked = [(0usize, 0usize); 2];
+        let mut t_exact = [0.0f64; 2];
+        for (i, screen) in [ScreenKind::Bf16TensorCores, ScreenKind::F32]
+            .into_iter()
+            .enumerate()
+        {
+            t_exact[i] = best_of(5, &dev, || {
+                dev.nearest_with(screen, &du, b, &ev, k, d, None).unwrap();
+            });
+            rechecked[i] = (dev.last_ambiguous_rows(), dev.last_rechecked_rows());
+        }
+        let rate = |t: f64| flop / t / 1e12;
+        println!("nearest B={b} D={d} K={k}:");
+        println!(
+            "  cuBLAS bf16 GEMM alone        {:8.3} ms {:7.1} TFLOP/s",
+            t_bf16 * 1e3,
+            rate(t_bf16)
+        );
+        println!(
+            "  cuBLAS bf16 GEMM + argmax     {:8.3} ms {:7.1} TFLOP/s",
+            t_bf16_argmax * 1e3,
+            rate(t_bf16_argmax)
+        );
+        println!(
+            "  cuBLAS SGEMM alone            {:8.3} ms {:7.1} TFLOP/s",
+            t_sgemm * 1e3,
+            rate(t_sgemm)
+        );
+        println!(
+            "  cuBLAS SGEMM + argmax         {:8.3} ms {:7.1} TFLOP/s",
+            t_sgemm_argmax * 1e3,
+            rate(t_sgemm_argmax)
+        );
+        println!(
+            "  screen, bf16 tensor cores     {:8.3} ms {:7.1} TFLOP/s = {:.2} of the bf16 GEMM rate",
+            t_screen_tc * 1e3,
+            rate(t_screen_tc),
+            t_bf16 / t_screen_tc
+        );
+        println!(
+            "  screen, FP32                  {:8.3} ms {:7.1} TFLOP/s",
+            t_screen_f32 * 1e3,
+            rate(t_screen_f32)
+        );
+        println!(
+            "  exact nearest, tensor cores   {:8.3} ms {:7.1} TFLOP/s = {:.2} of the bf16 GEMM rate; {} rows ambiguous, {} re-checked over all K",
+            t_exact[0] * 1e3,
+            rate(t_exact[0]),
+            t_bf16 / t_exact[0],
+            rechecked[0].0,
+            rechecked[0].1
+        );
+        println!(
+            "  exact nearest, FP32 screen    {:8.3} ms {:7.1} TFLOP/s; {} rows re-checked over all K",
+            t_exact[1] * 1e3,
+            rate(t_exact[1]),
+            rechecked[1].1
+        );
+        // Clustered rows (noisy copies of candidates): what activations near a dictionary look
+        // like; random unit rows above are the worst case (near-ties everywhere).
+        let noise = random_unit_rows(b, d, 5);
+        let mut uc = Vec::with_capacity(b * d);
+        for i in 0..b {
+            let j = (i * 7919) % k;
+            let mut row: Vec<f32> = (0..d)
+                .map(|c| e[j * d + c] + 0.3 * noise[i * d + c])
+                .collect();
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+            uc.extend(row);
+        }
+        let duc = dev.upload(&uc).unwrap();
+        let t_clustered = best_of(5, &dev, || {
+            dev.nearest_with(ScreenKind::Bf16TensorCores, &duc, b, &ev, k, d, None)
+                .unwrap();
         });
         println!(
-            "nearest B={b} D={d} K={k}: {:.3} ms ({:.1} TFLOP/s) | cuBLAS SGEMM alone {:.3} ms ({:.1} TFLOP/s) | bf16 GEMM {:.3} ms ({:.1} TFLOP/s) | nearest / bf16-GEMM rate = {:.3}, vs SGEMM = {:.3}",
-            t_nearest * 1e3,
-            flop / t_nearest / 1e12,
-            t_sgemm * 1e3,
-            flop / t_sgemm / 1e12,
-            t_bf16 * 1e3,
-            flop / t_bf16 / 1e12,
-            t_bf16 / t_nearest,
-            t_sgemm / t_nearest,
+            "  exact nearest, tensor cores, clustered rows {:8.3} ms {:7.1} TFLOP/s = {:.2} of the bf16 GEMM rate; {} rows ambiguous, {} re-checked over all K",
+            t_clustered * 1e3,
+            rate(t_clustered),
+            t_bf16 / t_clustered,
+            dev.last_ambiguous_rows(),
+            dev.last_rechecked_rows()
         );
     }
+    end_to_end(&dev, b, d, 20_000);
     // Calibration percentile at 16,384 rows (134M pairs), p = 1.
     let n = b.min(16384);
     let t = best_of(3, &dev, || {
@@ -166,5 +326,93 @@ fn main() {
             out.partitions,
             t.elapsed().as_secs_f64() * 1e3
         );
+    }
+}
+
+/// One batch of `b` rows against `k` exemplars, end to end on the device from raw activations:
+/// prepare → nearest (phase A) → gather + leaders (phase B) → stats. 10% of the rows are new
+/// directions (they become leaders), the rest are noisy copies of exemplars.
+fn end_to_end(dev: &CudaDevice, b: usize, d: usize, k: usize) {
+    let theta = 0.3;
+    let ex = random_unit_rows(k, d, 7);
+    let fresh = random_unit_rows(b, d, 8);
+    let noise = random_unit_rows(b, d, 9);
+    let mut x = Vec::with_capacity(b * d);
+    for i in 0..b {
+        if i % 10 == 9 {
+            x.extend_from_slice(&fresh[i * d..(i + 1) * d]);
+        } else {
+            let j = (i * 7919) % k;
+            for c in 0..d {
+                x.push(ex[j * d + c] + 0.3 * noise[i * d + c]);
+            }
+        }
+    }
+    let dx = dev.upload(&x).unwrap();
+    let center = dev.upload(&vec![0.0f32; d]).unwrap();
+    let mut times = [0.0f64; 5];
+    let mut counts = (0usize, 0usize);
+    for rep in 0..4 {
+        // Fresh state each repetition: K exemplars resident, statistics tables with room.
+        let mut g = dev.growable_rows(d).unwrap();
+        dev.append_rows(&mut g, &ex).unwrap();
+        let cap = k + b;
+        let mut sums = dev.stream().alloc_zeros::<f64>(cap * d).unwrap();
+        let mut cnt = dev.stream().alloc_zeros::<i64>(cap).unwrap();
+        let mut sd = dev.stream().alloc_zeros::<f64>(cap).unwrap();
+        let mut sd2 = dev.stream().alloc_zeros::<f64>(cap).unwrap();
+        dev.stream().synchronize().unwrap();
+        let t0 = Instant::now();
+        let u = dev.prepare_f32(&dx, b, d, &center, None).unwrap();
+        dev.stream().synchronize().unwrap();
+        let t1 = Instant::now();
+        let (ids, sims) = dev.nearest(&u, b, &g.view(), k, d).unwrap();
+        let t2 = Instant::now();
+        let unmatched: Vec<u32> = (0..b as u32)
+            .filter(|&i| 1.0 - sims[i as usize] > theta)
+            .collect();
+        let decisions = if unmatched.is_empty() {
+            Vec::new()
+        } else {
+            let w = dev.gather_rows(&u.slice(..), d, &unmatched).unwrap();
+            dev.leaders(&w.slice(..), unmatched.len(), d, theta, &mut g)
+                .unwrap()
+        };
+        let t3 = Instant::now();
+        let mut member = vec![(0u32, 0u32, 0.0f64); b];
+        for i in 0..b {
+            member[i] = (ids[i] as u32, i as u32, (1.0 - sims[i]).clamp(0.0, 2.0));
+        }
+        for (&row, dcs) in unmatched.iter().zip(&decisions) {
+            member[row as usize] = match *dcs {
+                exemplar::backend::leaders::LeaderDecision::Leader { ordinal } => {
+                    ((k as u32) + ordinal, row, 0.0)
+                }
+                exemplar::backend::leaders::LeaderDecision::Follow { ordinal, sim } => {
+                    ((k as u32) + ordinal, row, (1.0 - sim).clamp(0.0, 2.0))
+                }
+            };
+        }
+        dev.stats_update(&u, d, &member, &mut sums, &mut cnt, &mut sd, &mut sd2)
+            .unwrap();
+        dev.stream().synchronize().unwrap();
+        let t4 = Instant::now();
+        if rep > 0 {
+            let step = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0];
+            for (acc, s) in times.iter_mut().zip(step) {
+                *acc += s.as_secs_f64() / 3.0;
+            }
+        }
+        counts = (unmatched.len(), g.rows() - k);
+    }
+    println!(
+        "end to end, one batch B={b} D={d} K={k} (θ={theta}; {} unmatched, {} new leaders), mean of 3 after a warm-up:",
+        counts.0, counts.1
+    );
+    for (name, t) in ["prepare", "nearest", "leaders", "stats", "total"]
+        .iter()
+        .zip(times)
+    {
+        println!("  {name:8} {:8.3} ms", t * 1e3);
     }
 }

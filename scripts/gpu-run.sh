@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # GPU checks, in two halves, because the GPU machine has no Rust toolchain and no network.
 #
-#   scripts/gpu-run.sh bundle     (here) builds the GPU test binaries (CUDA kernel parity,
-#                                 Gemma-2 bf16 parity) and the forward bench,
-#                                 copies them with the HF fixtures into .gpu-bundle/ (git-ignored)
+#   scripts/gpu-run.sh bundle     (here) builds the GPU test binaries (NVRTC compile test,
+#                                 CUDA kernel parity incl. leaders, both screens and the torch
+#                                 zero-copy view; Gemma-2 bf16 parity) and the benches
+#                                 (cuda_kernels, gemma2_forward), copies them with the HF
+#                                 fixtures into .gpu-bundle/ (git-ignored)
 #   scripts/gpu-run.sh run        (on the GPU machine, from the repository root, with
 #                                 .gpu-bundle carried over) runs the GPU tests and benches and
-#                                 writes their raw output under $OUT (or .gpu-bundle/out)
+#                                 writes their raw output under $OUT (or .gpu-bundle/out):
+#                                 device.txt, tests.txt, benches.txt, commit.txt. A missing
+#                                 driver, NVRTC or CUDA torch is a failure there, not a skip.
+#                                 Copy $OUT to docs/benchmarks/<date>-<gpu>/ and commit it.
 #
 # On the GPU machine torch 2.11.0+cu130 comes from its own Python; the libraries are found
 # from that Python's torch/lib and nvidia/cu13/lib.
@@ -34,6 +39,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/bench-$(basename "$exe")"; done
     cp -r target/gemma2-fixtures "$BUNDLE/fixtures"
+    { git rev-parse HEAD; git status --short | head -20; } >"$BUNDLE/commit.txt"
     strip "$BUNDLE"/bin/* 2>/dev/null || true
     du -sh "$BUNDLE"
     ;;
@@ -45,6 +51,8 @@ run)
     NV="$(dirname "$TORCH_DIR")/nvidia/cu13/lib"
     export LD_LIBRARY_PATH="$TORCH_DIR/lib:$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export EXEMPLAR_GEMMA2_FIXTURES="$PWD/$BUNDLE/fixtures"
+    export EXEMPLAR_REQUIRE_CUDA=1 EXEMPLAR_REQUIRE_NVRTC=1
+    cp "$BUNDLE/commit.txt" "$OUT/commit.txt" 2>/dev/null || true
     {
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'

@@ -42,3 +42,60 @@ fn opening_a_device_without_a_driver_is_a_typed_error_not_a_panic() {
         Ok(_) => panic!("no driver, yet a device opened"),
     }
 }
+
+#[test]
+fn the_tensor_core_screen_really_uses_mma_and_the_ptx_cache_returns_the_same_text() {
+    if !nvrtc_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_NVRTC").is_some() {
+            panic!("EXEMPLAR_REQUIRE_NVRTC is set but libnvrtc.so.13 cannot be loaded");
+        }
+        eprintln!("skipping: libnvrtc.so.13 cannot be loaded");
+        return;
+    }
+    let src = KERNELS.iter().find(|(m, _)| *m == "nearest").unwrap().1;
+    let ptx = compile("nearest", src, "compute_80").unwrap().to_src();
+    // The bf16 screen's entry contains the tensor-core instruction.
+    let entry = ptx
+        .split(".entry ")
+        .find(|s| s.starts_with("nearest_top2_bf16_mma("))
+        .expect("entry point");
+    assert!(
+        entry.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+        "no bf16 mma in nearest_top2_bf16_mma"
+    );
+    // A second compile is served from the process cache: the identical PTX.
+    assert_eq!(compile("nearest", src, "compute_80").unwrap().to_src(), ptx);
+}
+
+#[test]
+fn prebuilt_ptx_is_chosen_for_the_highest_architecture_the_device_can_run() {
+    use exemplar::backend::cuda::{pick_ptx, prebuilt, prebuilt_ptx};
+    let table = [
+        ("nearest", 80, "A"),
+        ("nearest", 90, "B"),
+        ("leaders", 80, "C"),
+    ];
+    assert_eq!(pick_ptx(&table, "nearest", 86), Some((80, "A")));
+    assert_eq!(pick_ptx(&table, "nearest", 90), Some((90, "B")));
+    assert_eq!(pick_ptx(&table, "nearest", 100), Some((90, "B")));
+    assert_eq!(
+        pick_ptx(&table, "nearest", 75),
+        None,
+        "no PTX for an older GPU"
+    );
+    assert_eq!(pick_ptx(&table, "stats", 90), None);
+    // What build.rs embedded: nothing without nvcc; with nvcc, every module, each PTX holding
+    // all of its entry points.
+    if prebuilt::PREBUILT_WITH == "none" {
+        assert!(prebuilt::PREBUILT.is_empty());
+        assert_eq!(prebuilt_ptx("nearest", 90), None);
+        eprintln!("no nvcc at build time: kernels compile with NVRTC when a device opens");
+    } else {
+        for (module, entries) in ENTRY_POINTS {
+            let (_, ptx) = prebuilt_ptx(module, 90).expect("every module is prebuilt");
+            for e in entries.iter() {
+                assert!(ptx.contains(&format!(".entry {e}(")), "{module}: {e}");
+            }
+        }
+    }
+}

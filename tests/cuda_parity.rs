@@ -2,13 +2,18 @@
 //! CUDA driver is present; on a GPU machine they run via scripts/gpu-run.sh.
 #![cfg(feature = "cuda")]
 
-use exemplar::backend::cuda::{driver_available, CudaDevice};
+use exemplar::backend::cuda::{bf16_screen_margin, driver_available, CudaDevice, ScreenKind};
+use exemplar::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
+use exemplar::backend::Backend;
 use exemplar::calibrate::{pairwise_distance_percentile, PercentileMethod};
 use exemplar::geometry::directions;
-use exemplar::linalg::screen_rows;
+use exemplar::linalg::{nearest_rows, screen_rows};
 
 fn device() -> Option<CudaDevice> {
     if !driver_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_REQUIRE_CUDA is set but the CUDA driver cannot be loaded");
+        }
         eprintln!(
             "skipping: no CUDA driver on this machine (GPU parity runs via scripts/gpu-run.sh)"
         );
@@ -343,4 +348,275 @@ fn growable_rows_keep_every_row_across_capacity_growth() {
         dev.append_rows(&mut g, &[1.0; 3]).is_err(),
         "partial rows are an error"
     );
+}
+
+/// Unit directions of clustered rows, centered on their mean (so they spread over the sphere).
+fn unit_rows(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    let x = data(n, d, clusters, seed);
+    let center: Vec<f32> = (0..d)
+        .map(|j| (0..n).map(|i| x[i * d + j] as f64).sum::<f64>() as f32 / n as f32)
+        .collect();
+    directions(&x, &center).unwrap()
+}
+
+#[test]
+fn both_screens_give_the_cpu_ids_and_exact_similarities() {
+    let Some(dev) = device() else { return };
+    eprintln!("kernels: {:?}", dev.kernel_origin());
+    let mut cases: Vec<(String, usize, Vec<f32>, Vec<f32>)> = Vec::new();
+    for (n, k, d, clusters) in [
+        (4096, 1000, 2304, 50),
+        (3000, 300, 256, 0),
+        (513, 65, 100, 3),
+        (130, 129, 33, 7),
+        (64, 1, 8, 1),
+    ] {
+        let u = unit_rows(n, d, clusters, 3);
+        let e = unit_rows(k.max(2), d, clusters, 4)[..k * d].to_vec();
+        cases.push((format!("n={n} k={k} d={d} clusters={clusters}"), d, u, e));
+    }
+    // Exact ties: every candidate twice (ids must be the lower copy), and rows that are
+    // candidates themselves (similarity at the top of the range).
+    let d = 384;
+    let base = unit_rows(700, d, 20, 9);
+    let mut e = base.clone();
+    e.extend_from_slice(&base);
+    let mut u = unit_rows(2000, d, 20, 10);
+    u.extend_from_slice(&base[..100 * d]);
+    cases.push(("duplicated candidates".into(), d, u, e));
+    // Hundreds of near-identical candidates: more contenders than the tensor-core path lists,
+    // so its rows fall back to the re-check over all candidates.
+    let d = 128;
+    let one = unit_rows(2, d, 0, 13);
+    let jitter = unit_rows(300, d, 0, 14);
+    let e: Vec<f32> = (0..300 * d)
+        .map(|i| one[i % d] + 1e-3 * jitter[i])
+        .collect();
+    let e = directions(&e, &vec![0.0; d]).unwrap();
+    let u: Vec<f32> = (0..500 * d)
+        .map(|i| one[i % d] + 0.05 * jitter[(i * 7) % (300 * d)])
+        .collect();
+    let u = directions(&u, &vec![0.0; d]).unwrap();
+    cases.push(("near-identical candidates".into(), d, u, e));
+    for (what, d, u, e) in &cases {
+        let (n, k) = (u.len() / d, e.len() / d);
+        let (want_ids, want_sims) = nearest_rows(u, e, *d);
+        let (du, de) = (dev.upload(u).unwrap(), dev.upload(e).unwrap());
+        for screen in [ScreenKind::F32, ScreenKind::Bf16TensorCores] {
+            let (ids, sims) = dev
+                .nearest_with(screen, &du, n, &de.slice(..), k, *d, None)
+                .unwrap();
+            for i in 0..n {
+                assert_eq!(ids[i] as u32, want_ids[i], "{what} {screen:?}: row {i}");
+                assert_eq!(
+                    sims[i].to_bits(),
+                    want_sims[i].to_bits(),
+                    "{what} {screen:?}: row {i} similarity"
+                );
+            }
+            let (amb, full) = (dev.last_ambiguous_rows(), dev.last_rechecked_rows());
+            eprintln!("{what} {screen:?}: {amb} rows ambiguous, {full} re-checked over all K");
+            if screen == ScreenKind::Bf16TensorCores && what.starts_with("duplicated") {
+                assert!(
+                    amb >= 100 && full < amb,
+                    "the contender path must settle them"
+                );
+            }
+            if screen == ScreenKind::Bf16TensorCores && what.starts_with("near-identical") {
+                assert!(full > 0, "overflowing contender lists must fall back");
+            }
+        }
+    }
+    assert!(bf16_screen_margin(2304) > 0.0175 && bf16_screen_margin(2304) < 0.018);
+}
+
+#[test]
+fn candidate_limits_give_the_cpu_prefix_search() {
+    let Some(dev) = device() else { return };
+    let gpu = Backend::Cuda(std::sync::Arc::new(dev));
+    for (n, l, d) in [(3000, 700, 256), (200, 40, 24)] {
+        let rows = unit_rows(n, d, 12, 21);
+        let leaders = unit_rows(l, d, 12, 22);
+        // Limits 0 (no candidate), inside, and beyond l.
+        let limits: Vec<u32> = (0..n as u32).map(|i| (i * 37) % (l as u32 + 50)).collect();
+        let want = nearest_prefix_cpu(&rows, &limits, &leaders, d);
+        let got = gpu.nearest_prefix(&rows, &limits, &leaders, d).unwrap();
+        for i in 0..n {
+            assert_eq!(
+                got[i].map(|(j, s)| (j, s.to_bits())),
+                want[i].map(|(j, s)| (j, s.to_bits())),
+                "n={n} l={l}: row {i}, limit {}",
+                limits[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn leaders_on_the_device_equal_the_cpu_twin_across_batches_and_growth() {
+    let Some(dev) = device() else { return };
+    for (d, clusters, percentile) in [(256, 40, 3.0), (2304, 0, 1.0), (64, 6, 20.0)] {
+        let all = unit_rows(12_000, d, clusters, 31 + d as u64);
+        let theta = Backend::Cpu
+            .pairwise_percentile(&all[..2000 * d], d, percentile, PercentileMethod::Linear)
+            .unwrap();
+        // The buffer already holds pre-batch exemplars; leaders go after them, batch by batch.
+        let mut g = dev.growable_rows(d).unwrap();
+        let old = unit_rows(5, d, clusters, 99);
+        dev.append_rows(&mut g, &old).unwrap();
+        let mut expect_rows = old.clone();
+        let mut start = 0;
+        let mut followers = 0;
+        for m in [1usize, 7, 1500, 513, 512, 2, 4000] {
+            let batch = &all[start * d..(start + m) * d];
+            start += m;
+            let want = leaders_cpu(batch, d, theta);
+            let got = dev
+                .leaders(&dev.upload(batch).unwrap().slice(..), m, d, theta, &mut g)
+                .unwrap();
+            assert_eq!(got.len(), m);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                match (a, b) {
+                    (
+                        LeaderDecision::Follow { ordinal: x, sim: s },
+                        LeaderDecision::Follow { ordinal: y, sim: t },
+                    ) => {
+                        assert_eq!(x, y, "d={d} m={m}: row {i} follows");
+                        assert_eq!(s.to_bits(), t.to_bits(), "d={d} m={m}: row {i} similarity");
+                        followers += 1;
+                    }
+                    _ => assert_eq!(a, b, "d={d} m={m}: row {i}"),
+                }
+            }
+            // The buffer: the earlier rows, then this batch's leaders in ordinal order.
+            for (i, dcs) in want.iter().enumerate() {
+                if matches!(dcs, LeaderDecision::Leader { .. }) {
+                    expect_rows.extend_from_slice(&batch[i * d..(i + 1) * d]);
+                }
+            }
+            assert_eq!(g.rows(), expect_rows.len() / d, "d={d} m={m}: rows held");
+            let held = dev.stream().clone_dtoh(&g.view()).unwrap();
+            assert!(
+                held.iter()
+                    .zip(&expect_rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "d={d} m={m}: buffer contents"
+            );
+        }
+        let k = expect_rows.len() / d - 5;
+        eprintln!("d={d}: θ={theta:.4}, {k} leaders, {followers} followers");
+        assert!(k > 10 && followers > 10, "both outcomes must occur");
+    }
+    // Through the backend, and a width mismatch is an error.
+    let gpu = Backend::Cuda(std::sync::Arc::new(dev));
+    let rows = unit_rows(900, 48, 5, 3);
+    assert_eq!(
+        gpu.leaders(&rows, 48, 0.4).unwrap(),
+        leaders_cpu(&rows, 48, 0.4)
+    );
+    assert!(gpu.leaders(&rows[..47], 48, 0.4).is_err());
+}
+
+/// Zero-copy torch input: the prepare kernel reads a CUDA tensor in place.
+#[cfg(feature = "torch")]
+#[test]
+fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
+    use exemplar::backend::cuda_torch::{pointer_context, TorchDtype, TorchRows};
+    use tch::{Device, Kind, Tensor};
+    let Some(dev) = device() else { return };
+    if !tch::Cuda::is_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
+        }
+        eprintln!(
+            "skipping: this libtorch has no CUDA (the GPU bundle uses the GPU machine's torch)"
+        );
+        return;
+    }
+    let (n, d) = (8192, 2304);
+    let x = data(n, d, 16, 41);
+    let center: Vec<f32> = (0..d).map(|j| x[j] * 0.5).collect();
+    let dc = dev.upload(&center).unwrap();
+    // The legacy default stream, which orders with torch's default stream.
+    assert!(
+        dev.stream().cu_stream().is_null(),
+        "launches must use the legacy default stream"
+    );
+    let xt = Tensor::from_slice(&x)
+        .reshape([n as i64, d as i64])
+        .to_device(Device::Cuda(0));
+    // Ordering: y is the last of 200 exact torch kernels (·1.0, 75 MB each, milliseconds in
+    // all) queued just before our launch, with no synchronisation in between; a launch on
+    // another stream would read y before it is written.
+    let mut y = &xt * 1.0;
+    for _ in 0..199 {
+        y = &y * 1.0;
+    }
+    let view = TorchRows::new(&dev, &y).unwrap();
+    assert_eq!(view.dtype(), TorchDtype::F32);
+    assert_eq!((view.rows(), view.dim()), (n, d));
+    // Context identity: the tensor's memory lives in the device's (primary) context.
+    assert_eq!(
+        pointer_context(view.device_ptr()).unwrap(),
+        dev.context().cu_ctx()
+    );
+    let got = dev
+        .download(&dev.prepare_torch(&view, &dc, None).unwrap())
+        .unwrap();
+    let copy = dev
+        .download(
+            &dev.prepare_f32(&dev.upload(&x).unwrap(), n, d, &dc, None)
+                .unwrap(),
+        )
+        .unwrap();
+    let cpu = directions(&x, &center).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&copy), "f32: zero-copy vs copy path");
+    assert_eq!(bits(&got), bits(&cpu), "f32: zero-copy vs CPU");
+    // bf16, with a gather of kept rows.
+    let yb = y.to_kind(Kind::BFloat16);
+    let up: Vec<f32> =
+        Vec::<f32>::try_from(yb.to_kind(Kind::Float).flatten(0, 1).to_device(Device::Cpu)).unwrap();
+    let keep: Vec<i64> = vec![5, 0, 8191, 77];
+    let vb = TorchRows::new(&dev, &yb).unwrap();
+    assert_eq!(vb.dtype(), TorchDtype::Bf16);
+    let got = dev
+        .download(
+            &dev.prepare_torch(&vb, &dc, Some(&dev.upload(&keep).unwrap()))
+                .unwrap(),
+        )
+        .unwrap();
+    let cpu = directions(&up, &center).unwrap();
+    for (r, &src) in keep.iter().enumerate() {
+        assert_eq!(
+            bits(&got[r * d..(r + 1) * d]),
+            bits(&cpu[src as usize * d..(src as usize + 1) * d]),
+            "bf16 gathered row {r}"
+        );
+    }
+    // What cannot be viewed is an error, not a silent copy.
+    let t = y.transpose(0, 1);
+    assert!(TorchRows::new(&dev, &t)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("contiguous"));
+    let h = y.to_kind(Kind::Half);
+    assert!(TorchRows::new(&dev, &h)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("dtype"));
+    let c = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu));
+    assert!(TorchRows::new(&dev, &c)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not CUDA"));
+    let v = Tensor::zeros([16], (Kind::Float, Device::Cuda(0)));
+    assert!(TorchRows::new(&dev, &v)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("shape"));
 }

@@ -12,6 +12,7 @@
 //! | `pairs_histogram` + `pairs_window` + `pairs_exact_f64` | `calibrate::pairwise_distance_percentile` (identical value) |
 //! | `stats_direction_sums`, `stats_counts_and_distances` | `Builder::record_member`'s sums (bit-identical) |
 
+use crate::backend::leaders::LeaderDecision;
 use crate::calibrate::PercentileMethod;
 use crate::error::{Error, Result};
 use cudarc::driver::{
@@ -20,12 +21,14 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The kernel sources, embedded so NVRTC can compile them on any machine.
 pub const KERNELS: &[(&str, &str)] = &[
     ("prepare", include_str!("../../kernels/prepare.cu")),
     ("nearest", include_str!("../../kernels/nearest.cu")),
+    ("leaders", include_str!("../../kernels/leaders.cu")),
     ("calibrate", include_str!("../../kernels/calibrate.cu")),
     ("stats", include_str!("../../kernels/stats.cu")),
 ];
@@ -35,7 +38,26 @@ pub const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("prepare", &["prepare_f32", "prepare_bf16"]),
     (
         "nearest",
-        &["nearest_top2_f32", "resolve_f64", "recheck_f64"],
+        &[
+            "nearest_top2_f32",
+            "resolve_f64",
+            "recheck_partial_f64",
+            "recheck_reduce",
+            "to_bf16_padded",
+            "nearest_top2_bf16_mma",
+            "contenders_bf16_mma",
+            "contenders_f64",
+            "top2_merge_splits",
+        ],
+    ),
+    (
+        "leaders",
+        &[
+            "pair_sims_f64",
+            "leaders_scan",
+            "append_leaders",
+            "gather_rows",
+        ],
     ),
     (
         "calibrate",
@@ -46,6 +68,31 @@ pub const ENTRY_POINTS: &[(&str, &[&str])] = &[
         &["stats_direction_sums", "stats_counts_and_distances"],
     ),
 ];
+
+/// PTX that `build.rs` compiled with nvcc: `PREBUILT` lists (module, virtual architecture as
+/// 10·major + minor, PTX) and is empty when no nvcc was found; `PREBUILT_WITH` names the nvcc.
+pub mod prebuilt {
+    include!(concat!(env!("OUT_DIR"), "/prebuilt_kernels.rs"));
+}
+
+/// The prebuilt PTX of `module` for the highest architecture not above `cc` (10·major + minor):
+/// PTX of a virtual architecture is JIT-compiled by the driver for any later GPU.
+pub fn prebuilt_ptx(module: &str, cc: u32) -> Option<(u32, &'static str)> {
+    pick_ptx(prebuilt::PREBUILT, module, cc)
+}
+
+/// [`prebuilt_ptx`] over any table of (module, architecture, PTX).
+pub fn pick_ptx<'t>(
+    table: &[(&str, u32, &'t str)],
+    module: &str,
+    cc: u32,
+) -> Option<(u32, &'t str)> {
+    table
+        .iter()
+        .filter(|(m, arch, _)| *m == module && *arch <= cc)
+        .max_by_key(|(_, arch, _)| *arch)
+        .map(|&(_, arch, ptx)| (arch, ptx))
+}
 
 /// Whether the CUDA driver library (libcuda) can be loaded. Never panics.
 pub fn driver_available() -> bool {
@@ -64,8 +111,25 @@ fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("{what}: {e}"))
 }
 
-/// Compiles one kernel source with NVRTC for a virtual architecture such as `compute_90`.
+/// PTX compiled by NVRTC in this process, by (module, architecture): a device opened again
+/// (or a second device of the same architecture) does not recompile.
+static PTX_CACHE: Mutex<Option<HashMap<(String, String), String>>> = Mutex::new(None);
+
+/// Set once the fallback from prebuilt PTX to NVRTC has been reported.
+static FALLBACK_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Compiles one kernel source with NVRTC for a virtual architecture such as `compute_90`
+/// (memoised per process).
 pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
+    let key = (name.to_string(), arch.to_string());
+    if let Some(src) = PTX_CACHE
+        .lock()
+        .map_err(|_| Error::Cuda("the PTX cache lock is poisoned".into()))?
+        .as_ref()
+        .and_then(|c| c.get(&key))
+    {
+        return Ok(Ptx::from_src(src.clone()));
+    }
     if !nvrtc_available() {
         return Err(Error::CudaUnavailable(
             "libnvrtc.so.13 cannot be loaded (install torch==2.11.0 and put site-packages/nvidia/cu13/lib on LD_LIBRARY_PATH)".into(),
@@ -77,8 +141,25 @@ pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(source, opts)
-        .map_err(|e| cuda_err(&format!("compiling kernels/{name}.cu with NVRTC"), e))
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+        .map_err(|e| cuda_err(&format!("compiling kernels/{name}.cu with NVRTC"), e))?;
+    PTX_CACHE
+        .lock()
+        .map_err(|_| Error::Cuda("the PTX cache lock is poisoned".into()))?
+        .get_or_insert_with(HashMap::new)
+        .insert(key, ptx.to_src());
+    Ok(ptx)
+}
+
+/// Where a device's kernels came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelOrigin {
+    /// nvcc PTX from `build.rs`, for this virtual architecture.
+    Prebuilt(u32),
+    /// NVRTC at device open (no prebuilt PTX for this device).
+    Nvrtc,
+    /// NVRTC because the prebuilt PTX would not load; the reason.
+    NvrtcAfterPrebuiltFailed(String),
 }
 
 /// A CUDA device with its context, the legacy default stream (which orders with torch's
@@ -89,6 +170,11 @@ pub struct CudaDevice {
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     compute_capability: (i32, i32),
+    origin: KernelOrigin,
+    /// Rows the last nearest search found ambiguous, and those it re-checked in f64 over all
+    /// candidates (for benchmarks and diagnostics).
+    last_ambiguous: AtomicUsize,
+    last_rechecked: AtomicUsize,
 }
 
 /// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
@@ -118,6 +204,9 @@ impl GrowableRows {
 
 const WARPS_PER_BLOCK: u32 = 8;
 
+/// The largest grid height; kernels with a row per grid.y stride over it.
+const MAX_GRID_Y: usize = 65_535;
+
 fn warp_grid(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((rows as u32).div_ceil(WARPS_PER_BLOCK), 1, 1),
@@ -145,6 +234,44 @@ fn check_i32(what: &str, v: usize) -> Result<i32> {
     })
 }
 
+/// The activations a prepare launch reads: a cudarc buffer, or the address of memory owned by
+/// someone else (a torch tensor, see `backend::cuda_torch`) that the caller has checked holds
+/// `x_len` elements of the kernel's type on this device's context.
+pub(crate) enum PrepInput<'a, T> {
+    Slice(&'a CudaSlice<T>),
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    Raw(u64),
+}
+
+/// The screen of [`CudaDevice::nearest_with`]; both give the same exact result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScreenKind {
+    /// Tiled FP32 SGEMM with a fused top-2 (margin [`crate::linalg::screen_margin`]).
+    F32,
+    /// bf16 tensor-core MMA (sm_80+) with a fused top-2 (margin [`bf16_screen_margin`]).
+    Bf16TensorCores,
+}
+
+impl ScreenKind {
+    /// Tensor cores when the device has them and the GEMM is big enough to pay for the bf16
+    /// copies and the wider margin (k ≥ 256 and k·d ≥ 2²⁰); the FP32 screen otherwise.
+    pub fn auto(cc: (i32, i32), k: usize, d: usize) -> ScreenKind {
+        if cc.0 >= 8 && k >= 256 && k * d >= 1 << 20 {
+            ScreenKind::Bf16TensorCores
+        } else {
+            ScreenKind::F32
+        }
+    }
+}
+
+/// The ambiguity margin of the bf16 screen: more than twice its error bound
+/// `2⁻⁷ + 2⁻¹⁵ + d·2⁻²²` on the similarity of two unit vectors (bf16 rounding of both, then
+/// f32 tensor-core accumulation; see `kernels/nearest.cu`). About 0.0176 at d = 2304.
+pub fn bf16_screen_margin(d: usize) -> f32 {
+    let eps = 2.0f64.powi(-7) + 2.0f64.powi(-15) + d as f64 * 2.0f64.powi(-22);
+    (2.1 * eps) as f32
+}
+
 impl CudaDevice {
     /// Opens device `ordinal`: probes the driver and NVRTC first (a machine without them gets
     /// [`Error::CudaUnavailable`], never a panic), then compiles and loads every kernel for the
@@ -161,17 +288,61 @@ impl CudaDevice {
         let cc = ctx
             .compute_capability()
             .map_err(|e| cuda_err("compute capability", e))?;
-        let arch: &'static str = Box::leak(format!("compute_{}{}", cc.0, cc.1).into_boxed_str());
+        let cc_num = (cc.0 * 10 + cc.1) as u32;
         let stream = ctx.default_stream();
-        let mut functions = HashMap::new();
-        for ((module, src), (_, entries)) in KERNELS.iter().zip(ENTRY_POINTS) {
-            let ptx = compile(module, src, arch)?;
+        let load = |ptx: Ptx, module: &str| -> Result<HashMap<&'static str, CudaFunction>> {
             let m: Arc<CudaModule> = ctx
                 .load_module(ptx)
                 .map_err(|e| cuda_err(&format!("loading kernels/{module}.cu"), e))?;
-            for &entry in entries.iter() {
-                let f = m.load_function(entry).map_err(|e| cuda_err(entry, e))?;
-                functions.insert(entry, f);
+            let entries = ENTRY_POINTS
+                .iter()
+                .find(|(m, _)| *m == module)
+                .map(|(_, e)| *e)
+                .unwrap_or(&[]);
+            entries
+                .iter()
+                .map(|&entry| {
+                    m.load_function(entry)
+                        .map(|f| (entry, f))
+                        .map_err(|e| cuda_err(entry, e))
+                })
+                .collect()
+        };
+        // Prebuilt PTX first (all modules, or none); NVRTC when there is none or it will not load.
+        let mut functions = HashMap::new();
+        let mut origin = KernelOrigin::Nvrtc;
+        let prebuilt: Option<Vec<(u32, &str)>> = KERNELS
+            .iter()
+            .map(|(m, _)| prebuilt_ptx(m, cc_num))
+            .collect();
+        if let Some(prebuilt) = prebuilt {
+            let loaded: Result<Vec<_>> = KERNELS
+                .iter()
+                .zip(&prebuilt)
+                .map(|((m, _), (_, ptx))| load(Ptx::from_src(*ptx), m))
+                .collect();
+            match loaded {
+                Ok(maps) => {
+                    maps.into_iter().for_each(|m| functions.extend(m));
+                    origin =
+                        KernelOrigin::Prebuilt(prebuilt.iter().map(|p| p.0).min().unwrap_or(0));
+                }
+                Err(e) => {
+                    if !FALLBACK_REPORTED.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "note: the prebuilt CUDA kernels ({}) will not load on {name} (sm_{}{}): {e}; compiling them with NVRTC instead",
+                            prebuilt::PREBUILT_WITH, cc.0, cc.1
+                        );
+                    }
+                    origin = KernelOrigin::NvrtcAfterPrebuiltFailed(e.to_string());
+                }
+            }
+        }
+        if functions.is_empty() {
+            let arch: &'static str =
+                Box::leak(format!("compute_{}{}", cc.0, cc.1).into_boxed_str());
+            for (module, src) in KERNELS {
+                functions.extend(load(compile(module, src, arch)?, module)?);
             }
         }
         Ok(CudaDevice {
@@ -180,7 +351,26 @@ impl CudaDevice {
             functions,
             name,
             compute_capability: cc,
+            origin,
+            last_ambiguous: AtomicUsize::new(0),
+            last_rechecked: AtomicUsize::new(0),
         })
+    }
+
+    /// Rows of the last nearest search that its screen could not settle (resolved over their
+    /// contenders with the tensor-core screen, over all candidates with the FP32 screen).
+    pub fn last_ambiguous_rows(&self) -> usize {
+        self.last_ambiguous.load(Ordering::Relaxed)
+    }
+
+    /// Rows of the last nearest search re-checked in f64 over all candidates.
+    pub fn last_rechecked_rows(&self) -> usize {
+        self.last_rechecked.load(Ordering::Relaxed)
+    }
+
+    /// Where the loaded kernels came from (prebuilt PTX or NVRTC).
+    pub fn kernel_origin(&self) -> &KernelOrigin {
+        &self.origin
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -235,7 +425,15 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare("prepare_f32", x, x.len(), n, d, center, rows)
+        self.prepare(
+            "prepare_f32",
+            PrepInput::Slice(x),
+            x.len(),
+            n,
+            d,
+            center,
+            rows,
+        )
     }
 
     /// [`CudaDevice::prepare_f32`] for bf16 input given as its raw bits (`u16`), e.g. a torch
@@ -249,14 +447,22 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare("prepare_bf16", x, x.len(), n, d, center, rows)
+        self.prepare(
+            "prepare_bf16",
+            PrepInput::Slice(x),
+            x.len(),
+            n,
+            d,
+            center,
+            rows,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn prepare<T>(
+    pub(crate) fn prepare<T>(
         &self,
         kernel: &str,
-        x: &CudaSlice<T>,
+        x: PrepInput<'_, T>,
         x_len: usize,
         n: usize,
         d: usize,
@@ -293,8 +499,16 @@ impl CudaDevice {
         let stride = d as i64;
         let x_rows = (x_len / d) as i64;
         let null = 0u64;
+        let raw = match x {
+            PrepInput::Raw(p) => p,
+            PrepInput::Slice(_) => 0,
+        };
         let mut b = self.stream.launch_builder(self.f(kernel));
-        b.arg(x).arg(&stride).arg(&x_rows);
+        match x {
+            PrepInput::Slice(x) => b.arg(x),
+            PrepInput::Raw(_) => b.arg(&raw),
+        };
+        b.arg(&stride).arg(&x_rows);
         match rows {
             Some(r) => b.arg(r),
             None => b.arg(&null),
@@ -305,7 +519,8 @@ impl CudaDevice {
             .arg(&mut out)
             .arg(&mut zero)
             .arg(&mut bad);
-        // SAFETY: x holds x_rows whole rows of d values of the kernel's element type, and the
+        // SAFETY: x (a buffer, or raw memory whose extent and context the caller checked) holds
+        // x_rows whole rows of d values of the kernel's element type, and the
         // kernel reads only rows it has checked to lie in 0..x_rows (a gather index outside is
         // flagged in `bad`, not read); center holds d f32, out holds n·d, zero and bad hold 1.
         unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err(kernel, e))?;
@@ -327,8 +542,9 @@ impl CudaDevice {
     }
 
     /// The exact nearest candidate of every row of `u` (`n × d`) among `e` (`k × d`, k ≥ 1):
-    /// the f32 screen, then f64 resolution (ambiguous rows re-checked over all candidates).
-    /// Returns ids and exact similarities; only these per-row scalars cross to the host.
+    /// a screen (tensor cores when [`ScreenKind::auto`] picks them), then f64 resolution
+    /// (ambiguous rows re-checked over all candidates). Returns ids and exact similarities,
+    /// identical to [`crate::linalg::nearest_rows`]; only these per-row scalars cross to the host.
     pub fn nearest(
         &self,
         u: &CudaSlice<f32>,
@@ -337,45 +553,53 @@ impl CudaDevice {
         k: usize,
         d: usize,
     ) -> Result<(Vec<i32>, Vec<f64>)> {
-        check_len("rows", u.len(), n * d)?;
-        check_len("candidates", e.len(), k * d)?;
-        if n == 0 {
+        let screen = ScreenKind::auto(self.compute_capability, k, d);
+        self.nearest_with(screen, u, n, e, k, d, None)
+    }
+
+    /// [`CudaDevice::nearest`] with a chosen screen, and optional per-row candidate limits
+    /// (row `r` considers only candidates `j < limits[r]`; a row with none gets id −1 and
+    /// similarity −∞).
+    #[allow(clippy::too_many_arguments)]
+    pub fn nearest_with(
+        &self,
+        screen: ScreenKind,
+        u: &CudaSlice<f32>,
+        n: usize,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        limits: Option<&CudaSlice<i32>>,
+    ) -> Result<(Vec<i32>, Vec<f64>)> {
+        if n == 0 && u.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        if k == 0 {
-            return Err(Error::param(
-                "cuda launch",
-                "nearest needs at least one candidate",
-            ));
-        }
-        let (ni, ki, di) = (
-            check_i32("rows", n)?,
-            check_i32("candidates", k)?,
-            check_i32("d", d)?,
-        );
+        let (idx, sim) = self.nearest_device(screen, &u.as_view(), n, e, k, d, limits)?;
+        Ok((self.download(&idx)?, self.download(&sim)?))
+    }
+
+    /// [`CudaDevice::nearest_with`] leaving ids and similarities on the device. The host sees
+    /// only the ambiguity flags (to launch the re-check on those rows alone).
+    #[allow(clippy::too_many_arguments)]
+    pub fn nearest_device(
+        &self,
+        screen: ScreenKind,
+        u: &CudaView<'_, f32>,
+        n: usize,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        limits: Option<&CudaSlice<i32>>,
+    ) -> Result<(CudaSlice<i32>, CudaSlice<f64>)> {
+        let (idx, best, second, margin) = self.screen_device(screen, u, n, e, k, d, limits)?;
+        // screen_device checked the shapes and that they fit 32-bit indices.
+        let (ni, ki, di) = (n as i32, k as i32, d as i32);
+        let mut idx = idx;
+        let null = 0u64;
         let s = &self.stream;
-        let mut idx = s.alloc_zeros::<i32>(n).map_err(|e| cuda_err("alloc", e))?;
-        let mut best = s.alloc_zeros::<f32>(n).map_err(|e| cuda_err("alloc", e))?;
-        let mut second = s.alloc_zeros::<f32>(n).map_err(|e| cuda_err("alloc", e))?;
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(64), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = s.launch_builder(self.f("nearest_top2_f32"));
-        b.arg(u)
-            .arg(e)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&di)
-            .arg(&mut idx)
-            .arg(&mut best)
-            .arg(&mut second);
-        // SAFETY: u holds n·d, e holds k·d, the outputs n each (checked above).
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("nearest_top2_f32", e))?;
+        let alloc_i32 = |len: usize| s.alloc_zeros::<i32>(len).map_err(|e| cuda_err("alloc", e));
         let mut sim = s.alloc_zeros::<f64>(n).map_err(|e| cuda_err("alloc", e))?;
-        let mut amb = s.alloc_zeros::<i32>(n).map_err(|e| cuda_err("alloc", e))?;
-        let margin = crate::linalg::screen_margin(d);
+        let mut amb = alloc_i32(n)?;
         let mut b = s.launch_builder(self.f("resolve_f64"));
         b.arg(u)
             .arg(e)
@@ -387,7 +611,7 @@ impl CudaDevice {
             .arg(&margin)
             .arg(&mut sim)
             .arg(&mut amb);
-        // SAFETY: as above; sim and amb hold n each.
+        // SAFETY: as above; the screen wrote ids in −1..k; sim and amb hold n each.
         unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err("resolve_f64", e))?;
         let flags = self.download(&amb)?;
         let rows: Vec<i32> = flags
@@ -396,22 +620,286 @@ impl CudaDevice {
             .filter(|(_, &f)| f != 0)
             .map(|(i, _)| i as i32)
             .collect();
+        // Tensor-core screen: the ambiguous rows' contenders (candidates within the margin of
+        // the best) are listed by a second bf16 pass and only they are resolved in f64; rows
+        // with too many contenders fall back to the full re-check.
+        self.last_ambiguous.store(rows.len(), Ordering::Relaxed);
+        let rows = if screen == ScreenKind::Bf16TensorCores && limits.is_none() && !rows.is_empty()
+        {
+            let best = self.download(&best)?;
+            self.resolve_contenders(u, e, k, d, &rows, &best, margin, &mut idx, &mut sim)?
+        } else {
+            rows
+        };
+        self.last_rechecked.store(rows.len(), Ordering::Relaxed);
         if !rows.is_empty() {
             let r = self.upload(&rows)?;
             let nr = rows.len() as i32;
-            let mut b = s.launch_builder(self.f("recheck_f64"));
-            b.arg(u)
-                .arg(e)
-                .arg(&ki)
-                .arg(&di)
-                .arg(&r)
+            // About 32 candidates per warp, 8 warps per block.
+            let parts = k.div_ceil(256).clamp(1, 1024);
+            let mut pi = alloc_i32(parts * rows.len())?;
+            let mut ps = s
+                .alloc_zeros::<f64>(parts * rows.len())
+                .map_err(|e| cuda_err("alloc", e))?;
+            let cfg = LaunchConfig {
+                grid_dim: (parts as u32, rows.len().min(MAX_GRID_Y) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = s.launch_builder(self.f("recheck_partial_f64"));
+            b.arg(u).arg(e).arg(&ki).arg(&di).arg(&r).arg(&nr);
+            match limits {
+                Some(l) => b.arg(l),
+                None => b.arg(&null),
+            };
+            b.arg(&mut pi).arg(&mut ps);
+            // SAFETY: r lists nr row indices < n; the partials hold parts·nr (grid.x = parts,
+            // rows stride over grid.y).
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("recheck_partial_f64", e))?;
+            let pa = parts as i32;
+            let mut b = s.launch_builder(self.f("recheck_reduce"));
+            b.arg(&r)
                 .arg(&nr)
+                .arg(&pa)
+                .arg(&pi)
+                .arg(&ps)
                 .arg(&mut idx)
                 .arg(&mut sim);
-            // SAFETY: r lists nr row indices < n; idx and sim hold n each.
-            unsafe { b.launch(warp_grid(rows.len())) }.map_err(|e| cuda_err("recheck_f64", e))?;
+            // SAFETY: as above; idx and sim hold n each and r's indices are < n.
+            unsafe { b.launch(LaunchConfig::for_num_elems(rows.len() as u32)) }
+                .map_err(|e| cuda_err("recheck_reduce", e))?;
         }
-        Ok((self.download(&idx)?, self.download(&sim)?))
+        Ok((idx, sim))
+    }
+
+    /// The screen alone: per row of `u` the screen's best candidate (−1 if none), its value and
+    /// the runner-up's, left on the device, and the margin within which the two are ambiguous.
+    /// [`CudaDevice::nearest_device`] resolves them exactly; this is public for benchmarks.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn screen_device(
+        &self,
+        screen: ScreenKind,
+        u: &CudaView<'_, f32>,
+        n: usize,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        limits: Option<&CudaSlice<i32>>,
+    ) -> Result<(CudaSlice<i32>, CudaSlice<f32>, CudaSlice<f32>, f32)> {
+        check_len("rows", u.len(), n * d)?;
+        check_len("candidates", e.len(), k * d)?;
+        if let Some(l) = limits {
+            check_len("limits", l.len(), n)?;
+        }
+        if n == 0 {
+            return Err(Error::param(
+                "cuda launch",
+                "nearest needs at least one row",
+            ));
+        }
+        if k == 0 {
+            return Err(Error::param(
+                "cuda launch",
+                "nearest needs at least one candidate",
+            ));
+        }
+        if screen == ScreenKind::Bf16TensorCores && self.compute_capability.0 < 8 {
+            return Err(Error::param(
+                "cuda launch",
+                "the bf16 tensor-core screen needs compute capability 8.0 or later",
+            ));
+        }
+        let (ni, ki, di) = (
+            check_i32("rows", n)?,
+            check_i32("candidates", k)?,
+            check_i32("d", d)?,
+        );
+        let s = &self.stream;
+        let alloc_i32 = |len: usize| s.alloc_zeros::<i32>(len).map_err(|e| cuda_err("alloc", e));
+        let alloc_f32 = |len: usize| s.alloc_zeros::<f32>(len).map_err(|e| cuda_err("alloc", e));
+        let mut idx = alloc_i32(n)?;
+        let mut best = alloc_f32(n)?;
+        let mut second = alloc_f32(n)?;
+        let null = 0u64;
+        let margin = match screen {
+            ScreenKind::F32 => {
+                let cfg = LaunchConfig {
+                    grid_dim: ((n as u32).div_ceil(64), 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = s.launch_builder(self.f("nearest_top2_f32"));
+                b.arg(u).arg(e).arg(&ni).arg(&ki).arg(&di);
+                match limits {
+                    Some(l) => b.arg(l),
+                    None => b.arg(&null),
+                };
+                b.arg(&mut idx).arg(&mut best).arg(&mut second);
+                // SAFETY: u holds n·d, e holds k·d, limits (if any) n, the outputs n each
+                // (checked above); the kernel bounds every index by n, k and d.
+                unsafe { b.launch(cfg) }.map_err(|e| cuda_err("nearest_top2_f32", e))?;
+                crate::linalg::screen_margin(d)
+            }
+            ScreenKind::Bf16TensorCores => {
+                let dp = d.next_multiple_of(32);
+                let dpi = check_i32("padded d", dp)?;
+                check_i32("padded rows", n.max(k) * dp)?;
+                let ub = self.to_bf16_padded(u, n, d, dp)?;
+                let eb = self.to_bf16_padded(e, k, d, dp)?;
+                // Enough blocks to fill the GPU: split the candidate tiles when rows are few.
+                let row_blocks = n.div_ceil(128);
+                let tiles = k.div_ceil(128);
+                let splits = (264usize.div_ceil(row_blocks)).clamp(1, tiles.min(64));
+                let mut pi = alloc_i32(splits * n)?;
+                let mut pb = alloc_f32(splits * n)?;
+                let mut ps = alloc_f32(splits * n)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (row_blocks as u32, splits as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = s.launch_builder(self.f("nearest_top2_bf16_mma"));
+                b.arg(&ub).arg(&eb).arg(&ni).arg(&ki).arg(&dpi);
+                match limits {
+                    Some(l) => b.arg(l),
+                    None => b.arg(&null),
+                };
+                b.arg(&mut pi).arg(&mut pb).arg(&mut ps);
+                // SAFETY: ub holds n·dp and eb k·dp bf16 (dp a multiple of 32, so every 16-byte
+                // load is aligned and inside its row); rows ≥ n and candidates ≥ k are not
+                // read; the partial outputs hold splits·n each (grid.y = splits).
+                unsafe { b.launch(cfg) }.map_err(|e| cuda_err("nearest_top2_bf16_mma", e))?;
+                let si = splits as i32;
+                let mut b = s.launch_builder(self.f("top2_merge_splits"));
+                b.arg(&ni)
+                    .arg(&si)
+                    .arg(&pi)
+                    .arg(&pb)
+                    .arg(&ps)
+                    .arg(&mut idx)
+                    .arg(&mut best)
+                    .arg(&mut second);
+                // SAFETY: the partials hold splits·n, the outputs n (one thread per row).
+                unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }
+                    .map_err(|e| cuda_err("top2_merge_splits", e))?;
+                bf16_screen_margin(d)
+            }
+        };
+        Ok((idx, best, second, margin))
+    }
+
+    /// The contender pass of the tensor-core screen for the ambiguous `rows`: lists, per row,
+    /// the candidates whose bf16 screen value is at least `best[row] − margin`, and writes the
+    /// exact f64 maximum over them (lowest index on ties) into `idx` and `sim`. Returns the rows
+    /// whose list overflowed, which the caller re-checks over all candidates.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_contenders(
+        &self,
+        u: &CudaView<'_, f32>,
+        e: &CudaView<'_, f32>,
+        k: usize,
+        d: usize,
+        rows: &[i32],
+        best: &[f32],
+        margin: f32,
+        idx: &mut CudaSlice<i32>,
+        sim: &mut CudaSlice<f64>,
+    ) -> Result<Vec<i32>> {
+        const MAX_CONT: usize = 64;
+        let s = &self.stream;
+        let n2 = rows.len();
+        let dp = d.next_multiple_of(32);
+        let gathered: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let w = self.gather_rows(u, d, &gathered)?;
+        let ub = self.to_bf16_padded(&w.slice(..), n2, d, dp)?;
+        let eb = self.to_bf16_padded(e, k, d, dp)?;
+        let floor: Vec<f32> = rows.iter().map(|&r| best[r as usize] - margin).collect();
+        let floor = self.upload(&floor)?;
+        let mut count = s.alloc_zeros::<i32>(n2).map_err(|e| cuda_err("alloc", e))?;
+        let mut list = s
+            .alloc_zeros::<i32>(n2 * MAX_CONT)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let (n2i, ki, dpi, di, mc) = (n2 as i32, k as i32, dp as i32, d as i32, MAX_CONT as i32);
+        let row_blocks = n2.div_ceil(128);
+        let splits = (264usize.div_ceil(row_blocks)).clamp(1, k.div_ceil(128).min(64));
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks as u32, splits as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = s.launch_builder(self.f("contenders_bf16_mma"));
+        b.arg(&ub)
+            .arg(&eb)
+            .arg(&n2i)
+            .arg(&ki)
+            .arg(&dpi)
+            .arg(&floor)
+            .arg(&mc)
+            .arg(&mut count)
+            .arg(&mut list);
+        // SAFETY: ub holds n2·dp and eb k·dp bf16 (dp a multiple of 32); floor and count hold
+        // n2, list n2·MAX_CONT and the kernel writes a slot only below MAX_CONT.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_bf16_mma", e))?;
+        let r = self.upload(rows)?;
+        let mut b = s.launch_builder(self.f("contenders_f64"));
+        b.arg(u)
+            .arg(e)
+            .arg(&di)
+            .arg(&r)
+            .arg(&n2i)
+            .arg(&mc)
+            .arg(&count)
+            .arg(&list)
+            .arg(&mut *idx)
+            .arg(&mut *sim);
+        let cfg = LaunchConfig {
+            grid_dim: (n2.min(MAX_GRID_Y) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rows are < n (idx, sim and u hold n rows), listed candidates are < k; rows
+        // stride over grid.x; overflowing lists are not read.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_f64", e))?;
+        let count = self.download(&count)?;
+        Ok(rows
+            .iter()
+            .zip(&count)
+            .filter(|(_, &c)| c as usize > MAX_CONT || c == 0)
+            .map(|(&r, _)| r)
+            .collect())
+    }
+
+    /// bf16 bits (round to nearest even) of `x` (`n × d`), zero padded to width `dp`.
+    fn to_bf16_padded(
+        &self,
+        x: &CudaView<'_, f32>,
+        n: usize,
+        d: usize,
+        dp: usize,
+    ) -> Result<CudaSlice<u16>> {
+        check_len("rows", x.len(), n * d)?;
+        if dp < d || n == 0 {
+            return Err(Error::param("cuda launch", "bf16 copy: bad shape"));
+        }
+        let mut out = self
+            .stream
+            .alloc_zeros::<u16>(n * dp)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let (ni, di, dpi) = (
+            check_i32("rows", n)?,
+            check_i32("d", d)?,
+            check_i32("dp", dp)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: ((dp as u32).div_ceil(256), n.min(MAX_GRID_Y) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("to_bf16_padded"));
+        b.arg(x).arg(&ni).arg(&di).arg(&dpi).arg(&mut out);
+        // SAFETY: x holds n·d f32, out n·dp u16; grid = (dp columns, n rows), bounds-checked.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("to_bf16_padded", e))?;
+        Ok(out)
     }
 
     /// The exact pairwise-distance percentile of the unit rows `u` (`n × d`, n ≥ 2); the same
@@ -603,6 +1091,215 @@ impl CudaDevice {
         // SAFETY: as above; counts, sum_d and sum_d2 hold K each.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_counts_and_distances", e))?;
         Ok(())
+    }
+
+    /// Ensures `g` can take `extra` more rows without reallocating (the old rows move device
+    /// to device when it grows; capacity at least doubles).
+    pub fn reserve_rows(&self, g: &mut GrowableRows, extra: usize) -> Result<()> {
+        let d = g.dim;
+        let need = g.rows + extra;
+        if need * d <= g.buf.len() {
+            return Ok(());
+        }
+        let cap = need.max(2 * g.buf.len() / d).max(16);
+        let mut grown = self
+            .stream
+            .alloc_zeros::<f32>(cap * d)
+            .map_err(|e| cuda_err("alloc", e))?;
+        if g.rows > 0 {
+            self.stream
+                .memcpy_dtod(
+                    &g.buf.slice(0..g.rows * d),
+                    &mut grown.slice_mut(0..g.rows * d),
+                )
+                .map_err(|e| cuda_err("device → device copy", e))?;
+        }
+        g.buf = grown;
+        Ok(())
+    }
+
+    /// Phase B on the device: sequential leader clustering of the unit rows `w` (`m × d`,
+    /// stream order) with threshold `theta`, the twin of
+    /// [`crate::backend::leaders::leaders_cpu`] (identical decisions and f64 similarities).
+    /// The new leaders are appended to `g` in ordinal order (after the rows it held at the call;
+    /// only leaders appended by this call are candidates). Chunks of 512 rows: each chunk's rows
+    /// are resolved against earlier chunks' leaders by [`CudaDevice::nearest_device`], and among
+    /// themselves by a single-warp scan over exact pair similarities. One scalar (the leader
+    /// count) crosses to the host per chunk.
+    pub fn leaders(
+        &self,
+        w: &CudaView<'_, f32>,
+        m: usize,
+        d: usize,
+        theta: f64,
+        g: &mut GrowableRows,
+    ) -> Result<Vec<LeaderDecision>> {
+        const C: usize = 512;
+        check_len("rows", w.len(), m * d)?;
+        if g.dim != d {
+            return Err(Error::DimensionMismatch {
+                what: "exemplar buffer".into(),
+                expected: d,
+                found: g.dim,
+            });
+        }
+        crate::geometry::check_threshold(theta)?;
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        let (_, di) = (check_i32("rows", m)?, check_i32("d", d)?);
+        check_i32("exemplar values", (g.rows + m) * d)?;
+        let s = &self.stream;
+        let first = g.rows;
+        let mut ord = s.alloc_zeros::<i32>(m).map_err(|e| cuda_err("alloc", e))?;
+        let mut sim = s.alloc_zeros::<f64>(m).map_err(|e| cuda_err("alloc", e))?;
+        let mut is_leader = s.alloc_zeros::<i32>(m).map_err(|e| cuda_err("alloc", e))?;
+        let cmax = C.min(m);
+        let mut pair = s
+            .alloc_zeros::<f64>(cmax * cmax)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let mut leader_rows = s
+            .alloc_zeros::<i32>(cmax)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let mut count = s.alloc_zeros::<i32>(1).map_err(|e| cuda_err("alloc", e))?;
+        let none_ord = self.upload(&vec![-1i32; cmax])?;
+        let none_sim = self.upload(&vec![f64::NEG_INFINITY; cmax])?;
+        let mut made = 0usize; // leaders so far (ordinals 0..made)
+        for s0 in (0..m).step_by(C) {
+            let c = C.min(m - s0);
+            let ci = c as i32;
+            let chunk = w.slice(s0 * d..(s0 + c) * d);
+            // Earlier chunks' leaders: exact nearest (ordinal, f64 similarity) per row.
+            let prev = if made > 0 {
+                let lv = g.buf.slice(first * d..(first + made) * d);
+                let screen = ScreenKind::auto(self.compute_capability, made, d);
+                Some(self.nearest_device(screen, &chunk, c, &lv, made, d, None)?)
+            } else {
+                None
+            };
+            if c > 1 {
+                let pairs = c * (c - 1) / 2;
+                let mut b = s.launch_builder(self.f("pair_sims_f64"));
+                b.arg(&chunk).arg(&ci).arg(&di).arg(&mut pair);
+                // SAFETY: chunk holds c·d values; pair holds cmax² ≥ c² and the kernel writes
+                // [a·c + b] for b < a < c, one warp per pair.
+                unsafe { b.launch(warp_grid(pairs)) }.map_err(|e| cuda_err("pair_sims_f64", e))?;
+            }
+            let base = made as i32;
+            let (po, ps) = match &prev {
+                Some((i, v)) => (i.slice(..), v.slice(..)),
+                None => (none_ord.slice(..c), none_sim.slice(..c)),
+            };
+            let mut ord_c = ord.slice_mut(s0..s0 + c);
+            let mut sim_c = sim.slice_mut(s0..s0 + c);
+            let mut lead_c = is_leader.slice_mut(s0..s0 + c);
+            let mut b = s.launch_builder(self.f("leaders_scan"));
+            b.arg(&ci)
+                .arg(&theta)
+                .arg(&base)
+                .arg(&po)
+                .arg(&ps)
+                .arg(&pair)
+                .arg(&mut ord_c)
+                .arg(&mut sim_c)
+                .arg(&mut lead_c)
+                .arg(&mut leader_rows)
+                .arg(&mut count);
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: one warp; prev ordinals/similarities hold c each, pair c² (written above
+            // for every b < a < c, the only entries read), the three outputs are c-long views,
+            // leader_rows holds cmax ≥ c, count 1.
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("leaders_scan", e))?;
+            // Room for every row of the chunk becoming a leader, then the copy.
+            self.reserve_rows(g, c)?;
+            let row0 = (first + made) as i64;
+            let mut b = s.launch_builder(self.f("append_leaders"));
+            b.arg(&chunk)
+                .arg(&di)
+                .arg(&leader_rows)
+                .arg(&count)
+                .arg(&base)
+                .arg(&mut g.buf)
+                .arg(&row0);
+            let cfg = LaunchConfig {
+                grid_dim: ((d as u32).div_ceil(256), c as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the kernel copies count − base ≤ c rows (the scan adds at most c), each of
+            // d values, from chunk rows leader_rows[i] < c to rows row0 + i < g.rows + c, within
+            // the capacity reserved above.
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("append_leaders", e))?;
+            made = self.download(&count)?[0] as usize;
+            g.rows = first + made;
+        }
+        let (ord, sim, lead) = (
+            self.download(&ord)?,
+            self.download(&sim)?,
+            self.download(&is_leader)?,
+        );
+        Ok((0..m)
+            .map(|i| {
+                if lead[i] != 0 {
+                    LeaderDecision::Leader {
+                        ordinal: ord[i] as u32,
+                    }
+                } else {
+                    LeaderDecision::Follow {
+                        ordinal: ord[i] as u32,
+                        sim: sim[i],
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Rows of `u` gathered by index into a new buffer: `out[r] = u[rows[r]]` (e.g. a batch's
+    /// unmatched rows, for [`CudaDevice::leaders`]).
+    pub fn gather_rows(
+        &self,
+        u: &CudaView<'_, f32>,
+        d: usize,
+        rows: &[u32],
+    ) -> Result<CudaSlice<f32>> {
+        let n_u = u.len() / d.max(1);
+        if d == 0 || u.len() % d != 0 {
+            return Err(Error::param("cuda launch", "gather: rows are not n × d"));
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_u) {
+            return Err(Error::param(
+                "cuda launch",
+                format!("gather index {r} is outside the {n_u} rows"),
+            ));
+        }
+        if rows.is_empty() {
+            return Err(Error::param("cuda launch", "gather needs at least one row"));
+        }
+        let (di, ni) = (check_i32("d", d)?, check_i32("rows", rows.len())?);
+        let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let idx = self.upload(&idx)?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f32>(rows.len() * d)
+            .map_err(|e| cuda_err("alloc", e))?;
+        let mut b = self.stream.launch_builder(self.f("gather_rows"));
+        b.arg(u).arg(&di).arg(&idx).arg(&ni).arg(&mut out);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (d as u32).div_ceil(256),
+                rows.len().min(MAX_GRID_Y) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every index is < n_u (checked), out holds rows·d.
+        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("gather_rows", e))?;
+        Ok(out)
     }
 
     /// An empty [`GrowableRows`] of width `dim`.

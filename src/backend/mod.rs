@@ -8,6 +8,9 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(all(feature = "cuda", feature = "torch"))]
+pub mod cuda_torch;
+pub mod leaders;
 
 use crate::error::{Error, Result};
 #[cfg(feature = "cuda")]
@@ -153,6 +156,79 @@ impl Backend {
     /// [`Backend::nearest_among`] for a single use of `cands` (`k × d`, k ≥ 1).
     pub fn nearest(&self, u: &[f32], cands: &[f32], d: usize) -> Result<(Vec<u32>, Vec<f64>)> {
         self.nearest_among(u, &self.candidates(cands, d)?)
+    }
+
+    /// Phase B of a batch, [`leaders::leaders_cpu`], on this backend: identical decisions and
+    /// similarities on every backend. `rows` are the unmatched unit rows (`m × d`) in stream
+    /// order.
+    pub fn leaders(
+        &self,
+        rows: &[f32],
+        d: usize,
+        theta: f64,
+    ) -> Result<Vec<leaders::LeaderDecision>> {
+        if d == 0 || rows.len() % d != 0 {
+            return Err(Error::param(
+                "rows",
+                format!("{} values are not rows of width {d}", rows.len()),
+            ));
+        }
+        crate::geometry::check_threshold(theta)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Backend::Cpu => Ok(leaders::leaders_cpu(rows, d, theta)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                let w = dev.upload(rows)?;
+                let mut g = dev.growable_rows(d)?;
+                dev.leaders(&w.as_view(), rows.len() / d, d, theta, &mut g)
+            }
+        }
+    }
+
+    /// The strict-order rule's search, [`leaders::nearest_prefix_cpu`], on this backend: for
+    /// each unit row, the exact nearest of the first `limits[r]` rows of `leaders`.
+    pub fn nearest_prefix(
+        &self,
+        rows: &[f32],
+        limits: &[u32],
+        leaders: &[f32],
+        d: usize,
+    ) -> Result<Vec<Option<(u32, f64)>>> {
+        if d == 0 || rows.len() != limits.len() * d || leaders.len() % d != 0 {
+            return Err(Error::param(
+                "rows",
+                format!(
+                    "{} row values, {} limits and {} leader values do not fit width {d}",
+                    rows.len(),
+                    limits.len(),
+                    leaders.len()
+                ),
+            ));
+        }
+        let l = leaders.len() / d;
+        if limits.is_empty() || l == 0 {
+            return Ok(vec![None; limits.len()]);
+        }
+        match self {
+            Backend::Cpu => Ok(leaders::nearest_prefix_cpu(rows, limits, leaders, d)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(dev) => {
+                let lim: Vec<i32> = limits.iter().map(|&x| x.min(l as u32) as i32).collect();
+                let (u, e, lim) = (dev.upload(rows)?, dev.upload(leaders)?, dev.upload(&lim)?);
+                let n = limits.len();
+                let screen = cuda::ScreenKind::auto(dev.compute_capability(), l, d);
+                let (ids, sims) =
+                    dev.nearest_with(screen, &u, n, &e.slice(..), l, d, Some(&lim))?;
+                Ok(ids
+                    .into_iter()
+                    .zip(sims)
+                    .map(|(i, s)| (i >= 0).then_some((i as u32, s)))
+                    .collect())
+            }
+        }
     }
 
     /// The exact pairwise-distance percentile of the unit rows `u`, identical on every backend.
