@@ -1,9 +1,13 @@
 //! `synth` (activations with known features), `train-sae` (a TopK SAE in tch) and
 //! `budget-sweep` (EP vs SAE quality against build compute, JSON + PNG).
 
+#[cfg(feature = "torch")]
 use super::InputArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+#[cfg(feature = "torch")]
+use anyhow::{bail, Context};
 use clap::Args;
+#[cfg(feature = "torch")]
 use exemplar::data::StreamOptions;
 use exemplar::eval::synthetic::SyntheticSpec;
 use exemplar::tensorfile::{self, TensorOut};
