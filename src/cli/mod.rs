@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod commands;
+mod evaluate;
 mod report;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,12 @@ pub enum Command {
     /// Run text through a Gemma-2 checkpoint and write the activations at a hook (+ provenance).
     #[cfg(feature = "torch")]
     Activations(ActivationsArgs),
+    /// Linear probes on document features: raw activations vs EP codes (vs SAE codes).
+    Probe(evaluate::ProbeArgs),
+    /// Concept detection (AxBench latent track): region per concept, AUROC, hard negatives.
+    Detect(evaluate::DetectArgs),
+    /// OOD signal: nearest-exemplar distances in and out of distribution, within-θ rates, AUROC.
+    Ood(evaluate::OodArgs),
 }
 
 #[cfg(feature = "torch")]
@@ -308,6 +315,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Demo(a) => commands::demo(a),
         #[cfg(feature = "torch")]
         Command::Activations(a) => commands::activations(a),
+        Command::Probe(a) => evaluate::probe(a),
+        Command::Detect(a) => evaluate::detect(a),
+        Command::Ood(a) => evaluate::ood(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

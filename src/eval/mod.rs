@@ -3,7 +3,12 @@
 //! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
 //! build-compute comparison with a TopK SAE trained on the same activations.
 
+pub mod detect;
+pub mod documents;
 mod intrinsic;
+pub mod metrics;
+pub mod ood;
+pub mod probe;
 pub mod sae;
 
 pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};
