@@ -14,6 +14,9 @@ fn every_cli_flag_is_documented() {
         "inspect",
         "eval",
         "demo",
+        "probe",
+        "detect",
+        "ood",
     ];
     if cfg!(feature = "torch") {
         cmds.push("activations");

@@ -551,6 +551,38 @@ fn set_name(p: &std::path::Path) -> String {
     )
 }
 
+/// Named distance sets: the in-distribution name and distances, and each OOD set.
+type DistanceSets = (String, Vec<f32>, Vec<(String, Vec<f32>)>);
+
+/// In text mode, the distances of the texts of `--text` and of each `--ood-text`; else `None`.
+#[cfg(feature = "torch")]
+fn text_mode_distances(a: &OodArgs, dict: &Dictionary) -> Result<Option<DistanceSets>> {
+    let (Some(model), Some(hook), Some(text)) = (&a.model, &a.hook, &a.text) else {
+        return Ok(None);
+    };
+    if a.ood_text.is_empty() {
+        bail!("text mode needs at least one --ood-text FILE");
+    }
+    let dist = |p: &PathBuf| -> Result<Vec<f32>> {
+        let docs =
+            documents::texts_through_model(model, hook, &read_lines(p)?, a.ctx, a.batch_prompts)
+                .with_context(|| format!("running {} through the model", p.display()))?;
+        let rows: Vec<f32> = docs.docs.into_values().flatten().collect();
+        Ok(dict.assign(&rows)?.1)
+    };
+    let sets = a
+        .ood_text
+        .iter()
+        .map(|p| Ok((set_name(p), dist(p)?)))
+        .collect::<Result<_>>()?;
+    Ok(Some((set_name(text), dist(text)?, sets)))
+}
+
+#[cfg(not(feature = "torch"))]
+fn text_mode_distances(_: &OodArgs, _: &Dictionary) -> Result<Option<DistanceSets>> {
+    Ok(None)
+}
+
 pub fn ood(a: OodArgs) -> Result<()> {
     if let Some(out) = &a.out {
         check_writable(out, a.force)?;
@@ -560,46 +592,30 @@ pub fn ood(a: OodArgs) -> Result<()> {
         tensor: a.tensor.clone(),
         skip_nonfinite: false,
     };
-    let (in_name, in_dist, sets): (String, Vec<f32>, Vec<(String, Vec<f32>)>) = 'src: {
-        #[cfg(feature = "torch")]
-        if let (Some(model), Some(hook), Some(text)) = (&a.model, &a.hook, &a.text) {
-            if a.ood_text.is_empty() {
-                bail!("text mode needs at least one --ood-text FILE");
+    let (in_name, in_dist, sets) = match text_mode_distances(&a, &dict)? {
+        Some(v) => v,
+        None => {
+            if a.activations.is_empty() || a.ood.is_empty() {
+                let text_mode = if cfg!(feature = "torch") {
+                    " (or text mode: --model, --hook, --text, --ood-text)"
+                } else {
+                    ""
+                };
+                bail!("give --activations FILES and at least one --ood FILE{text_mode}");
             }
-            let dist = |p: &PathBuf| -> Result<Vec<f32>> {
-                let docs = documents::texts_through_model(
-                    model,
-                    hook,
-                    &read_lines(p)?,
-                    a.ctx,
-                    a.batch_prompts,
-                )
-                .with_context(|| format!("running {} through the model", p.display()))?;
-                let rows: Vec<f32> = docs.docs.into_values().flatten().collect();
-                Ok(dict.assign(&rows)?.1)
-            };
+            let in_dist = ood::stream_distances(&dict, &a.activations, options.clone())?;
             let sets = a
-                .ood_text
+                .ood
                 .iter()
-                .map(|p| Ok((set_name(p), dist(p)?)))
+                .map(|p| {
+                    Ok((
+                        set_name(p),
+                        ood::stream_distances(&dict, std::slice::from_ref(p), options.clone())?,
+                    ))
+                })
                 .collect::<Result<_>>()?;
-            break 'src (set_name(text), dist(text)?, sets);
+            (set_name(&a.activations[0]), in_dist, sets)
         }
-        if a.activations.is_empty() || a.ood.is_empty() {
-            bail!("give --activations FILES and at least one --ood FILE (or text mode: --model, --hook, --text, --ood-text)");
-        }
-        let in_dist = ood::stream_distances(&dict, &a.activations, options.clone())?;
-        let sets = a
-            .ood
-            .iter()
-            .map(|p| {
-                Ok((
-                    set_name(p),
-                    ood::stream_distances(&dict, std::slice::from_ref(p), options.clone())?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        (set_name(&a.activations[0]), in_dist, sets)
     };
     let report = ood::ood_report(&dict, (&in_name, &in_dist), &sets)?;
     let mut table = String::new();

@@ -299,7 +299,7 @@ impl Standardizer {
             .iter()
             .map(|v| {
                 let s = (v / n).sqrt();
-                if s > 1e-12 * (1.0 + s) && s > 0.0 {
+                if s > 1e-12 {
                     s
                 } else {
                     1.0
@@ -309,12 +309,13 @@ impl Standardizer {
         Standardizer { mean, scale }
     }
 
+    /// Standardised copy of `x` (`n × d`).
     pub fn apply(&self, x: &[f64]) -> Vec<f64> {
         let d = self.mean.len();
         let mut out = x.to_vec();
         for r in out.chunks_mut(d) {
-            for j in 0..d {
-                r[j] = (r[j] - self.mean[j]) / self.scale[j];
+            for ((v, m), s) in r.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v - m) / s;
             }
         }
         out
