@@ -12,7 +12,9 @@ use exemplar::data::ActivationBatch;
 use exemplar::dictionary::Basis;
 use exemplar::eval::detect::{self, Category, ConceptRow, TextField};
 use exemplar::eval::documents::{read_labeled_jsonl, DocumentActivations};
-use exemplar::eval::metrics::{classification_report, roc_auc};
+use exemplar::eval::metrics::{
+    classification_report, hard_negative_accuracy, roc_auc, youden_threshold,
+};
 use exemplar::eval::probe::{self, fit_logistic, stratified_folds, stratified_split, Standardizer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -142,6 +144,62 @@ print(json.dumps(out))
                     && (m.1 - r[j]).abs() < 1e-12
                     && (m.2 - f[j]).abs() < 1e-12,
                 "case {i} class {j}"
+            );
+        }
+    }
+}
+
+#[test]
+fn youden_and_hard_negative_accuracy_match_sklearn_roc_curve() {
+    let Some(py) = python() else { return };
+    let mut rng = Rng::new(21);
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..25 {
+        let grid = |rng: &mut Rng, n: usize, shift: f64| -> Vec<f64> {
+            (0..n)
+                .map(|_| (rng.below(9) as f64 + shift).round() / 4.0)
+                .collect()
+        };
+        let n = 3 + rng.below(20);
+        let pos = grid(&mut rng, n, 2.0);
+        let n = 3 + rng.below(20);
+        let neg = grid(&mut rng, n, 0.0);
+        let n = 1 + rng.below(10);
+        let hard = grid(&mut rng, n, 1.0);
+        let scores: Vec<f64> = pos.iter().chain(&neg).copied().collect();
+        let labels: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
+        let (t, j) = youden_threshold(&scores, &labels).unwrap();
+        ours.push((t, j, hard_negative_accuracy(&pos, &neg, &hard).unwrap()));
+        cases.push(json!({"pos": pos, "neg": neg, "hard": hard}));
+    }
+    // AxBench's HardNegativeEvaluator, written out with scikit-learn's roc_curve.
+    let script = r#"
+import json, sys
+import numpy as np
+from sklearn.metrics import roc_curve
+out = []
+for c in json.load(open(sys.argv[1])):
+    pos, neg, hard = map(np.array, (c["pos"], c["neg"], c["hard"]))
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    fpr, tpr, thr = roc_curve(y, np.r_[pos, neg], drop_intermediate=False)
+    i = int(np.argmax(tpr - fpr))
+    t = thr[i]
+    out.append({"t": float(t), "j": float(tpr[i] - fpr[i]),
+                "hn": float(((pos >= t).mean() + (hard < t).mean()) / 2)})
+print(json.dumps(out))
+"#;
+    let theirs = run_python_json(&py, script, &json!(cases));
+    for (i, (o, t)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {
+        assert!(
+            (o.1 - t["j"].as_f64().unwrap()).abs() < 1e-12,
+            "case {i}: J"
+        );
+        if o.1 > 0.0 {
+            assert_eq!(o.0, t["t"].as_f64().unwrap(), "case {i}: threshold");
+            assert!(
+                (o.2 - t["hn"].as_f64().unwrap()).abs() < 1e-12,
+                "case {i}: hard-negative accuracy"
             );
         }
     }
