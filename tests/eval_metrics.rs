@@ -708,6 +708,75 @@ fn demo_end_to_end_probe_detect_ood() {
 }
 
 #[test]
+fn document_features_pool_the_demo_tokens() {
+    use exemplar::eval::documents::read_documents;
+    use exemplar::eval::probe::{document_features, FeatureKind, Pooling};
+    let dir = TempDir::new().unwrap();
+    let dict = load_dict(&demo_dictionary(dir.path()));
+    let docs = read_documents(&[repo().join(DEMO)], Default::default()).unwrap();
+    assert_eq!(docs.docs.len(), 80);
+    assert_eq!(
+        docs.docs.values().map(|v| v.len() / 384).sum::<usize>(),
+        4548
+    );
+    let ids: Vec<i64> = (0..80).collect();
+    let k = dict.len();
+    // Count pooling of the one-hot codes is the histogram of each document's nearest exemplars.
+    let (x, w) = document_features(
+        &docs,
+        &ids,
+        FeatureKind::EpOneHot,
+        Pooling::Count(1),
+        false,
+        Some(&dict),
+        None,
+    )
+    .unwrap();
+    assert_eq!(w, k);
+    let (xb, _) = document_features(
+        &docs,
+        &ids,
+        FeatureKind::EpOneHot,
+        Pooling::Count(1),
+        true,
+        Some(&dict),
+        None,
+    )
+    .unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let (nearest, _) = dict.assign(docs.get(id).unwrap()).unwrap();
+        let hist = bincount(&nearest, k);
+        let row = &x[i * k..(i + 1) * k];
+        assert!(
+            row.iter().zip(&hist).all(|(a, &b)| *a == b as f64),
+            "document {id}"
+        );
+        let brow = &xb[i * k..(i + 1) * k];
+        assert!(brow
+            .iter()
+            .zip(&hist)
+            .all(|(a, &b)| *a == f64::from(u8::from(b > 0))));
+    }
+    // Last-token pooling of raw features is the document's last row.
+    let (x, w) = document_features(
+        &docs,
+        &ids,
+        FeatureKind::Raw,
+        Pooling::Last,
+        false,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(w, 384);
+    let last = docs.get(79).unwrap();
+    assert!(x[79 * 384..]
+        .iter()
+        .zip(&last[last.len() - 384..])
+        .all(|(a, &b)| *a == b as f64));
+}
+
+#[test]
 fn ood_distances_and_auroc_match_numpy_and_sklearn() {
     let Some(py) = python() else { return };
     let dir = TempDir::new().unwrap();
