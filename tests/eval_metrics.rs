@@ -236,6 +236,7 @@ fn logistic_regression_matches_sklearn() {
         let (n, d) = (60, 5);
         let (x, y) = blobs(n, d, classes, 1.2, seed);
         let m = fit_logistic(&x, d, &y, classes, c).unwrap();
+        assert!(m.converged, "C = {c}: {} iterations", m.iterations);
         ours.push((m.predict(&x), m.coef.clone(), m.intercept.clone()));
         cases.push(json!({"x": x, "y": y, "d": d, "C": c}));
     }
@@ -566,6 +567,7 @@ fn demo_end_to_end_probe_detect_ood() {
             79
         );
         assert!([0.01, 0.1, 1.0, 10.0, 100.0].contains(&r["chosen_c"].as_f64().unwrap()));
+        assert_eq!(r["converged"], true, "{r}");
     }
     let ratio = p["ep_onehot_over_raw_accuracy"].as_f64().unwrap();
     assert!(

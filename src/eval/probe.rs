@@ -333,6 +333,9 @@ pub struct LogisticModel {
     pub intercept: Vec<f64>,
     /// L-BFGS iterations used.
     pub iterations: usize,
+    /// Whether the largest gradient entry ended below `1e-6 · max(1, C·n)` (the solver aims at
+    /// 1e-9; this looser bar flags fits that stopped far from the optimum).
+    pub converged: bool,
 }
 
 impl LogisticModel {
@@ -538,6 +541,7 @@ pub fn fit_logistic(
             break;
         }
     }
+    let converged = grad.iter().fold(0.0f64, |a, g| a.max(g.abs())) <= 1e3 * tol;
     let (w, b) = theta.split_at(rows * d);
     let mut intercept = b.to_vec();
     if rows > 1 {
@@ -550,6 +554,7 @@ pub fn fit_logistic(
         coef: w.to_vec(),
         intercept,
         iterations,
+        converged,
     })
 }
 
@@ -596,6 +601,8 @@ pub struct ProbeResult {
     pub cv: Vec<CvScore>,
     /// Accuracy, macro-F1 and per-class metrics on the test split.
     pub test: ClassificationReport,
+    /// Whether the final fit converged (see [`LogisticModel::converged`]).
+    pub converged: bool,
     #[serde(skip)]
     pub model: LogisticModel,
 }
@@ -668,6 +675,7 @@ pub fn run_probe(
         chosen_c: c,
         cv,
         test: classification_report(&yte, &pred)?,
+        converged: model.converged,
         model,
     })
 }
