@@ -370,8 +370,13 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// At most this many row blocks (of at least 64 rows) per objective evaluation: the blocks are
+/// summed in order and their size depends only on `n`, so the result does not depend on the
+/// number of threads.
+const OBJECTIVE_BLOCKS: usize = 64;
+
 /// Objective and gradient of the regression at `theta` (`rows × d` weights, then `rows`
-/// intercepts).
+/// intercepts); the data term is computed over blocks of rows in parallel.
 fn objective(
     theta: &[f64],
     x: &[f64],
@@ -381,8 +386,38 @@ fn objective(
     c: f64,
     grad: &mut [f64],
 ) -> f64 {
+    use rayon::prelude::*;
     let (w, b) = theta.split_at(rows * d);
+    let block = y.len().div_ceil(OBJECTIVE_BLOCKS).max(64);
+    let parts: Vec<(f64, Vec<f64>)> = x
+        .par_chunks(block * d)
+        .zip(y.par_chunks(block))
+        .map(|(xb, yb)| data_term(w, b, xb, yb, d, rows))
+        .collect();
     grad.fill(0.0);
+    let mut loss = 0.0;
+    for (l, g) in parts {
+        loss += l;
+        grad.iter_mut().zip(&g).for_each(|(o, v)| *o += c * v);
+    }
+    let mut reg = 0.0;
+    for (gi, wi) in grad[..rows * d].iter_mut().zip(w) {
+        *gi += wi;
+        reg += wi * wi;
+    }
+    c * loss + 0.5 * reg
+}
+
+/// The log-loss of rows `x` (labels `y`) and its gradient (weights, then intercepts).
+fn data_term(
+    w: &[f64],
+    b: &[f64],
+    x: &[f64],
+    y: &[usize],
+    d: usize,
+    rows: usize,
+) -> (f64, Vec<f64>) {
+    let mut grad = vec![0.0; rows * d + rows];
     let mut loss = 0.0;
     let mut z = vec![0.0; rows];
     let mut g = vec![0.0; rows];
@@ -415,22 +450,16 @@ fn objective(
             }
         }
         for k in 0..rows {
-            let gk = c * g[k];
-            if gk != 0.0 {
+            if g[k] != 0.0 {
                 grad[k * d..(k + 1) * d]
                     .iter_mut()
                     .zip(r)
-                    .for_each(|(o, v)| *o += gk * v);
-                grad[rows * d + k] += gk;
+                    .for_each(|(o, v)| *o += g[k] * v);
+                grad[rows * d + k] += g[k];
             }
         }
     }
-    let mut reg = 0.0;
-    for (gi, wi) in grad[..rows * d].iter_mut().zip(w) {
-        *gi += wi;
-        reg += wi * wi;
-    }
-    c * loss + 0.5 * reg
+    (loss, grad)
 }
 
 /// Fits the L2 logistic regression (see the module documentation) on `x` (`n × d`, f64) and
