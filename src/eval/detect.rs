@@ -90,7 +90,7 @@ fn parse_split(path: &Path, line: usize, s: &str) -> Result<bool> {
     }
 }
 
-/// Builds a row from string/int fields; `get` returns a field as JSON.
+/// Validates one row's fields (`index`: its 0-based position, the default `doc_id`).
 fn make_row(
     path: &Path,
     line: usize,
@@ -260,26 +260,6 @@ fn read_parquet_objects(path: &Path) -> Result<Vec<(usize, Map<String, Value>)>>
         return Err(Error::EmptyInput(format!("{}: no rows", path.display())));
     }
     Ok(out)
-}
-
-/// Settings of [`detect_concepts`].
-#[derive(Debug, Clone)]
-pub struct DetectOptions {
-    /// Basis of the region choice and of the scoring direction (default: mean, as `EPMean`).
-    pub basis: Basis,
-    /// Eval fraction of the seeded split, used when the file has no `split`.
-    pub eval_fraction: f64,
-    pub seed: u64,
-}
-
-impl Default for DetectOptions {
-    fn default() -> Self {
-        DetectOptions {
-            basis: Basis::Mean,
-            eval_fraction: 0.5,
-            seed: 0,
-        }
-    }
 }
 
 /// Detection results of one concept.
