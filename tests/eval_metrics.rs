@@ -994,6 +994,31 @@ fn bad_inputs_give_clear_errors() {
     )
     .err();
     assert_mentions(&e, &["--activations"]);
+    let labels = repo().join("data/demo/labels.jsonl");
+    let labels = labels.to_str().unwrap();
+    let probe = |extra: &[&str]| {
+        let mut args = vec![
+            "probe",
+            "-a",
+            demo,
+            "--labels",
+            labels,
+            "-d",
+            "dict.safetensors",
+        ];
+        args.extend_from_slice(extra);
+        exemplar(d, &args).err()
+    };
+    assert_mentions(&probe(&["--features", "sae"]), &["--sae"]);
+    assert_mentions(
+        &probe(&["--features", "ep-topk", "-k", "100000"]),
+        &["ep-topk", "1 ≤ k ≤ K"],
+    );
+    assert_mentions(
+        &probe(&["--test-fraction", "1.5"]),
+        &["test-fraction", "(0, 1)"],
+    );
+    assert_mentions(&probe(&["--folds", "1"]), &["folds", "at least 2"]);
 }
 
 #[test]
