@@ -263,9 +263,18 @@ print(json.dumps(out))
         assert_eq!(o.0, pred, "case {i}: predicted classes");
         let (coef, icpt) = (f64s(&t["coef"]), f64s(&t["intercept"]));
         let scale = coef.iter().chain(&icpt).fold(0.0f64, |a, v| a.max(v.abs()));
+        let worst =
+            o.1.iter()
+                .zip(&coef)
+                .chain(o.2.iter().zip(&icpt))
+                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+        eprintln!(
+            "case {i}: max |coef − sklearn| / max |coef| = {:.2e}",
+            worst / scale
+        );
         for (a, b) in o.1.iter().zip(&coef).chain(o.2.iter().zip(&icpt)) {
             assert!(
-                (a - b).abs() <= 1e-3 * scale,
+                (a - b).abs() <= 1e-5 * scale,
                 "case {i}: coefficient {a} vs sklearn {b} (scale {scale})"
             );
         }
