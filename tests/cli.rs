@@ -123,6 +123,10 @@ fn help_of_every_subcommand() {
         "inspect",
         "eval",
         "demo",
+        "probe",
+        "detect",
+        "ood",
+        "synth",
     ] {
         assert!(top.stdout.contains(sub), "top-level help lists {sub}");
         let h = env.run(&[sub, "--help"]).ok();

@@ -2,6 +2,7 @@
 
 mod commands;
 mod compute;
+mod evaluate;
 mod report;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,12 @@ pub enum Command {
     /// compute (FLOPs, seconds) → report.json + quality_vs_compute.png.
     #[cfg(feature = "torch")]
     BudgetSweep(compute::BudgetSweepArgs),
+    /// Linear probes on document features: raw activations vs EP codes (vs SAE codes).
+    Probe(evaluate::ProbeArgs),
+    /// Concept detection (AxBench latent track): region per concept, AUROC, hard negatives.
+    Detect(evaluate::DetectArgs),
+    /// OOD signal: nearest-exemplar distances in and out of distribution, within-θ rates, AUROC.
+    Ood(evaluate::OodArgs),
 }
 
 #[cfg(feature = "torch")]
@@ -323,6 +330,9 @@ pub fn main() -> std::process::ExitCode {
         Command::TrainSae(a) => compute::train_sae(a),
         #[cfg(feature = "torch")]
         Command::BudgetSweep(a) => compute::budget_sweep(a),
+        Command::Probe(a) => evaluate::probe(a),
+        Command::Detect(a) => evaluate::detect(a),
+        Command::Ood(a) => evaluate::ood(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

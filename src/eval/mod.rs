@@ -5,8 +5,13 @@
 
 #[cfg(feature = "torch")]
 pub mod budget;
+pub mod detect;
+pub mod documents;
 mod intrinsic;
+pub mod metrics;
+pub mod ood;
 pub mod plot;
+pub mod probe;
 pub mod sae;
 pub mod synthetic;
 #[cfg(feature = "torch")]
