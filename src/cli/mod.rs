@@ -2,6 +2,7 @@
 
 mod commands;
 mod report;
+mod sae;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,14 @@ pub enum Command {
     /// Run text through a Gemma-2 checkpoint and write the activations at a hook (+ provenance).
     #[cfg(feature = "torch")]
     Activations(ActivationsArgs),
+    /// Export a dictionary as an SAELens-layout SAE (cfg.json + sae_weights.safetensors).
+    ExportSae(sae::ExportSaeArgs),
+    /// Encode activations with an SAE (SAELens directory or Gemma Scope params.npz) → .npy.
+    SaeEncode(sae::SaeEncodeArgs),
+    /// EP ↔ SAE correspondence: top-k overlap F1 both ways, Hungarian, top-1 coherence.
+    CompareSae(sae::CompareSaeArgs),
+    /// Match two dictionaries (Hungarian on cosine): persisted, dropped and introduced regions.
+    Match(sae::MatchArgs),
 }
 
 #[cfg(feature = "torch")]
@@ -308,6 +317,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Demo(a) => commands::demo(a),
         #[cfg(feature = "torch")]
         Command::Activations(a) => commands::activations(a),
+        Command::ExportSae(a) => sae::export_sae(a),
+        Command::SaeEncode(a) => sae::sae_encode(a),
+        Command::CompareSae(a) => sae::compare_sae(a),
+        Command::Match(a) => sae::match_dictionaries(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,7 +3,10 @@
 //! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
 //! build-compute comparison with a TopK SAE trained on the same activations.
 
+pub mod assignment;
+pub mod compare;
 mod intrinsic;
+pub mod matching;
 pub mod sae;
 
 pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};
