@@ -18,6 +18,7 @@ fn every_cli_flag_is_documented() {
     if cfg!(feature = "torch") {
         cmds.push("activations");
     }
+    cmds.extend(["export-sae", "sae-encode", "compare-sae", "match"]);
     for cmd in cmds {
         let out = Command::new(env!("CARGO_BIN_EXE_exemplar"))
             .args([cmd, "--help"])

@@ -1119,3 +1119,190 @@ fn bad_inputs_give_clear_errors_and_leave_nothing_behind() {
     assert!(!root.join("m2").exists());
     assert_no_temp_files(root);
 }
+
+/// Every subcommand on activations of a small random Gemma-2 (the HF fixture made by
+/// scripts/gemma2_fixtures.py): activations → two dictionaries → match, export-sae, sae-encode,
+/// compare-sae against the export and against a Gemma-Scope-style npz of the model's width.
+#[cfg(feature = "torch")]
+#[test]
+fn small_random_gemma2_end_to_end() {
+    let root_fx = match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") => {
+            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
+        }
+        None => {
+            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes them)");
+            return;
+        }
+    };
+    let model = root_fx.join("gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let docs: String = (0..24)
+        .map(|i| {
+            format!(
+                "document {i} says the cat sat on mat {} and the dog ran {}\n",
+                i * 7,
+                i % 5
+            )
+        })
+        .collect();
+    std::fs::write(root.join("docs.txt"), docs).unwrap();
+    exemplar(
+        root,
+        &[
+            "activations",
+            "--model",
+            model.to_str().unwrap(),
+            "--hook",
+            "blocks.2.hook_resid_post",
+            "--text",
+            "docs.txt",
+            "--ctx",
+            "24",
+            "-o",
+            "acts.safetensors",
+        ],
+    )
+    .ok();
+    for (p, out) in [("5", "a.safetensors"), ("20", "b.safetensors")] {
+        build(root, "acts.safetensors", p, out);
+    }
+    let (da, db) = (
+        load_dict(&root.join("a.safetensors")),
+        load_dict(&root.join("b.safetensors")),
+    );
+    assert_eq!(da.dim(), 64);
+    exemplar(
+        root,
+        &[
+            "match",
+            "a.safetensors",
+            "b.safetensors",
+            "-o",
+            "m",
+            "--basis",
+            "mean",
+        ],
+    )
+    .ok();
+    let s = read_json(&root.join("m/summary.json"));
+    assert_eq!(
+        s["n_pairs"].as_u64().unwrap() as usize,
+        da.len().min(db.len())
+    );
+    let (_, rows) = csv_rows(&root.join("m/matches.csv"));
+    assert!(
+        rows[0][8].contains("[["),
+        "top prompts come from the sidecar: {:?}",
+        rows[0]
+    );
+    exemplar(root, &["export-sae", "-d", "a.safetensors", "-o", "sae"]).ok();
+    exemplar(
+        root,
+        &[
+            "sae-encode",
+            "--sae",
+            "sae",
+            "-a",
+            "acts.safetensors",
+            "-o",
+            "codes.npy",
+        ],
+    )
+    .ok();
+    // The export's k = 1 codes: the active feature is the nearest exemplar where one is active.
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "a.safetensors",
+            "-a",
+            "acts.safetensors",
+            "-o",
+            "ids.npz",
+        ],
+    )
+    .ok();
+    let ids = exemplar::data::npy::read_npz(&root.join("ids.npz")).unwrap();
+    let ids = i64_data(&ids.iter().find(|(n, _)| n == "ids").unwrap().1).to_vec();
+    let codes = read_npy(&root.join("codes.npy"));
+    let k = da.len();
+    let mut active = 0;
+    for (row, &id) in f32_data(&codes).chunks(k).zip(&ids) {
+        if let Some(j) = row.iter().position(|&v| v > 0.0) {
+            assert_eq!(j as i64, id);
+            active += 1;
+        }
+    }
+    assert!(
+        active * 10 >= ids.len() * 9,
+        "{active} of {} rows active",
+        ids.len()
+    );
+    exemplar(
+        root,
+        &[
+            "compare-sae",
+            "-d",
+            "b.safetensors",
+            "--sae",
+            "sae",
+            "-a",
+            "acts.safetensors",
+            "--top-k",
+            "20",
+            "--min-activations",
+            "3",
+            "-o",
+            "cmp.json",
+        ],
+    )
+    .ok();
+    let r = read_json(&root.join("cmp.json"));
+    assert!(!r["results_by_basis"]["exemplar"]["ep_to_sae"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (d, f) = (64usize, 32usize);
+    let mut state = 5u64;
+    let mut rnd = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let m = |v: Vec<f32>, shape: &[usize]| NpyArray::new(shape.to_vec(), v).unwrap();
+    write_npz(
+        &root.join("gs.npz"),
+        &[
+            ("W_enc", m((0..d * f).map(|_| rnd()).collect(), &[d, f])),
+            ("W_dec", m((0..f * d).map(|_| rnd()).collect(), &[f, d])),
+            ("b_enc", m(vec![0.0; f], &[f])),
+            ("b_dec", m(vec![0.0; d], &[d])),
+            ("threshold", m(vec![0.1; f], &[f])),
+        ],
+        false,
+    )
+    .unwrap();
+    exemplar(
+        root,
+        &[
+            "compare-sae",
+            "-d",
+            "a.safetensors",
+            "--sae",
+            "gs.npz",
+            "-a",
+            "acts.safetensors",
+            "--top-k",
+            "20",
+            "--min-activations",
+            "3",
+            "--json",
+        ],
+    )
+    .ok();
+}

@@ -488,7 +488,7 @@ impl Sae {
         let b_dec = Tensor::from_slice(&self.b_dec).to_device(dev);
         let mut x = x.to_kind(Kind::Float);
         if self.apply_b_dec_to_input {
-            x = x - &b_dec;
+            x -= &b_dec;
         }
         let pre = x.matmul(&w_enc) + b_enc;
         Ok(match &self.activation {
@@ -505,6 +505,9 @@ impl Sae {
         })
     }
 }
+
+#[cfg(not(feature = "torch"))]
+const NO_TORCH: &str = "`cuda` SAE encoding runs through libtorch: build exemplar with the `torch` feature (cargo build --features torch)";
 
 /// Where [`Sae::encode_on`] runs the encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,10 +547,7 @@ impl EncodeDevice {
                 }
             }
             #[cfg(not(feature = "torch"))]
-            EncodeDevice::Cuda => Err(Error::param(
-                "device",
-                "`cuda` SAE encoding runs through libtorch: build exemplar with the `torch` feature (cargo build --features torch)",
-            )),
+            EncodeDevice::Cuda => Err(Error::param("device", NO_TORCH)),
         }
     }
 }
@@ -557,32 +557,35 @@ impl Sae {
     pub fn encode_on(&self, rows: &[f32], device: EncodeDevice) -> Result<Vec<f32>> {
         match device {
             EncodeDevice::Cpu => self.encode(rows),
-            EncodeDevice::Cuda => {
-                device.check()?;
-                #[cfg(feature = "torch")]
-                {
-                    if rows.len() % self.d_in != 0 {
-                        return Err(Error::DimensionMismatch {
-                            what: "activations given to the SAE".into(),
-                            expected: self.d_in,
-                            found: rows.len(),
-                        });
-                    }
-                    let n = (rows.len() / self.d_in) as i64;
-                    let x = tch::Tensor::from_slice(rows)
-                        .view([n, self.d_in as i64])
-                        .to_device(tch::Device::Cuda(0));
-                    let codes = self
-                        .encode_tch(&x)?
-                        .to_device(tch::Device::Cpu)
-                        .flatten(0, -1);
-                    Vec::<f32>::try_from(&codes)
-                        .map_err(|e| Error::param("device", format!("reading codes back: {e}")))
-                }
-                #[cfg(not(feature = "torch"))]
-                unreachable!("check() rejects cuda without the torch feature")
-            }
+            EncodeDevice::Cuda => self.encode_cuda(rows),
         }
+    }
+
+    #[cfg(feature = "torch")]
+    fn encode_cuda(&self, rows: &[f32]) -> Result<Vec<f32>> {
+        EncodeDevice::Cuda.check()?;
+        if rows.len() % self.d_in != 0 {
+            return Err(Error::DimensionMismatch {
+                what: "activations given to the SAE".into(),
+                expected: self.d_in,
+                found: rows.len(),
+            });
+        }
+        let n = (rows.len() / self.d_in) as i64;
+        let x = tch::Tensor::from_slice(rows)
+            .view([n, self.d_in as i64])
+            .to_device(tch::Device::Cuda(0));
+        let codes = self
+            .encode_tch(&x)?
+            .to_device(tch::Device::Cpu)
+            .flatten(0, -1);
+        Vec::<f32>::try_from(&codes)
+            .map_err(|e| Error::param("device", format!("reading codes back: {e}")))
+    }
+
+    #[cfg(not(feature = "torch"))]
+    fn encode_cuda(&self, _rows: &[f32]) -> Result<Vec<f32>> {
+        Err(Error::param("device", NO_TORCH))
     }
 }
 
