@@ -782,7 +782,19 @@ fn demo_data_end_to_end() {
     let (_, rows) = csv_rows(&root.join("m/matches.csv"));
     assert!(
         rows.iter().all(|r| r.len() >= 13),
-        "13 columns (no stray commas in prompts)"
+        "at least 13 columns (a prompt holding commas is quoted, so a plain split gives more)"
+    );
+    // Both builds start from the same rows, so some exemplars are the same vector: cos is
+    // clamped to exactly 1 (dist 0), never above.
+    let cos: Vec<f64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
+    assert!(
+        cos.iter().all(|&c| c <= 1.0) && cos.contains(&1.0),
+        "{:?}",
+        &cos[..3]
+    );
+    assert!(
+        rows.iter().all(|r| r[3].parse::<f64>().unwrap() >= 0.0),
+        "dist ≥ 0"
     );
     exemplar(root, &["export-sae", "-d", "p3.safetensors", "-o", "sae3"]).ok();
     exemplar(

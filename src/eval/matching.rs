@@ -98,11 +98,13 @@ pub fn match_dictionaries(
         Basis::Mean => cosines(&ma, &mb, d),
     };
     let (rows, cols) = linear_sum_assignment(&s, ka, kb, true)?;
+    // Unit vectors stored in f32: clamp, so identical directions give cos 1 and dist 0.
     let dot = |x: &[f32], y: &[f32]| {
         x.iter()
             .zip(y)
             .map(|(&p, &q)| p as f64 * q as f64)
             .sum::<f64>()
+            .clamp(-1.0, 1.0)
     };
     let mut pairs: Vec<MatchedPair> = rows
         .iter()
