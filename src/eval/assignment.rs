@@ -21,14 +21,52 @@ pub fn linear_sum_assignment(
     m: usize,
     maximize: bool,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
+    check(cost, n, m, maximize)?;
+    linear_sum_assignment_owned(cost.to_vec(), n, m, maximize)
+}
+
+/// [`linear_sum_assignment`] on a matrix it may reuse: with `n ≤ m` no second `n × m` buffer is
+/// allocated (for large matrices, pass the smaller side as rows).
+pub fn linear_sum_assignment_owned(
+    mut cost: Vec<f64>,
+    n: usize,
+    m: usize,
+    maximize: bool,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    check(&cost, n, m, maximize)?;
+    if n == 0 || m == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if maximize {
+        cost.iter_mut().for_each(|v| *v = -*v);
+    }
+    // Work on rows ≤ columns, minimising.
+    let transpose = m < n;
+    let (nr, nc) = if transpose { (m, n) } else { (n, m) };
+    if transpose {
+        cost = crate::eval::sae::transpose_f64(&cost, n, m);
+    }
+    let col4row = solve(&cost, nr, nc).ok_or_else(|| {
+        Error::param(
+            "cost",
+            "the forbidden (infinite) entries leave no complete assignment",
+        )
+    })?;
+    let mut pairs: Vec<(usize, usize)> = if transpose {
+        col4row.iter().enumerate().map(|(i, &j)| (j, i)).collect()
+    } else {
+        col4row.iter().enumerate().map(|(i, &j)| (i, j)).collect()
+    };
+    pairs.sort_unstable();
+    Ok(pairs.into_iter().unzip())
+}
+
+fn check(cost: &[f64], n: usize, m: usize, maximize: bool) -> Result<()> {
     if cost.len() != n * m {
         return Err(Error::param(
             "cost",
             format!("has {} entries, expected {n} × {m}", cost.len()),
         ));
-    }
-    if n == 0 || m == 0 {
-        return Ok((Vec::new(), Vec::new()));
     }
     for (idx, &c) in cost.iter().enumerate() {
         let bad =
@@ -44,37 +82,7 @@ pub fn linear_sum_assignment(
             ));
         }
     }
-    // Work on rows ≤ columns, minimising.
-    let transpose = m < n;
-    let (nr, nc) = if transpose { (m, n) } else { (n, m) };
-    let mut c = vec![0.0f64; nr * nc];
-    for i in 0..n {
-        for j in 0..m {
-            let v = if maximize {
-                -cost[i * m + j]
-            } else {
-                cost[i * m + j]
-            };
-            if transpose {
-                c[j * nc + i] = v;
-            } else {
-                c[i * nc + j] = v;
-            }
-        }
-    }
-    let col4row = solve(&c, nr, nc).ok_or_else(|| {
-        Error::param(
-            "cost",
-            "the forbidden (infinite) entries leave no complete assignment",
-        )
-    })?;
-    let mut pairs: Vec<(usize, usize)> = if transpose {
-        col4row.iter().enumerate().map(|(i, &j)| (j, i)).collect()
-    } else {
-        col4row.iter().enumerate().map(|(i, &j)| (i, j)).collect()
-    };
-    pairs.sort_unstable();
-    Ok(pairs.into_iter().unzip())
+    Ok(())
 }
 
 /// Crouse's shortest augmenting path on `nr ≤ nc`, minimising; `None` when infeasible.

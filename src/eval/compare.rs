@@ -17,7 +17,7 @@
 //! Memory: codes are streamed in batches and never held as `n × F`; each feature keeps a bounded
 //! heap of its best `max(top_k, 5)` samples, plus one SAE argmax per sample.
 
-use super::assignment::linear_sum_assignment;
+use super::assignment::linear_sum_assignment_owned;
 use super::median;
 use super::sae::{EncodeDevice, Sae};
 use crate::data::ActivationStream;
@@ -550,14 +550,23 @@ fn correspond(sae: &[Option<Vec<u64>>], ep: &[Option<Vec<u64>>]) -> Result<Basis
     for (p, &j) in c_ids.iter().enumerate() {
         c_pos[j] = p;
     }
+    // The smaller side as the solver's rows, so the matrix is not copied.
     let (nr, nc) = (r_ids.len(), c_ids.len());
+    let sae_rows = nr <= nc;
     let mut m = vec![0.0f64; nr * nc];
     for (p, &i) in r_ids.iter().enumerate() {
         for &(j, ov) in &rows[i] {
-            m[p * nc + c_pos[j as usize]] = f1(ov, size(&sae[i]), size(&ep[j as usize]));
+            let q = c_pos[j as usize];
+            let at = if sae_rows { p * nc + q } else { q * nr + p };
+            m[at] = f1(ov, size(&sae[i]), size(&ep[j as usize]));
         }
     }
-    let (ra, ca) = linear_sum_assignment(&m, nr, nc, true)?;
+    let (ra, ca) = if sae_rows {
+        linear_sum_assignment_owned(m, nr, nc, true)?
+    } else {
+        let (a, b) = linear_sum_assignment_owned(m, nc, nr, true)?;
+        (b, a)
+    };
     let mut hungarian = Vec::new();
     for (p, q) in ra.into_iter().zip(ca) {
         let (i, j) = (r_ids[p], c_ids[q]);
@@ -571,6 +580,7 @@ fn correspond(sae: &[Option<Vec<u64>>], ep: &[Option<Vec<u64>>]) -> Result<Basis
             });
         }
     }
+    hungarian.sort_by_key(|h| h.sae_feature);
     Ok(BasisResult {
         basis: Basis::Exemplar,
         n_partitions: k,
@@ -679,6 +689,29 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More SAE features than EP regions: the solver runs on the transposed matrix and the
+    /// pairs come back by SAE feature.
+    #[test]
+    fn hungarian_with_more_sae_features_than_regions() {
+        let set = |v: &[u64]| Some(v.to_vec());
+        // T: SAE f0 {0,1}, f1 {2,3}, f2 {0,1,2,3}; EP e0 {0,1}, e1 {2,3,4,5}.
+        let sae = vec![set(&[0, 1]), set(&[2, 3]), set(&[0, 1, 2, 3])];
+        let ep = vec![set(&[0, 1]), set(&[2, 3, 4, 5])];
+        // F1: f0·e0 = 1, f1·e1 = 2·2/6 = 2/3, f2·e0 = 2·2/6 = 2/3, f2·e1 = 2·2/8 = 1/2.
+        // Best total: f0–e0 + f1–e1 = 5/3 (f2–e0 + f1–e1 = 4/3, f0–e0 + f2–e1 = 3/2).
+        let r = correspond(&sae, &ep).unwrap();
+        let h: Vec<(usize, usize, u64)> = r
+            .hungarian
+            .iter()
+            .map(|p| (p.sae_feature, p.ep_feature, p.overlap))
+            .collect();
+        assert_eq!(h, vec![(0, 0, 2), (1, 1, 2)]);
+        assert!((r.hungarian[1].f1 - 2.0 / 3.0).abs() < 1e-12);
+        // EP → SAE: e0's largest overlap (2) ties f0 and f2 → f0; e1's is f1 and f2 (2) → f1.
+        let e2s: Vec<(usize, usize)> = r.ep_to_sae.iter().map(|m| (m.from, m.to)).collect();
+        assert_eq!(e2s, vec![(0, 0), (1, 1)]);
+    }
 
     #[test]
     fn heaps_keep_the_largest_codes_ties_to_the_lowest_sample() {

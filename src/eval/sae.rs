@@ -488,7 +488,12 @@ impl Sae {
         let b_dec = Tensor::from_slice(&self.b_dec).to_device(dev);
         let mut x = x.to_kind(Kind::Float);
         if self.apply_b_dec_to_input {
-            x -= &b_dec;
+            // Not `-=`: `to_kind` returns the caller's tensor itself when it is already f32,
+            // and an in-place subtraction would change the caller's activations.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                x = x - &b_dec;
+            }
         }
         let pre = x.matmul(&w_enc) + b_enc;
         Ok(match &self.activation {
@@ -601,6 +606,20 @@ pub fn transpose(a: &[f32], m: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// [`transpose`] for f64.
+pub fn transpose_f64(a: &[f64], m: usize, n: usize) -> Vec<f64> {
+    assert_eq!(a.len(), m * n, "transpose: length is not m × n");
+    let mut out = vec![0.0f64; m * n];
+    out.par_chunks_mut(m.max(1))
+        .enumerate()
+        .for_each(|(j, col)| {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = a[i * n + j];
+            }
+        });
+    out
+}
+
 /// Indices of the `k` largest values (ties to the lowest index), largest first.
 pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
     let k = k.min(v.len());
@@ -707,6 +726,8 @@ mod tests {
                 }
             }
         }
+        let after = Vec::<f32>::try_from(&xt.flatten(0, -1)).unwrap();
+        assert_eq!(after, x, "encode_tch leaves its input tensor alone");
         assert!(s_err_without_width(
             &base,
             &tch::Tensor::zeros([2, 5], (tch::Kind::Float, tch::Device::Cpu))
