@@ -116,6 +116,13 @@ def lsa(seed):
     print(json.dumps(cases))
 
 
+def _metadata(path):
+    """The safetensors __metadata__ map (plain JSON after an 8-byte length)."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n))["__metadata__"]
+
+
 def _dict_tensors(path):
     from safetensors.numpy import load_file
 
@@ -237,7 +244,21 @@ def match_ref(a_path, b_path, cutoff, basis):
     pers = cos >= cutoff
     dropped = sorted(set(range(len(a[key]))) - set(r[pers].tolist()))
     introduced = sorted(set(range(len(b[key]))) - set(c[pers].tolist()))
+    ce = np.clip((a["exemplars"].astype(np.float64)[r] * b["exemplars"].astype(np.float64)[c]).sum(1), -1, 1)
+    cm = np.clip((a["mean_directions"].astype(np.float64)[r] * b["mean_directions"].astype(np.float64)[c]).sum(1), -1, 1)
+    theta_a = json.loads(_metadata(a_path)["exemplar"])["theta"]
+    theta_b = json.loads(_metadata(b_path)["exemplar"])["theta"]
+    dist = 1 - np.clip(cos, -1, 1)
+    extra = {}
+    for name, v in (("dist_over_theta_a", dist / theta_a), ("dist_over_theta_b", dist / theta_b)):
+        extra[name] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                       "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90))}
+    extra["seed_stability"] = {
+        "median_cos_mean": float(np.median(cm)), "p10_cos_mean": float(np.percentile(cm, 10)),
+        "median_cos_exemplar": float(np.median(ce)), "p10_cos_exemplar": float(np.percentile(ce, 10)),
+        "gap_median_mean_minus_exemplar": float(np.median(cm) - np.median(ce))}
     print(json.dumps({
+        **extra,
         "total_cos": float(cos.sum()), "n_pairs": len(r), "n_persisted": int(pers.sum()),
         "dropped": dropped, "introduced": introduced,
         "cos_mean": float(cos.mean()), "cos_median": float(np.median(cos)),

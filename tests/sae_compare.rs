@@ -610,6 +610,33 @@ fn match_agrees_with_scipy_and_writes_the_tables() {
                 key,
             );
         }
+        for group in ["dist_over_theta_a", "dist_over_theta_b"] {
+            for key in ["mean", "median", "p10", "p90"] {
+                let (g, w) = (
+                    s[group][key].as_f64().unwrap(),
+                    want[group][key].as_f64().unwrap(),
+                );
+                close(
+                    g,
+                    w,
+                    1e-5 * w.abs().max(1.0),
+                    &format!("{basis} {group} {key}"),
+                );
+            }
+        }
+        for key in [
+            "median_cos_mean",
+            "p10_cos_mean",
+            "median_cos_exemplar",
+            "p10_cos_exemplar",
+            "gap_median_mean_minus_exemplar",
+        ] {
+            let (g, w) = (
+                s["seed_stability"][key].as_f64().unwrap(),
+                want["seed_stability"][key].as_f64().unwrap(),
+            );
+            close(g, w, 1e-5, &format!("{basis} seed_stability {key}"));
+        }
         let (header, rows) = csv_rows(&root.join(&out).join("matches.csv"));
         assert_eq!(
             &header[..10],
