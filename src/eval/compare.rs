@@ -423,11 +423,8 @@ impl Accumulator {
         for (basis, tops) in self.config.bases.iter().zip(self.ep) {
             let (ep_n, ep_tops) = tops.finish();
             let ep_sets = top_sets(&ep_n, &ep_tops, top_k, min_act);
-            let mut r = correspond(&sae_sets, &ep_sets)?;
-            r.basis = *basis;
-            r.n_partitions = self.k;
-            r.coherence = coherence(&ep_n, &ep_tops, &self.sae_argmax);
-            results.push(r);
+            let coh = coherence(&ep_n, &ep_tops, &self.sae_argmax);
+            results.push(correspond(*basis, &sae_sets, &ep_sets, coh)?);
         }
         Ok(SaeComparison {
             config: self.config,
@@ -460,7 +457,12 @@ fn top_sets(
 }
 
 /// Best matches both ways and the Hungarian matching, from the eligible top sets.
-fn correspond(sae: &[Option<Vec<u64>>], ep: &[Option<Vec<u64>>]) -> Result<BasisResult> {
+fn correspond(
+    basis: Basis,
+    sae: &[Option<Vec<u64>>],
+    ep: &[Option<Vec<u64>>],
+    coherence: Coherence,
+) -> Result<BasisResult> {
     // Inverted index sample → eligible EP features holding it in their top set.
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
     for (j, t) in ep.iter().enumerate() {
@@ -582,19 +584,14 @@ fn correspond(sae: &[Option<Vec<u64>>], ep: &[Option<Vec<u64>>]) -> Result<Basis
     }
     hungarian.sort_by_key(|h| h.sae_feature);
     Ok(BasisResult {
-        basis: Basis::Exemplar,
+        basis,
         n_partitions: k,
         n_eligible_ep: ep.iter().filter(|t| t.is_some()).count(),
         n_eligible_sae: sae.iter().filter(|t| t.is_some()).count(),
         sae_to_ep,
         ep_to_sae,
         hungarian,
-        coherence: Coherence {
-            histogram: [0; COHERENCE_TOP],
-            n_features: 0,
-            frac_all_same: f64::NAN,
-            mean_distinct: f64::NAN,
-        },
+        coherence,
     })
 }
 
@@ -700,7 +697,11 @@ mod tests {
         let ep = vec![set(&[0, 1]), set(&[2, 3, 4, 5])];
         // F1: f0·e0 = 1, f1·e1 = 2·2/6 = 2/3, f2·e0 = 2·2/6 = 2/3, f2·e1 = 2·2/8 = 1/2.
         // Best total: f0–e0 + f1–e1 = 5/3 (f2–e0 + f1–e1 = 4/3, f0–e0 + f2–e1 = 3/2).
-        let r = correspond(&sae, &ep).unwrap();
+        let none = coherence(&[0, 0], &[vec![], vec![]], &[]);
+        assert_eq!(none.n_features, 0);
+        assert!(none.frac_all_same.is_nan());
+        let r = correspond(Basis::Mean, &sae, &ep, none).unwrap();
+        assert_eq!((r.basis, r.n_partitions), (Basis::Mean, 2));
         let h: Vec<(usize, usize, u64)> = r
             .hungarian
             .iter()
