@@ -4,6 +4,7 @@ mod commands;
 mod compute;
 mod evaluate;
 mod report;
+mod sae;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -50,6 +51,14 @@ pub enum Command {
     Detect(evaluate::DetectArgs),
     /// OOD signal: nearest-exemplar distances in and out of distribution, within-θ rates, AUROC.
     Ood(evaluate::OodArgs),
+    /// Export a dictionary as an SAELens-layout SAE (cfg.json + sae_weights.safetensors).
+    ExportSae(sae::ExportSaeArgs),
+    /// Encode activations with an SAE (SAELens directory or Gemma Scope params.npz) → .npy.
+    SaeEncode(sae::SaeEncodeArgs),
+    /// EP ↔ SAE correspondence: top-k overlap F1 both ways, Hungarian, top-1 coherence.
+    CompareSae(sae::CompareSaeArgs),
+    /// Match two dictionaries (Hungarian on cosine): persisted, dropped and introduced regions.
+    Match(sae::MatchArgs),
 }
 
 #[cfg(feature = "torch")]
@@ -333,6 +342,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Probe(a) => evaluate::probe(a),
         Command::Detect(a) => evaluate::detect(a),
         Command::Ood(a) => evaluate::ood(a),
+        Command::ExportSae(a) => sae::export_sae(a),
+        Command::SaeEncode(a) => sae::sae_encode(a),
+        Command::CompareSae(a) => sae::compare_sae(a),
+        Command::Match(a) => sae::match_dictionaries(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

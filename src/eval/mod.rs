@@ -3,11 +3,14 @@
 //! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
 //! build-compute comparison with a TopK SAE trained on the same activations.
 
+pub mod assignment;
 #[cfg(feature = "torch")]
 pub mod budget;
+pub mod compare;
 pub mod detect;
 pub mod documents;
 mod intrinsic;
+pub mod matching;
 pub mod metrics;
 pub mod ood;
 pub mod plot;

@@ -488,7 +488,12 @@ impl Sae {
         let b_dec = Tensor::from_slice(&self.b_dec).to_device(dev);
         let mut x = x.to_kind(Kind::Float);
         if self.apply_b_dec_to_input {
-            x = x - &b_dec;
+            // Not `-=`: `to_kind` returns the caller's tensor itself when it is already f32,
+            // and an in-place subtraction would change the caller's activations.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                x = x - &b_dec;
+            }
         }
         let pre = x.matmul(&w_enc) + b_enc;
         Ok(match &self.activation {
@@ -506,6 +511,89 @@ impl Sae {
     }
 }
 
+#[cfg(not(feature = "torch"))]
+const NO_TORCH: &str = "`cuda` SAE encoding runs through libtorch: build exemplar with the `torch` feature (cargo build --features torch)";
+
+/// Where [`Sae::encode_on`] runs the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeDevice {
+    /// [`Sae::encode`] on the CPU.
+    Cpu,
+    /// [`Sae::encode_tch`] on the first CUDA device (needs the `torch` feature).
+    Cuda,
+}
+
+impl EncodeDevice {
+    /// `cpu` or `cuda`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(EncodeDevice::Cpu),
+            "cuda" => Ok(EncodeDevice::Cuda),
+            other => Err(Error::param(
+                "device",
+                format!("`{other}` is not a device (cpu, cuda)"),
+            )),
+        }
+    }
+
+    /// Checks that the device can be used, before any work.
+    pub fn check(self) -> Result<()> {
+        match self {
+            EncodeDevice::Cpu => Ok(()),
+            #[cfg(feature = "torch")]
+            EncodeDevice::Cuda => {
+                if tch::Cuda::is_available() {
+                    Ok(())
+                } else {
+                    Err(Error::param(
+                        "device",
+                        "`cuda`: libtorch sees no CUDA device on this machine",
+                    ))
+                }
+            }
+            #[cfg(not(feature = "torch"))]
+            EncodeDevice::Cuda => Err(Error::param("device", NO_TORCH)),
+        }
+    }
+}
+
+impl Sae {
+    /// Codes of `rows` (`n × d_in`) → `n × d_sae`, computed on `device`.
+    pub fn encode_on(&self, rows: &[f32], device: EncodeDevice) -> Result<Vec<f32>> {
+        match device {
+            EncodeDevice::Cpu => self.encode(rows),
+            EncodeDevice::Cuda => self.encode_cuda(rows),
+        }
+    }
+
+    #[cfg(feature = "torch")]
+    fn encode_cuda(&self, rows: &[f32]) -> Result<Vec<f32>> {
+        EncodeDevice::Cuda.check()?;
+        if rows.len() % self.d_in != 0 {
+            return Err(Error::DimensionMismatch {
+                what: "activations given to the SAE".into(),
+                expected: self.d_in,
+                found: rows.len(),
+            });
+        }
+        let n = (rows.len() / self.d_in) as i64;
+        let x = tch::Tensor::from_slice(rows)
+            .view([n, self.d_in as i64])
+            .to_device(tch::Device::Cuda(0));
+        let codes = self
+            .encode_tch(&x)?
+            .to_device(tch::Device::Cpu)
+            .flatten(0, -1);
+        Vec::<f32>::try_from(&codes)
+            .map_err(|e| Error::param("device", format!("reading codes back: {e}")))
+    }
+
+    #[cfg(not(feature = "torch"))]
+    fn encode_cuda(&self, _rows: &[f32]) -> Result<Vec<f32>> {
+        Err(Error::param("device", NO_TORCH))
+    }
+}
+
 /// `m × n` row-major → `n × m` row-major.
 pub fn transpose(a: &[f32], m: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * n, "transpose: length is not m × n");
@@ -515,6 +603,20 @@ pub fn transpose(a: &[f32], m: usize, n: usize) -> Vec<f32> {
             *v = a[i * n + j];
         }
     });
+    out
+}
+
+/// [`transpose`] for f64.
+pub fn transpose_f64(a: &[f64], m: usize, n: usize) -> Vec<f64> {
+    assert_eq!(a.len(), m * n, "transpose: length is not m × n");
+    let mut out = vec![0.0f64; m * n];
+    out.par_chunks_mut(m.max(1))
+        .enumerate()
+        .for_each(|(j, col)| {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = a[i * n + j];
+            }
+        });
     out
 }
 
@@ -568,6 +670,73 @@ mod tests {
         // decode: 1·(0.6, −0.8) + (0.5, 0.5).
         let r = s.decode(&[0.0, 0.0, 1.0]).unwrap();
         assert!((r[0] - 1.1).abs() < 1e-6 && (r[1] + 0.3).abs() < 1e-6);
+    }
+
+    /// `encode_tch` on libtorch's CPU gives `encode`'s codes for every activation.
+    #[cfg(feature = "torch")]
+    #[test]
+    fn encode_tch_on_cpu_equals_encode() {
+        let (d, f, n) = (6usize, 9usize, 40usize);
+        let mut state = 7u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let x: Vec<f32> = (0..n * d).map(|_| rnd()).collect();
+        let base = Sae {
+            d_in: d,
+            d_sae: f,
+            w_enc: (0..d * f).map(|_| rnd()).collect(),
+            w_dec: (0..f * d).map(|_| rnd()).collect(),
+            b_enc: (0..f).map(|_| 0.2 * rnd()).collect(),
+            b_dec: (0..d).map(|_| 0.5 * rnd()).collect(),
+            apply_b_dec_to_input: true,
+            activation: SaeActivation::Relu,
+            metadata: Map::new(),
+            extras: vec![],
+        };
+        let xt = tch::Tensor::from_slice(&x).view([n as i64, d as i64]);
+        for act in [
+            SaeActivation::Relu,
+            SaeActivation::JumpRelu {
+                threshold: (0..f).map(|i| 0.1 * i as f32).collect(),
+            },
+            SaeActivation::TopK { k: 3 },
+        ] {
+            for apply in [true, false] {
+                let mut s = base.clone();
+                s.activation = act.clone();
+                s.apply_b_dec_to_input = apply;
+                let cpu = s.encode(&x).unwrap();
+                let t = s.encode_tch(&xt).unwrap().flatten(0, -1);
+                let t = Vec::<f32>::try_from(&t).unwrap();
+                assert_eq!(t.len(), cpu.len());
+                let nonzero = cpu.iter().filter(|&&v| v > 0.0).count();
+                assert!(
+                    nonzero > 0 && nonzero < cpu.len(),
+                    "{act:?}: codes are mixed"
+                );
+                for (i, (a, b)) in cpu.iter().zip(&t).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "{act:?} apply={apply} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let after = Vec::<f32>::try_from(&xt.flatten(0, -1)).unwrap();
+        assert_eq!(after, x, "encode_tch leaves its input tensor alone");
+        assert!(s_err_without_width(
+            &base,
+            &tch::Tensor::zeros([2, 5], (tch::Kind::Float, tch::Device::Cpu))
+        ));
+    }
+
+    #[cfg(feature = "torch")]
+    fn s_err_without_width(s: &Sae, x: &tch::Tensor) -> bool {
+        s.encode_tch(x).is_err()
     }
 
     #[test]
