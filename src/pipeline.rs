@@ -655,7 +655,7 @@ pub fn run_build(
             let mut b =
                 Builder::new(cal.center.clone(), cal.theta, config)?.with_backend(backend.clone());
             if matches!(replay.front(), Some(_)) {
-                b.info_mut().calibration_seconds = Some(start.elapsed().as_secs_f64());
+                b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
             }
             (b, cal)
         }
@@ -758,7 +758,7 @@ pub fn run_build(
         save_checkpoint(&builder, position, acts, tokens)?;
     }
     let info = builder.info_mut();
-    info.clustering_seconds += cluster_seconds;
+    info.timings.clustering_seconds += cluster_seconds;
     info.percentile = Some(cal.percentile);
     info.percentile_method = Some(cal.method.as_str().into());
     info.calibration_activations = Some(cal.n_activations);

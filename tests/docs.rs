@@ -17,6 +17,7 @@ fn every_cli_flag_is_documented() {
     ];
     if cfg!(feature = "torch") {
         cmds.push("activations");
+        cmds.push("bench");
     }
     for cmd in cmds {
         let out = Command::new(env!("CARGO_BIN_EXE_exemplar"))

@@ -106,26 +106,71 @@ fn text_build_equals_activations_then_build() {
     let c = corpus.to_str().unwrap();
     let hook = "blocks.2.hook_resid_post";
     let corpus_flags = [
-        "--corpus", c, "--text-field", "body", "--ctx", "12", "--min-tokens", "3",
-        "--shuffle-seed", "7", "--shuffle-buffer", "16",
+        "--corpus",
+        c,
+        "--text-field",
+        "body",
+        "--ctx",
+        "12",
+        "--min-tokens",
+        "3",
+        "--shuffle-seed",
+        "7",
+        "--shuffle-buffer",
+        "16",
     ];
     let build_flags = [
-        "--percentile", "20", "--calibration-activations", "100", "--device", "cpu",
-        "--saturation-window", "3", "--seed", "5", "--reservoir", "4", "--examples", "3",
+        "--percentile",
+        "20",
+        "--calibration-activations",
+        "100",
+        "--device",
+        "cpu",
+        "--saturation-window",
+        "3",
+        "--seed",
+        "5",
+        "--reservoir",
+        "4",
+        "--examples",
+        "3",
     ];
-    let mut args = vec!["build", "--model", m, "--hook", hook, "--batch-documents", "5"];
+    let mut args = vec![
+        "build",
+        "--model",
+        m,
+        "--hook",
+        hook,
+        "--batch-documents",
+        "5",
+    ];
     args.extend(corpus_flags);
     args.extend(build_flags);
     args.extend(["-o", "text.safetensors"]);
     exemplar(dir, &args).ok();
 
-    let mut args = vec!["activations", "--model", m, "--hook", hook, "--batch-prompts", "5"];
+    let mut args = vec![
+        "activations",
+        "--model",
+        m,
+        "--hook",
+        hook,
+        "--batch-prompts",
+        "5",
+    ];
     args.extend(corpus_flags);
     args.extend(["-o", "acts.safetensors"]);
     let acts = exemplar(dir, &args).ok();
     let mut args = vec![
-        "build", "-a", "acts.safetensors", "--batch-documents", "5", "--hook", hook,
-        "--model-name", m,
+        "build",
+        "-a",
+        "acts.safetensors",
+        "--batch-documents",
+        "5",
+        "--hook",
+        hook,
+        "--model-name",
+        m,
     ];
     args.extend(build_flags);
     args.extend(["-o", "files.safetensors"]);
@@ -134,9 +179,21 @@ fn text_build_equals_activations_then_build() {
     // Source-specific fields: what was read (a corpus and a model vs an activation file).
     let mut ignore: Vec<&str> = TIMINGS.to_vec();
     ignore.extend([
-        "inputs", "input_fingerprint", "corpus", "corpus_fingerprint", "model_path",
-        "model_config_hash", "model_flops", "order_seed", "order_buffer", "ctx", "min_chars",
-        "min_tokens", "final_position", "documents_read", "documents_skipped_tokens",
+        "inputs",
+        "input_fingerprint",
+        "corpus",
+        "corpus_fingerprint",
+        "model_path",
+        "model_config_hash",
+        "model_flops",
+        "order_seed",
+        "order_buffer",
+        "ctx",
+        "min_chars",
+        "min_tokens",
+        "final_position",
+        "documents_read",
+        "documents_skipped_tokens",
     ]);
     let (text, files) = assert_same_file(
         &dir.join("text.safetensors"),
@@ -175,7 +232,12 @@ fn text_build_equals_activations_then_build() {
     let sidecar = std::fs::read_to_string(dir.join("acts.safetensors.provenance.jsonl")).unwrap();
     let lens: Vec<u64> = sidecar
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().len() as u64)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["tokens"]
+                .as_array()
+                .unwrap()
+                .len() as u64
+        })
         .collect();
     let batches = text["batches"].as_u64().unwrap() as usize;
     let calibration_batches = {
@@ -200,7 +262,10 @@ fn text_build_equals_activations_then_build() {
         })
         .sum();
     let got = text["model_flops"].as_f64().unwrap();
-    assert!((got - want).abs() <= 1e-9 * want, "model_flops {got} != {want}");
+    assert!(
+        (got - want).abs() <= 1e-9 * want,
+        "model_flops {got} != {want}"
+    );
     let _ = Tokenizer::from_file(&model.join("tokenizer.json"), 2).unwrap();
 }
 
@@ -229,7 +294,11 @@ fn kill_after_checkpoint(dir: &Path, args: &[&str], checkpoint: &Path) {
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "the build was not killed: {status}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the build was not killed: {status}"
+    );
 }
 
 /// Runs `flags` uninterrupted, then killed + resumed, and checks both give the same files.
@@ -244,8 +313,14 @@ fn check_kill_and_resume(dir: &Path, flags: &[&str], also: &[(&str, &str)]) {
     exemplar(dir, &full).ok();
     let mut killed = args.clone();
     killed.extend([
-        "-o", "resumed.safetensors", "--checkpoint", "ck.safetensors", "--checkpoint-every",
-        "1", "--throttle-ms", "250",
+        "-o",
+        "resumed.safetensors",
+        "--checkpoint",
+        "ck.safetensors",
+        "--checkpoint-every",
+        "1",
+        "--throttle-ms",
+        "250",
     ]);
     for (_, f) in also {
         killed.extend(["--assignments", *f]);
@@ -291,10 +366,30 @@ fn killed_text_build_resumes_to_the_same_dictionary() {
     let dir = tmp.path();
     let corpus = write_corpus(dir, 80);
     let flags = [
-        "--model", model.to_str().unwrap(), "--hook", "blocks.1.hook_resid_post", "--corpus",
-        corpus.to_str().unwrap(), "--text-field", "body", "--ctx", "10", "--batch-documents",
-        "4", "--percentile", "15", "--calibration-activations", "60", "--no-saturation",
-        "--device", "cpu", "--reservoir", "3", "--merge-close", "--merge-threshold", "0.05",
+        "--model",
+        model.to_str().unwrap(),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--text-field",
+        "body",
+        "--ctx",
+        "10",
+        "--batch-documents",
+        "4",
+        "--percentile",
+        "15",
+        "--calibration-activations",
+        "60",
+        "--no-saturation",
+        "--device",
+        "cpu",
+        "--reservoir",
+        "3",
+        "--merge-close",
+        "--merge-threshold",
+        "0.05",
     ];
     check_kill_and_resume(dir, &flags, &[]);
     // Other flags than the checkpoint's: refused, naming the difference.
@@ -302,7 +397,13 @@ fn killed_text_build_resumes_to_the_same_dictionary() {
     other.extend(flags);
     let i = other.iter().position(|a| *a == "15").unwrap();
     other[i] = "25";
-    other.extend(["-o", "other.safetensors", "--checkpoint", "ck.safetensors", "--resume"]);
+    other.extend([
+        "-o",
+        "other.safetensors",
+        "--checkpoint",
+        "ck.safetensors",
+        "--resume",
+    ]);
     let e = exemplar(dir, &other).err();
     assert_mentions(&e, &["refusing to resume", "percentile", "15", "25"]);
     assert!(!dir.join("other.safetensors").exists());
@@ -315,8 +416,17 @@ fn killed_activation_build_resumes_to_the_same_dictionary() {
     let data = common::clustered(3000, 16, 40, 0.3, 3);
     common::write_npy(&dir.join("x.npy"), &data, 16);
     let flags = [
-        "-a", "x.npy", "--batch-size", "100", "--percentile", "5",
-        "--calibration-activations", "300", "--no-saturation", "--device", "cpu",
+        "-a",
+        "x.npy",
+        "--batch-size",
+        "100",
+        "--percentile",
+        "5",
+        "--calibration-activations",
+        "300",
+        "--no-saturation",
+        "--device",
+        "cpu",
         "--strict-order",
     ];
     check_kill_and_resume(dir, &flags, &[("full_ids.npy", "resumed_ids.npy")]);

@@ -241,7 +241,7 @@ impl BatchSource for RandomTokens<'_> {
     }
     fn record(&self, info: &mut BuildInfo) {
         info.model_flops = Some(self.flops);
-        info.forward_seconds = Some(self.forward_seconds);
+        info.timings.forward_seconds = Some(self.forward_seconds);
     }
 }
 
@@ -386,9 +386,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "model_flops": mflops,
             "clustering_flops": info.clustering_flops,
             "wall_seconds": wall,
-            "forward_seconds": info.forward_seconds,
-            "clustering_seconds": info.clustering_seconds,
-            "calibration_seconds": info.calibration_seconds,
+            "forward_seconds": info.timings.forward_seconds,
+            "clustering_seconds": info.timings.clustering_seconds,
+            "calibration_seconds": info.timings.calibration_seconds,
             "tokens_per_second": info.tokens_streamed as f64 / wall,
             "device_seconds": wall,
             "mfu": peak.map(|p| total / wall / (p * 1e12)),

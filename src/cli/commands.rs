@@ -282,6 +282,20 @@ pub fn build(a: BuildArgs) -> Result<()> {
                 skip_nonfinite: a.skip_nonfinite,
             })?;
             plan.total_rows = Some(stream.total_rows());
+            if let (pipeline::CalibrationSpec::Fixed(c), Some(path)) = (&cal, &a.calibration) {
+                if c.dim() != stream.dim() {
+                    return Err(exemplar::Error::DimensionMismatch {
+                        what: format!(
+                            "activations {} (calibration {})",
+                            a.activations[0].display(),
+                            path.display()
+                        ),
+                        expected: c.dim(),
+                        found: stream.dim(),
+                    }
+                    .into());
+                }
+            }
             let out = match a.batch_documents {
                 Some(n) => pipeline::run_build(
                     &dev,

@@ -24,6 +24,25 @@ pub struct Example {
     pub token: Option<TokenRef>,
 }
 
+/// Wall-clock seconds of a build's phases: the forward passes (builds from text), the
+/// clustering (`add_batch`) and the calibration. Measurements, not settings: two records that
+/// differ only in them compare equal.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub forward_seconds: Option<f64>,
+    #[serde(default)]
+    pub clustering_seconds: f64,
+    #[serde(default)]
+    pub calibration_seconds: Option<f64>,
+}
+
+impl PartialEq for Timings {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The build's settings and record, stored in the file's metadata.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BuildInfo {
@@ -102,13 +121,9 @@ pub struct BuildInfo {
     pub documents_read: Option<u64>,
     #[serde(default)]
     pub documents_skipped_tokens: Option<u64>,
-    /// Wall-clock seconds of the forward passes, the clustering (`add_batch`), and calibration.
-    #[serde(default)]
-    pub forward_seconds: Option<f64>,
-    #[serde(default)]
-    pub clustering_seconds: f64,
-    #[serde(default)]
-    pub calibration_seconds: Option<f64>,
+    /// Wall-clock seconds of the build's phases.
+    #[serde(flatten)]
+    pub timings: Timings,
     /// Times the build was resumed from a checkpoint.
     #[serde(default)]
     pub resumed: u64,
@@ -159,9 +174,7 @@ impl Default for BuildInfo {
             final_position: false,
             documents_read: None,
             documents_skipped_tokens: None,
-            forward_seconds: None,
-            clustering_seconds: 0.0,
-            calibration_seconds: None,
+            timings: Timings::default(),
             resumed: 0,
         }
     }

@@ -341,7 +341,7 @@ impl BatchSource for TextSource<'_> {
         info.documents_read = Some(self.reader.stats().documents);
         info.documents_skipped_tokens = Some(self.skipped_tokens);
         info.model_flops = Some(self.model_flops);
-        info.forward_seconds = Some(self.forward_seconds);
+        info.timings.forward_seconds = Some(self.forward_seconds);
         if let Some((dir, hash)) = &self.model_record {
             info.model_path = Some(dir.clone());
             info.model_config_hash = Some(hash.clone());
