@@ -183,7 +183,7 @@ pub struct BuildArgs {
     /// Drop rows holding NaN/Inf (counted and reported) instead of stopping with an error.
     #[arg(long)]
     pub skip_nonfinite: bool,
-    /// Build from text: a Gemma-2 checkpoint directory (needs --corpus and --hook; feature torch).
+    /// Build from text: a Gemma-2 checkpoint directory, read with --corpus and --hook (feature torch).
     #[arg(long, value_name = "DIR", requires_all = ["corpus", "hook"])]
     pub model: Option<PathBuf>,
     #[command(flatten)]
