@@ -156,3 +156,114 @@ pub fn identity_differences(recorded: &serde_json::Value, now: &serde_json::Valu
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{BuildConfig, Builder};
+    use crate::data::{ActivationBatch, Document, TokenRef};
+
+    /// Seeded rows in a few loose clusters, with provenance (10 rows per document).
+    fn batch(first: u64, n: usize, d: usize) -> ActivationBatch {
+        let mut data = Vec::with_capacity(n * d);
+        for r in first..first + n as u64 {
+            let c = (r * 7 % 5) as f32;
+            for j in 0..d {
+                let z = crate::build::uniform_below(3, r * d as u64 + j as u64, 1000) as f32;
+                data.push(if j as f32 == c { 3.0 } else { 0.0 } + z / 1000.0);
+            }
+        }
+        let mut b = ActivationBatch::from_rows(data, d, first);
+        b.tokens = Some(
+            (first..first + n as u64)
+                .map(|r| TokenRef {
+                    doc_id: (r / 10) as i64,
+                    position: 1 + (r % 10) as i64,
+                })
+                .collect(),
+        );
+        let docs: std::collections::BTreeSet<i64> =
+            (first..first + n as u64).map(|r| (r / 10) as i64).collect();
+        b.documents = docs
+            .into_iter()
+            .map(|doc_id| Document {
+                doc_id,
+                tokens: (0..11).map(|t| format!("t{doc_id}.{t}")).collect(),
+            })
+            .collect();
+        b
+    }
+
+    #[test]
+    fn a_checkpointed_builder_continues_to_the_same_dictionary() {
+        let d = 6;
+        let config = BuildConfig {
+            reservoir_size: 3,
+            examples_per_partition: 2,
+            saturation_window: None,
+            merge_threshold: Some(0.02),
+            record_assignments: Some(400),
+            seed: 9,
+            ..BuildConfig::default()
+        };
+        let center = vec![0.1; d];
+        let batches: Vec<ActivationBatch> = (0..4).map(|i| batch(i * 100, 100, d)).collect();
+        let mut full = Builder::new(center.clone(), 0.05, config.clone()).unwrap();
+        for b in &batches {
+            full.add_batch(b).unwrap();
+        }
+        let mut first = Builder::new(center, 0.05, config.clone()).unwrap();
+        for b in &batches[..2] {
+            first.add_batch(b).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ck.safetensors");
+        let cal = CalibrationRecord {
+            theta: 0.05,
+            percentile: 5.0,
+            method: "linear".into(),
+            n_activations: 100,
+            batch_size: 100,
+            batch_percentiles: vec![0.05],
+        };
+        let rec = CheckpointRecord::new(
+            serde_json::json!({"x": 1}),
+            first.state(),
+            cal.clone(),
+            serde_json::json!({"rows": 200}),
+        );
+        save(&p, first.dictionary(), &rec, first.recorded_assignments()).unwrap();
+        let (dict, got, assignments) = load(&p).unwrap();
+        assert_eq!(&dict, first.dictionary());
+        assert_eq!(got, rec);
+        assert_eq!(assignments.as_deref(), first.recorded_assignments());
+        let mut resumed = Builder::restore(dict, got.builder, assignments, config).unwrap();
+        for b in &batches[2..] {
+            resumed.add_batch(b).unwrap();
+        }
+        let (a, b) = (full.finish(1), resumed.finish(1));
+        assert!(a.dictionary.len() > 5);
+        assert_eq!(a.dictionary, b.dictionary);
+        assert_eq!(a.assignments, b.assignments);
+        // A dictionary without the record is not a checkpoint.
+        let plain = dir.path().join("d.safetensors");
+        a.dictionary.save(&plain, false).unwrap();
+        let e = load(&plain).unwrap_err().to_string();
+        assert!(e.contains("not a checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn identity_differences_name_each_changed_key() {
+        let a = serde_json::json!({"percentile": 10.0, "seed": 0, "gone": true});
+        let b = serde_json::json!({"percentile": 5.0, "seed": 0, "new": 1});
+        assert_eq!(
+            identity_differences(&a, &b),
+            vec![
+                "gone: checkpoint true, now (absent)".to_string(),
+                "new: checkpoint (absent), now 1".to_string(),
+                "percentile: checkpoint 10.0, now 5.0".to_string(),
+            ]
+        );
+        assert!(identity_differences(&a, &a).is_empty());
+    }
+}

@@ -654,7 +654,7 @@ pub fn run_build(
             resolve_merge_threshold(&mut config, &cal);
             let mut b =
                 Builder::new(cal.center.clone(), cal.theta, config)?.with_backend(backend.clone());
-            if matches!(replay.front(), Some(_)) {
+            if replay.front().is_some() {
                 b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
             }
             (b, cal)
@@ -799,5 +799,81 @@ fn truncate_batch(b: &mut ActivationBatch, n: usize) {
         b.new_tokens = b.new_tokens.saturating_sub(gone_tokens);
     } else {
         b.new_tokens = b.new_tokens.min(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::npy::{write_npy_file, NpyArray};
+    use crate::data::StreamOptions;
+
+    /// 7 documents with 1..=5 rows (D = 2) and their sidecar; returns the file and the rows
+    /// per document.
+    fn write_docs(dir: &std::path::Path) -> (std::path::PathBuf, Vec<usize>) {
+        let rows = vec![3usize, 1, 5, 2, 4, 1, 2];
+        let n: usize = rows.iter().sum();
+        let data: Vec<f32> = (0..n * 2).map(|i| i as f32 + 1.0).collect();
+        let p = dir.join("x.npy");
+        write_npy_file(&p, &NpyArray::matrix(data, n, 2).unwrap(), false).unwrap();
+        let mut side = String::new();
+        for (doc, &r) in rows.iter().enumerate() {
+            let tokens: Vec<String> = (0..=r).map(|t| format!("d{doc}t{t}")).collect();
+            let positions: Vec<usize> = (1..=r).collect();
+            side.push_str(
+                &serde_json::json!({"doc_id": doc + 10, "tokens": tokens, "positions": positions})
+                    .to_string(),
+            );
+            side.push('\n');
+        }
+        std::fs::write(crate::data::provenance::sidecar_path(&p), side).unwrap();
+        (p, rows)
+    }
+
+    #[test]
+    fn document_batches_hold_whole_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, rows) = write_docs(dir.path());
+        let mut s = ActivationStream::open(&[p.clone()], StreamOptions::default()).unwrap();
+        let mut src = DocumentBatches::new(&mut s, 3).unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = src.next_batch(usize::MAX).unwrap() {
+            let ids: Vec<i64> = b.documents.iter().map(|d| d.doc_id).collect();
+            got.push((b.rows(), ids, b.new_tokens, b.stream_rows[0]));
+        }
+        // Documents 10..12 (3+1+5 rows), 13..15 (2+4+1), 16 (2); tokens = rows + 1 (the BOS).
+        assert_eq!(
+            got,
+            vec![
+                (9, vec![10, 11, 12], 12, 0),
+                (7, vec![13, 14, 15], 10, 9),
+                (2, vec![16], 3, 16),
+            ]
+        );
+        assert_eq!(rows.iter().sum::<usize>(), 18);
+        // Seeking to the position after the first batch gives the second batch again.
+        let mut s2 = ActivationStream::open(&[p], StreamOptions::default()).unwrap();
+        let mut again = DocumentBatches::new(&mut s2, 3).unwrap();
+        again.seek(&serde_json::json!({"rows": 9})).unwrap();
+        let b = again.next_batch(usize::MAX).unwrap().unwrap();
+        assert_eq!(b.stream_rows, (9..16).collect::<Vec<u64>>());
+        assert_eq!(b.data[0], 19.0);
+        assert_eq!(again.position(), serde_json::json!({"rows": 16}));
+        // A budget cuts a batch short.
+        let c = again.next_batch(1).unwrap().unwrap();
+        assert_eq!((c.rows(), c.new_tokens), (1, 3));
+    }
+
+    #[test]
+    fn truncating_a_batch_drops_the_tokens_of_documents_left_without_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = write_docs(dir.path());
+        let mut s = ActivationStream::open(&[p], StreamOptions::default()).unwrap();
+        let mut b = s.next_batch(9).unwrap().unwrap();
+        assert_eq!(b.new_tokens, 4 + 2 + 6);
+        truncate_batch(&mut b, 3);
+        assert_eq!((b.rows(), b.new_tokens, b.documents.len()), (3, 4, 1));
+        truncate_batch(&mut b, 2);
+        assert_eq!((b.rows(), b.new_tokens, b.documents.len()), (2, 4, 1));
     }
 }

@@ -21,7 +21,7 @@ pub enum Command {
     /// Compute the center and threshold θ from the first rows of the activations.
     Calibrate(CalibrateArgs),
     /// Build a dictionary from activation files (streaming leader clustering).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Assign activations to their nearest exemplar (ids, distances, within-θ flags) → .npz.
     Assign(AssignArgs),
     /// Encode activations as dictionary codes (one-hot, top-k, signed, cosine) → .npy.
@@ -382,7 +382,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Calibrate(a) => commands::calibrate(a),
-        Command::Build(a) => commands::build(a),
+        Command::Build(a) => commands::build(*a),
         Command::Assign(a) => commands::assign(a),
         Command::Encode(a) => commands::encode(a),
         Command::Inspect(a) => commands::inspect(a),
