@@ -431,3 +431,108 @@ fn killed_activation_build_resumes_to_the_same_dictionary() {
     ];
     check_kill_and_resume(dir, &flags, &[("full_ids.npy", "resumed_ids.npy")]);
 }
+
+#[test]
+fn final_position_keeps_the_last_token_of_each_document() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let corpus = write_corpus(dir, 40);
+    let m = model.to_str().unwrap();
+    let c = corpus.to_str().unwrap();
+    let common_flags = [
+        "--hook",
+        "blocks.3.hook_resid_post",
+        "--corpus",
+        c,
+        "--text-field",
+        "body",
+        "--ctx",
+        "8",
+        "--final-position",
+        "--min-tokens",
+        "2",
+    ];
+    let mut args = vec!["build", "--model", m, "--batch-documents", "6"];
+    args.extend(common_flags);
+    args.extend([
+        "--percentile",
+        "20",
+        "--calibration-activations",
+        "10",
+        "--device",
+        "cpu",
+        "--no-saturation",
+        "-o",
+        "text.safetensors",
+    ]);
+    exemplar(dir, &args).ok();
+    let mut args = vec!["activations", "--model", m, "--batch-prompts", "6"];
+    args.extend(common_flags);
+    args.extend(["-o", "acts.safetensors"]);
+    exemplar(dir, &args).ok();
+    // One row per kept document, at its last token.
+    let sidecar = std::fs::read_to_string(dir.join("acts.safetensors.provenance.jsonl")).unwrap();
+    let mut kept = 0;
+    for l in sidecar.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let n = v["tokens"].as_array().unwrap().len() as i64;
+        assert!(n >= 3 && n <= 9, "{l}");
+        assert_eq!(v["positions"], serde_json::json!([n - 1]), "{l}");
+        kept += 1;
+    }
+    exemplar(
+        dir,
+        &[
+            "build",
+            "-a",
+            "acts.safetensors",
+            "--batch-documents",
+            "6",
+            "--percentile",
+            "20",
+            "--calibration-activations",
+            "10",
+            "--device",
+            "cpu",
+            "--no-saturation",
+            "--hook",
+            "blocks.3.hook_resid_post",
+            "--model-name",
+            m,
+            "-o",
+            "files.safetensors",
+        ],
+    )
+    .ok();
+    let mut ignore: Vec<&str> = TIMINGS.to_vec();
+    ignore.extend([
+        "inputs",
+        "input_fingerprint",
+        "corpus",
+        "corpus_fingerprint",
+        "model_path",
+        "model_config_hash",
+        "model_flops",
+        "order_seed",
+        "order_buffer",
+        "ctx",
+        "min_chars",
+        "min_tokens",
+        "final_position",
+        "documents_read",
+        "documents_skipped_tokens",
+    ]);
+    let (text, _) = assert_same_file(
+        &dir.join("text.safetensors"),
+        &dir.join("files.safetensors"),
+        &ignore,
+    );
+    assert_eq!(text["final_position"], true);
+    assert_eq!(text["activations_streamed"], kept);
+    assert_eq!(
+        text["documents_read"].as_u64().unwrap()
+            - text["documents_skipped_tokens"].as_u64().unwrap(),
+        kept
+    );
+}
