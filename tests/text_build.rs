@@ -536,3 +536,78 @@ fn final_position_keeps_the_last_token_of_each_document() {
         kept
     );
 }
+
+#[test]
+fn bench_reports_flops_by_hand_and_the_reference_cost_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = exemplar(
+        tmp.path(),
+        &[
+            "bench",
+            "--shape",
+            "tiny",
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--documents",
+            "8",
+            "--ctx",
+            "16",
+            "--batch-documents",
+            "4",
+            "--calibration-activations",
+            "30",
+            "--percentile",
+            "10",
+            "--device",
+            "cpu",
+            "--peak-tflops",
+            "2",
+            "--json",
+            "-o",
+            "bench.json",
+        ],
+    )
+    .ok();
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("bench.json")).unwrap())
+            .unwrap();
+    assert_eq!(v, file);
+    let (build, harvest) = (&v["results"][0], &v["results"][1]);
+    assert_eq!(build["path"], "build");
+    assert_eq!(harvest["path"], "harvest");
+    // 8 documents of BOS + 16 random ids, 2 batches of 4.
+    for r in [build, harvest] {
+        assert_eq!(r["tokens"], 8 * 17);
+        assert_eq!(r["activations"], 8 * 16);
+        assert_eq!(r["batches"], 2);
+        assert_eq!(r["d2h_bytes_per_batch"], 0.0); // on the CPU nothing crosses a bus
+        let total = r["model_flops"].as_f64().unwrap() + r["clustering_flops"].as_f64().unwrap();
+        let mfu = total / r["wall_seconds"].as_f64().unwrap() / 2e12;
+        assert!((r["mfu"].as_f64().unwrap() - mfu).abs() <= 1e-9 * mfu);
+        assert!(r["clustering_flops"].as_f64().unwrap() > 0.0);
+    }
+    // The tiny shape: D 64, MLP 128, 4 heads (2 KV) of 16, vocab 512, 4 layers. Per token and
+    // layer: 2·(q,o 2·64·64 + k,v 2·64·32 + MLP 3·64·128 + attention 2·17·64) = 78,080.
+    let per_token_layer =
+        2.0 * (2.0 * 64.0 * 64.0 + 2.0 * 64.0 * 32.0 + 3.0 * 64.0 * 128.0 + 2.0 * 17.0 * 64.0);
+    assert_eq!(per_token_layer, 78_080.0);
+    let tokens = 136.0;
+    let truncated = per_token_layer * tokens * 2.0; // blocks 0 and 1
+    let all_blocks = per_token_layer * tokens * 4.0;
+    let unembedding = 2.0 * 64.0 * 512.0 * tokens;
+    assert_eq!(build["model_flops"].as_f64().unwrap(), truncated);
+    assert_eq!(
+        harvest["model_flops"].as_f64().unwrap(),
+        all_blocks + unembedding
+    );
+    let r = &v["reference_cost_model"];
+    assert_eq!(r["model_flops"].as_f64().unwrap(), all_blocks + unembedding);
+    assert_eq!(r["truncated_forward_flops"].as_f64().unwrap(), truncated);
+    let wasted = 1.0 - truncated / (all_blocks + unembedding);
+    assert!((r["wasted_fraction"].as_f64().unwrap() - wasted).abs() < 1e-12);
+    // Per batch of 4 × 16 rows of D = 64: bf16 down, f32 back, f32 shard; logits 4 × 17 × 512 bf16.
+    assert_eq!(r["d2h_bytes_per_batch"], 4.0 * 16.0 * 64.0 * 2.0);
+    assert_eq!(r["h2d_bytes_per_batch"], 4.0 * 16.0 * 64.0 * 4.0);
+    assert_eq!(r["logits_bytes_per_batch"], 4.0 * 17.0 * 512.0 * 2.0);
+}
