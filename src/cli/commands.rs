@@ -117,6 +117,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 /// The corpus reader's options from the flags.
+#[cfg(feature = "torch")]
 fn corpus_options(c: &CorpusArgs) -> exemplar::data::corpus::CorpusOptions {
     use exemplar::data::corpus::{CorpusOptions, Shuffle, TextMode};
     CorpusOptions {
