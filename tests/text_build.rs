@@ -611,3 +611,79 @@ fn bench_reports_flops_by_hand_and_the_reference_cost_model() {
     assert_eq!(r["h2d_bytes_per_batch"], 4.0 * 16.0 * 64.0 * 4.0);
     assert_eq!(r["logits_bytes_per_batch"], 4.0 * 17.0 * 512.0 * 2.0);
 }
+
+#[test]
+fn a_bad_corpus_is_an_error_naming_the_file_and_line_and_leaves_nothing() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("bad.jsonl"),
+        "{\"text\": \"one two three\"}\n{\"text\": \"four five\"}\n{\"text\": oops}\n",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let e = exemplar(
+        dir,
+        &[
+            "build",
+            "--model",
+            m,
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--corpus",
+            "bad.jsonl",
+            "--percentile",
+            "10",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "ck.st",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .err();
+    assert_mentions(&e, &["bad.jsonl", "line 3"]);
+    common::assert_no_outputs(dir, &["d.safetensors", "ck.st"]);
+    // --corpus is for builds from text only.
+    let e = exemplar(
+        dir,
+        &[
+            "build",
+            "-a",
+            "x.npy",
+            "--corpus",
+            "bad.jsonl",
+            "-p",
+            "5",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .err();
+    assert_mentions(&e, &["--corpus", "--model"]);
+    // A missing text field names it.
+    std::fs::write(dir.join("nofield.jsonl"), "{\"body\": \"a b c\"}\n").unwrap();
+    let e = exemplar(
+        dir,
+        &[
+            "build",
+            "--model",
+            m,
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--corpus",
+            "nofield.jsonl",
+            "--percentile",
+            "10",
+            "--device",
+            "cpu",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .err();
+    assert_mentions(&e, &["nofield.jsonl", "text"]);
+    common::assert_no_outputs(dir, &["d.safetensors"]);
+}
