@@ -470,7 +470,7 @@ fn final_position_keeps_the_last_token_of_each_document() {
     let mut args = vec!["activations", "--model", m, "--batch-prompts", "6"];
     args.extend(common_flags);
     args.extend(["-o", "acts.safetensors"]);
-    exemplar(dir, &args).ok();
+    let acts = exemplar(dir, &args).ok();
     // One row per kept document, at its last token.
     let sidecar = std::fs::read_to_string(dir.join("acts.safetensors.provenance.jsonl")).unwrap();
     let mut kept = 0;
@@ -529,6 +529,15 @@ fn final_position_keeps_the_last_token_of_each_document() {
         &ignore,
     );
     assert_eq!(text["final_position"], true);
+    // Every document was read (no saturation): the fingerprint (hashed as the documents reach
+    // the build from the read-ahead thread) is the corpus reader's own.
+    assert_eq!(text["documents_read"], 40);
+    let fp = text["corpus_fingerprint"].as_str().unwrap();
+    assert!(
+        acts.stdout.contains(&format!("corpus fingerprint {fp}")),
+        "{}",
+        acts.stdout
+    );
     assert_eq!(text["activations_streamed"], kept);
     assert_eq!(
         text["documents_read"].as_u64().unwrap()

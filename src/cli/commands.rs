@@ -612,7 +612,7 @@ fn text_build(
     )?
     .with_model_dir(dir)?;
     let out = pipeline::run_build(dev, &mut src, cal, plan, ckpt)?;
-    let s = src.reader().stats();
+    let s = src.corpus_stats();
     if s.skipped_empty + s.skipped_short + s.skipped_invalid > 0 {
         eprintln!(
             "corpus: skipped {} empty, {} short (--min-chars), {} invalid (--skip-invalid) documents",

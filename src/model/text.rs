@@ -6,15 +6,22 @@
 //! [`forward_rows`]), so a build from text and a build from the written activations see
 //! identical rows.
 //!
+//! Reading and tokenising run ahead on a thread (a bounded queue of two batches of documents),
+//! so the next batch's documents are ready when a forward ends; the batches do not depend on
+//! the timing.
+//!
 //! On CUDA the hooked tensor is still copied to the host here; feeding the device tensor to the
 //! clustering kernels without that copy (architecture.md §5) is a later step.
 
 use super::{Gemma2, HookKind, HookPoint, Tokenizer};
-use crate::data::corpus::CorpusReader;
+use crate::data::corpus::{CorpusOptions, CorpusReader, CorpusStats};
 use crate::data::{ActivationBatch, Document, TokenRef};
 use crate::dictionary::BuildInfo;
 use crate::error::{Error, Result};
 use crate::pipeline::BatchSource;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -112,9 +119,71 @@ pub fn forward_rows(
     Ok((rows, positions, flops))
 }
 
+/// A document read and tokenised ahead: `ids` is `None` when the token filter drops it.
+struct Prepared {
+    index: u64,
+    text: String,
+    ids: Option<Vec<i64>>,
+    /// The reader's counters after this document.
+    stats: CorpusStats,
+}
+
+/// What the read-ahead thread sends: documents in order, then the end or an error.
+enum Ahead {
+    Doc(Prepared),
+    End,
+    Failed(Error),
+}
+
+/// The read-ahead thread's side: reads, tokenises and sends until the end, an error, or the
+/// receiver's drop.
+fn read_ahead(
+    mut reader: CorpusReader,
+    tokenizer: Tokenizer,
+    ctx: usize,
+    min_tokens: usize,
+    tx: std::sync::mpsc::SyncSender<Ahead>,
+) {
+    loop {
+        let item = match reader.next_document() {
+            Ok(Some(doc)) => match prepare_document(&tokenizer, &doc.text, ctx, min_tokens) {
+                Ok(ids) => Ahead::Doc(Prepared {
+                    index: doc.index,
+                    text: doc.text,
+                    ids,
+                    stats: reader.stats(),
+                }),
+                Err(e) => Ahead::Failed(e),
+            },
+            Ok(None) => Ahead::End,
+            Err(e) => Ahead::Failed(e),
+        };
+        let last = !matches!(item, Ahead::Doc(_));
+        if tx.send(item).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Where the documents come from: the reader itself until the first batch (so a resume can
+/// skip documents), then the read-ahead thread.
+enum Feed {
+    Reader(CorpusReader),
+    Ahead(Receiver<Ahead>),
+    Done,
+}
+
 /// A corpus run through a model at a hook, as a [`BatchSource`] of whole-document batches.
 pub struct TextSource<'a> {
-    reader: CorpusReader,
+    feed: Feed,
+    paths: Vec<PathBuf>,
+    corpus_options: CorpusOptions,
+    /// SHA-256 of the documents consumed, as [`CorpusReader::fingerprint`] hashes them.
+    hasher: Sha256,
+    /// Corpus documents consumed (kept or skipped by the token filter), and the reader's
+    /// counters as of the last one.
+    consumed: u64,
+    stats: CorpusStats,
     tokenizer: &'a Tokenizer,
     model: &'a Gemma2,
     hook: HookPoint,
@@ -157,7 +226,12 @@ impl<'a> TextSource<'a> {
             ));
         }
         Ok(TextSource {
-            reader,
+            paths: reader.paths().to_vec(),
+            corpus_options: reader.options().clone(),
+            feed: Feed::Reader(reader),
+            hasher: Sha256::new(),
+            consumed: 0,
+            stats: CorpusStats::default(),
             tokenizer,
             model,
             hook,
@@ -200,9 +274,60 @@ impl<'a> TextSource<'a> {
         (self.d2h_bytes, self.batches)
     }
 
-    /// The corpus reader (for its statistics and fingerprint).
-    pub fn reader(&self) -> &CorpusReader {
-        &self.reader
+    /// The corpus reader's counters as of the last document consumed.
+    pub fn corpus_stats(&self) -> CorpusStats {
+        self.stats
+    }
+
+    /// The SHA-256 of the documents consumed so far (as `CorpusReader::fingerprint`).
+    pub fn corpus_fingerprint(&self) -> String {
+        let digest = self.hasher.clone().finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn consume(&mut self, text: &str, stats: CorpusStats) {
+        self.hasher.update((text.len() as u64).to_le_bytes());
+        self.hasher.update(text.as_bytes());
+        self.consumed += 1;
+        self.stats = stats;
+    }
+
+    /// The next document, tokenised (`None` ids: dropped by the token filter); `None` at the end.
+    fn next_prepared(&mut self) -> Result<Option<(u64, Option<Vec<i64>>)>> {
+        if let Feed::Reader(_) = self.feed {
+            let Feed::Reader(reader) = std::mem::replace(&mut self.feed, Feed::Done) else {
+                unreachable!()
+            };
+            let (tx, rx) = sync_channel(2 * self.options.batch_documents);
+            let tok = self.tokenizer.clone();
+            let (ctx, min) = (self.options.ctx, self.options.min_tokens);
+            std::thread::Builder::new()
+                .name("exemplar-tokenize".into())
+                .spawn(move || read_ahead(reader, tok, ctx, min, tx))
+                .map_err(|e| Error::param("tokenizer thread", e.to_string()))?;
+            self.feed = Feed::Ahead(rx);
+        }
+        let Feed::Ahead(rx) = &self.feed else {
+            return Ok(None);
+        };
+        match rx.recv() {
+            Ok(Ahead::Doc(p)) => {
+                self.consume(&p.text, p.stats);
+                Ok(Some((p.index, p.ids)))
+            }
+            Ok(Ahead::End) => {
+                self.feed = Feed::Done;
+                Ok(None)
+            }
+            Ok(Ahead::Failed(e)) => {
+                self.feed = Feed::Done;
+                Err(e)
+            }
+            Err(_) => {
+                self.feed = Feed::Done;
+                Err(Error::param("tokenizer thread", "ended without a result"))
+            }
+        }
     }
 }
 
@@ -214,16 +339,11 @@ impl BatchSource for TextSource<'_> {
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
         let mut docs: Vec<(i64, Vec<i64>)> = Vec::with_capacity(self.options.batch_documents);
         while docs.len() < self.options.batch_documents {
-            let Some(doc) = self.reader.next_document()? else {
+            let Some((index, ids)) = self.next_prepared()? else {
                 break;
             };
-            match prepare_document(
-                self.tokenizer,
-                &doc.text,
-                self.options.ctx,
-                self.options.min_tokens,
-            )? {
-                Some(ids) => docs.push((doc.index as i64, ids)),
+            match ids {
+                Some(ids) => docs.push((index as i64, ids)),
                 None => self.skipped_tokens += 1,
             }
         }
@@ -283,7 +403,7 @@ impl BatchSource for TextSource<'_> {
 
     fn position(&self) -> serde_json::Value {
         serde_json::json!({
-            "documents_read": self.reader.stats().documents,
+            "documents_read": self.consumed,
             "skipped_tokens": self.skipped_tokens,
             "rows": self.rows,
             "model_flops": self.model_flops,
@@ -303,15 +423,28 @@ impl BatchSource for TextSource<'_> {
             })
         };
         let docs = get("documents_read")?.as_u64().unwrap_or(0);
+        let Feed::Reader(reader) = &mut self.feed else {
+            return Err(Error::param(
+                "checkpoint",
+                "seek on a source already read from",
+            ));
+        };
+        let mut skipped = Vec::new();
         for _ in 0..docs {
-            if self.reader.next_document()?.is_none() {
-                return Err(Error::param(
-                    "checkpoint",
-                    format!(
-                        "the corpus has fewer than the {docs} documents the checkpoint has read"
-                    ),
-                ));
+            match reader.next_document()? {
+                Some(d) => skipped.push((d.text, reader.stats())),
+                None => {
+                    return Err(Error::param(
+                        "checkpoint",
+                        format!(
+                            "the corpus has fewer than the {docs} documents the checkpoint has read"
+                        ),
+                    ))
+                }
             }
+        }
+        for (text, stats) in skipped {
+            self.consume(&text, stats);
         }
         self.skipped_tokens = get("skipped_tokens")?.as_u64().unwrap_or(0);
         self.rows = get("rows")?.as_u64().unwrap_or(0);
@@ -323,14 +456,9 @@ impl BatchSource for TextSource<'_> {
     }
 
     fn record(&self, info: &mut BuildInfo) {
-        let opts = self.reader.options();
-        info.corpus = self
-            .reader
-            .paths()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        info.corpus_fingerprint = Some(self.reader.fingerprint());
+        let opts = &self.corpus_options;
+        info.corpus = self.paths.iter().map(|p| p.display().to_string()).collect();
+        info.corpus_fingerprint = Some(self.corpus_fingerprint());
         info.order_seed = opts.shuffle.map(|s| s.seed);
         info.order_buffer = opts.shuffle.map(|s| s.buffer as u64);
         info.min_chars = Some(opts.min_chars as u64);
@@ -338,7 +466,7 @@ impl BatchSource for TextSource<'_> {
         info.batch_documents = Some(self.options.batch_documents as u64);
         info.min_tokens = Some(self.options.min_tokens.max(1) as u64);
         info.final_position = self.options.final_position;
-        info.documents_read = Some(self.reader.stats().documents);
+        info.documents_read = Some(self.consumed);
         info.documents_skipped_tokens = Some(self.skipped_tokens);
         info.model_flops = Some(self.model_flops);
         info.timings.forward_seconds = Some(self.forward_seconds);
