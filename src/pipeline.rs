@@ -834,7 +834,8 @@ mod tests {
     fn document_batches_hold_whole_documents() {
         let dir = tempfile::tempdir().unwrap();
         let (p, rows) = write_docs(dir.path());
-        let mut s = ActivationStream::open(&[p.clone()], StreamOptions::default()).unwrap();
+        let mut s =
+            ActivationStream::open(std::slice::from_ref(&p), StreamOptions::default()).unwrap();
         let mut src = DocumentBatches::new(&mut s, 3).unwrap();
         let mut got = Vec::new();
         while let Some(b) = src.next_batch(usize::MAX).unwrap() {

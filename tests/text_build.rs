@@ -477,7 +477,7 @@ fn final_position_keeps_the_last_token_of_each_document() {
     for l in sidecar.lines() {
         let v: Value = serde_json::from_str(l).unwrap();
         let n = v["tokens"].as_array().unwrap().len() as i64;
-        assert!(n >= 3 && n <= 9, "{l}");
+        assert!((3..=9).contains(&n), "{l}");
         assert_eq!(v["positions"], serde_json::json!([n - 1]), "{l}");
         kept += 1;
     }

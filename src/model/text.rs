@@ -168,7 +168,7 @@ fn read_ahead(
 /// Where the documents come from: the reader itself until the first batch (so a resume can
 /// skip documents), then the read-ahead thread.
 enum Feed {
-    Reader(CorpusReader),
+    Reader(Box<CorpusReader>),
     Ahead(Receiver<Ahead>),
     Done,
 }
@@ -228,7 +228,7 @@ impl<'a> TextSource<'a> {
         Ok(TextSource {
             paths: reader.paths().to_vec(),
             corpus_options: reader.options().clone(),
-            feed: Feed::Reader(reader),
+            feed: Feed::Reader(Box::new(reader)),
             hasher: Sha256::new(),
             consumed: 0,
             stats: CorpusStats::default(),
@@ -303,7 +303,7 @@ impl<'a> TextSource<'a> {
             let (ctx, min) = (self.options.ctx, self.options.min_tokens);
             std::thread::Builder::new()
                 .name("exemplar-tokenize".into())
-                .spawn(move || read_ahead(reader, tok, ctx, min, tx))
+                .spawn(move || read_ahead(*reader, tok, ctx, min, tx))
                 .map_err(|e| Error::param("tokenizer thread", e.to_string()))?;
             self.feed = Feed::Ahead(rx);
         }
