@@ -231,7 +231,8 @@ impl Builder {
             })?;
         let k0 = self.dict.len();
         self.sync_device_exemplars()?;
-        let targets = self.decide(&u, n)?;
+        let (targets, flops) = self.decide(&u, n)?;
+        self.dict.info.clustering_flops += flops;
         let new = self.apply(batch, &u, &targets, k0);
         self.dict.info.activations_streamed += n as u64;
         self.dict.info.tokens_streamed += batch.new_tokens;
@@ -289,8 +290,9 @@ impl Builder {
         Ok(())
     }
 
-    /// Phases A and B: where each row goes.
-    fn decide(&self, u: &[f32], n: usize) -> Result<Vec<Target>> {
+    /// Phases A and B: where each row goes, and the nominal FLOPs of the similarity products
+    /// (see [`crate::dictionary::BuildInfo::clustering_flops`]).
+    fn decide(&self, u: &[f32], n: usize) -> Result<(Vec<Target>, f64)> {
         let d = self.dict.dim;
         let theta = self.dict.theta;
         let margin = screen_margin(d);
@@ -318,6 +320,7 @@ impl Builder {
         };
         // Phase A: the exact nearest pre-batch exemplar of every other row.
         let rest = &u[start * d..];
+        let mut flops = 2.0 * d as f64 * (n - start) as f64 * (old.len() / d) as f64;
         let join = |id: u32, sim: f64| {
             if geometry::distance_from_similarity(sim) > theta {
                 Target::Unset
@@ -375,6 +378,7 @@ impl Builder {
             }
             let prev_n = lead_rows.len() - first_b;
             let prev = top2_screen(&dirs, &lead_dirs[first_b * d..], d);
+            flops += 2.0 * d as f64 * c as f64 * (prev_n + c) as f64;
             let mut intra = vec![0.0f32; c * c];
             matmul_abt(&dirs, &dirs, d, &mut intra);
             let mut chunk_leaders: Vec<(usize, u32)> = Vec::new(); // (local index, B-ordinal)
@@ -410,7 +414,7 @@ impl Builder {
             debug_assert!(prev_n + chunk_leaders.len() == lead_rows.len() - first_b);
         }
         if self.config.semantics == Semantics::StrictOrder && lead_rows.len() > first_b {
-            self.strict_order_pass(
+            flops += self.strict_order_pass(
                 u,
                 &mut targets,
                 &lead_rows[first_b..],
@@ -418,11 +422,11 @@ impl Builder {
                 first_b,
             );
         }
-        Ok(targets)
+        Ok((targets, flops))
     }
 
     /// Strict order: rows matched to a pre-batch exemplar move to an earlier in-batch leader
-    /// when it is strictly nearer.
+    /// when it is strictly nearer. Returns the FLOPs of its similarity products.
     fn strict_order_pass(
         &self,
         u: &[f32],
@@ -430,7 +434,7 @@ impl Builder {
         lead_rows: &[usize],
         lead_dirs: &[f32],
         first_b: usize,
-    ) {
+    ) -> f64 {
         let d = self.dict.dim;
         let margin = screen_margin(d);
         let matched: Vec<usize> = (0..targets.len())
@@ -481,6 +485,7 @@ impl Builder {
                 }
             }
         }
+        2.0 * d as f64 * matched.len() as f64 * l as f64
     }
 
     /// Creates the new partitions and records every row's membership, in stream order.
@@ -761,6 +766,91 @@ impl Builder {
     pub fn info_mut(&mut self) -> &mut crate::dictionary::BuildInfo {
         &mut self.dict.info
     }
+
+    /// The builder's state beyond its dictionary (for checkpoints). The reservoirs' random
+    /// numbers are counter-based (keyed by seed and stream row), so there is no generator state.
+    pub fn state(&self) -> BuilderState {
+        BuilderState {
+            creation_to_current: self.creation_to_current.clone(),
+            current_to_creation: self.current_to_creation.clone(),
+            batches: self.batches,
+            last_new_batch: self.last_new_batch,
+            saturated: self.saturated,
+        }
+    }
+
+    /// The recorded per-row assignments so far (creation ids), when recorded.
+    pub fn recorded_assignments(&self) -> Option<&[i64]> {
+        self.assignments.as_deref()
+    }
+
+    /// A builder that continues from a checkpoint: `dict` and `state` as saved by
+    /// [`Builder::dictionary`] and [`Builder::state`], with the same `config`.
+    pub fn restore(
+        dict: Dictionary,
+        state: BuilderState,
+        assignments: Option<Vec<i64>>,
+        config: BuildConfig,
+    ) -> Result<Self> {
+        let fresh = Builder::new(dict.center.clone(), dict.theta, config.clone())?;
+        let k = dict.len();
+        if state.current_to_creation.len() != k
+            || state.current_to_creation.iter().any(|&c| {
+                c < 0
+                    || c as usize >= state.creation_to_current.len()
+                    || state.creation_to_current[c as usize] < 0
+            })
+            || state.creation_to_current.iter().any(|&c| c >= k as i64)
+            || state.batches != dict.info.batches
+            || state.last_new_batch > state.batches
+        {
+            return Err(Error::param(
+                "checkpoint",
+                "the builder state does not match its dictionary",
+            ));
+        }
+        if dict.examples_per_partition != config.examples_per_partition
+            || dict.reservoir_size != config.reservoir_size
+            || dict.info.seed != config.seed
+        {
+            return Err(Error::param(
+                "checkpoint",
+                "examples, reservoir size or seed differ from the checkpoint's",
+            ));
+        }
+        let assignments = match (config.record_assignments, assignments) {
+            (None, _) => None,
+            (Some(n), Some(a)) if a.len() as u64 == n => Some(a),
+            (Some(_), _) => {
+                return Err(Error::param(
+                    "checkpoint",
+                    "the recorded assignments are missing or have another length",
+                ))
+            }
+        };
+        Ok(Builder {
+            dict,
+            assignments,
+            creation_to_current: state.creation_to_current,
+            current_to_creation: state.current_to_creation,
+            batches: state.batches,
+            last_new_batch: state.last_new_batch,
+            saturated: state.saturated,
+            ..fresh
+        })
+    }
+}
+
+/// What a checkpoint keeps of a [`Builder`] besides its dictionary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BuilderState {
+    /// Creation id → current id (−1 once merged away).
+    pub creation_to_current: Vec<i64>,
+    /// Current id → creation id.
+    pub current_to_creation: Vec<i64>,
+    pub batches: u64,
+    pub last_new_batch: u64,
+    pub saturated: bool,
 }
 
 /// The exact best candidate given the f32 screen of one row: re-checked over all candidates

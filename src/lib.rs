@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod build;
 pub mod calibrate;
+pub mod checkpoint;
 pub mod data;
 pub mod dictionary;
 pub mod error;

@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::build::{BuildConfig, BuildOutput, Builder};
 use crate::calibrate::{self, Calibration, CalibrationError, PercentileMethod};
-use crate::data::ActivationStream;
+use crate::data::{ActivationBatch, ActivationStream};
 use crate::dictionary::Dictionary;
 use crate::error::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -118,6 +118,8 @@ pub struct BuildPlan {
     /// Recorded in the dictionary's metadata.
     pub model: Option<String>,
     pub hook: Option<String>,
+    /// Rows of the whole input, when known (needed to record assignments).
+    pub total_rows: Option<u64>,
 }
 
 /// Builds a dictionary from `stream` (from its current position) with `calibration`.
@@ -257,4 +259,622 @@ pub fn assign_stream(
     }
     pb.finish_and_clear();
     Ok((ids, dists))
+}
+
+/// A source of activation batches for [`run_build`]: activation files (row or document
+/// batches), or a model over a corpus (`model::text`). Sources are deterministic, so a run can
+/// resume at a recorded [`BatchSource::position`].
+pub trait BatchSource {
+    /// Width D of the rows.
+    fn dim(&self) -> usize;
+    /// The next batch, cut to at most `max_rows` rows (the build's budget); `None` at the end.
+    fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>>;
+    /// Where the source stands after the batches returned so far (stored in checkpoints).
+    fn position(&self) -> serde_json::Value;
+    /// Moves a freshly opened source to a recorded `position`.
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()>;
+    /// Maps an error naming a stream row (`<stream>`) to one naming the input.
+    fn locate(&self, e: Error) -> Error {
+        e
+    }
+    /// Fills the input's part of the build record (inputs, fingerprints, model FLOPs, ...),
+    /// called once at the end.
+    fn record(&self, info: &mut crate::dictionary::BuildInfo);
+}
+
+fn position_u64(position: &serde_json::Value, key: &str) -> Result<u64> {
+    position.get(key).and_then(|v| v.as_u64()).ok_or_else(|| {
+        Error::param(
+            "checkpoint",
+            format!("the recorded input position has no `{key}`"),
+        )
+    })
+}
+
+/// Reads and drops `kept` kept rows from the start of a rewound stream.
+fn skip_rows(stream: &mut ActivationStream, kept: u64) -> Result<()> {
+    stream.rewind()?;
+    let mut left = kept;
+    while left > 0 {
+        let Some(b) = stream.next_batch(left.min(1 << 16) as usize)? else {
+            return Err(Error::param(
+                "checkpoint",
+                format!("the input has fewer than the {kept} rows the checkpoint has clustered"),
+            ));
+        };
+        left -= b.rows() as u64;
+    }
+    Ok(())
+}
+
+fn record_stream(stream: &ActivationStream, info: &mut crate::dictionary::BuildInfo) {
+    info.inputs = stream
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    info.input_fingerprint = Some(stream.fingerprint());
+}
+
+/// Batches of a fixed number of rows from an [`ActivationStream`].
+pub struct RowBatches<'a> {
+    pub stream: &'a mut ActivationStream,
+    pub batch_size: usize,
+    emitted: u64,
+}
+
+impl<'a> RowBatches<'a> {
+    pub fn new(stream: &'a mut ActivationStream, batch_size: usize) -> Self {
+        RowBatches {
+            stream,
+            batch_size,
+            emitted: 0,
+        }
+    }
+}
+
+impl BatchSource for RowBatches<'_> {
+    fn dim(&self) -> usize {
+        self.stream.dim()
+    }
+    fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+        if self.batch_size == 0 {
+            return Err(Error::param("batch size", "must be at least 1"));
+        }
+        let b = self.stream.next_batch(max_rows.min(self.batch_size))?;
+        if let Some(b) = &b {
+            self.emitted += b.rows() as u64;
+        }
+        Ok(b)
+    }
+    fn position(&self) -> serde_json::Value {
+        serde_json::json!({ "rows": self.emitted })
+    }
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        let rows = position_u64(position, "rows")?;
+        skip_rows(self.stream, rows)?;
+        self.emitted = rows;
+        Ok(())
+    }
+    fn locate(&self, e: Error) -> Error {
+        locate_error(&*self.stream, e)
+    }
+    fn record(&self, info: &mut crate::dictionary::BuildInfo) {
+        record_stream(self.stream, info);
+    }
+}
+
+/// Batches of whole documents from an [`ActivationStream`] with provenance sidecars: each batch
+/// holds the rows of `documents` consecutive documents (the last may hold fewer), as a build
+/// from text batches them.
+pub struct DocumentBatches<'a> {
+    pub stream: &'a mut ActivationStream,
+    pub documents: usize,
+    /// Rows read but not yet emitted, with their tokens, and the documents seen with them.
+    pending: ActivationBatch,
+    /// Kept rows emitted so far.
+    emitted: u64,
+    done: bool,
+}
+
+impl<'a> DocumentBatches<'a> {
+    pub fn new(stream: &'a mut ActivationStream, documents: usize) -> Result<Self> {
+        if !stream.has_provenance() {
+            return Err(Error::param(
+                "batch documents",
+                "batches of documents need a provenance sidecar for every activation file",
+            ));
+        }
+        if documents == 0 {
+            return Err(Error::param("batch documents", "must be at least 1"));
+        }
+        let dim = stream.dim();
+        Ok(DocumentBatches {
+            stream,
+            documents,
+            pending: ActivationBatch {
+                dim,
+                tokens: Some(vec![]),
+                ..Default::default()
+            },
+            emitted: 0,
+            done: false,
+        })
+    }
+
+    /// The index of the first row after the first `n` documents of `pending`, if the pending
+    /// rows hold `n` complete documents (a document is complete once a later one starts, or at
+    /// the end of the stream).
+    fn cut(&self, n: usize) -> Option<usize> {
+        let toks = self
+            .pending
+            .tokens
+            .as_ref()
+            .expect("document batches have tokens");
+        let mut seen = 0usize;
+        for i in 1..toks.len() {
+            if toks[i].doc_id != toks[i - 1].doc_id {
+                seen += 1;
+                if seen == n {
+                    return Some(i);
+                }
+            }
+        }
+        (self.done && !toks.is_empty()).then_some(toks.len())
+    }
+}
+
+impl BatchSource for DocumentBatches<'_> {
+    fn dim(&self) -> usize {
+        self.stream.dim()
+    }
+    fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+        let cut = loop {
+            if let Some(c) = self.cut(self.documents) {
+                break c;
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.stream.next_batch(4096)? {
+                None => self.done = true,
+                Some(b) => {
+                    let p = &mut self.pending;
+                    p.data.extend_from_slice(&b.data);
+                    p.stream_rows.extend_from_slice(&b.stream_rows);
+                    p.tokens
+                        .as_mut()
+                        .expect("tokens")
+                        .extend(b.tokens.expect("a stream with provenance has tokens"));
+                    for d in b.documents {
+                        if !p.documents.iter().any(|x| x.doc_id == d.doc_id) {
+                            p.documents.push(d);
+                        }
+                    }
+                    p.skipped_nonfinite += b.skipped_nonfinite;
+                }
+            }
+        };
+        let cut = cut.min(max_rows);
+        let d = self.pending.dim;
+        let p = &mut self.pending;
+        let toks = p.tokens.as_mut().expect("tokens");
+        let rest_toks = toks.split_off(cut);
+        let batch_toks = std::mem::replace(toks, rest_toks);
+        let rest_rows = p.stream_rows.split_off(cut);
+        let batch_rows = std::mem::replace(&mut p.stream_rows, rest_rows);
+        let rest_data = p.data.split_off(cut * d);
+        let batch_data = std::mem::replace(&mut p.data, rest_data);
+        let mut ids: Vec<i64> = batch_toks.iter().map(|t| t.doc_id).collect();
+        ids.dedup();
+        let (docs, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut p.documents)
+            .into_iter()
+            .partition(|doc| ids.contains(&doc.doc_id));
+        let still: Vec<i64> = p
+            .tokens
+            .as_ref()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.doc_id)
+            .collect();
+        p.documents = keep
+            .into_iter()
+            .chain(
+                docs.iter()
+                    .filter(|doc| still.contains(&doc.doc_id))
+                    .cloned(),
+            )
+            .collect();
+        let new_tokens = docs.iter().map(|doc| doc.tokens.len() as u64).sum();
+        let skipped = std::mem::take(&mut p.skipped_nonfinite);
+        self.emitted += batch_rows.len() as u64;
+        Ok(Some(ActivationBatch {
+            dim: d,
+            data: batch_data,
+            stream_rows: batch_rows,
+            tokens: Some(batch_toks),
+            documents: docs,
+            new_tokens,
+            skipped_nonfinite: skipped,
+        }))
+    }
+    fn position(&self) -> serde_json::Value {
+        serde_json::json!({ "rows": self.emitted })
+    }
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        let rows = position_u64(position, "rows")?;
+        skip_rows(self.stream, rows)?;
+        self.emitted = rows;
+        Ok(())
+    }
+    fn locate(&self, e: Error) -> Error {
+        locate_error(&*self.stream, e)
+    }
+    fn record(&self, info: &mut crate::dictionary::BuildInfo) {
+        record_stream(self.stream, info);
+        info.batch_documents = Some(self.documents as u64);
+    }
+}
+
+/// Calibrates on the first batches of `source` until at least `calibration_activations` rows
+/// are read (whole batches, like the reference). Returns the calibration and the batches read,
+/// each with the source's position after it, so the build can replay them instead of reading
+/// them again.
+pub fn calibrate_source(
+    backend: &Backend,
+    source: &mut dyn BatchSource,
+    percentile: f64,
+    method: PercentileMethod,
+    calibration_activations: u64,
+) -> Result<(Calibration, Vec<(ActivationBatch, serde_json::Value)>)> {
+    calibrate::check_percentile(percentile)?;
+    if calibration_activations == 0 {
+        return Err(Error::param(
+            "calibration activations",
+            "must be at least 1",
+        ));
+    }
+    let d = source.dim();
+    let pb = progress_bar(calibration_activations, "calibrate");
+    let mut read: Vec<(ActivationBatch, serde_json::Value)> = Vec::new();
+    let mut total = 0u64;
+    while total < calibration_activations {
+        let Some(b) = source.next_batch(usize::MAX)? else {
+            break;
+        };
+        total += b.rows() as u64;
+        pb.set_position(total.min(calibration_activations));
+        read.push((b, source.position()));
+    }
+    if total == 0 {
+        return Err(Error::EmptyInput("no rows to calibrate on".into()));
+    }
+    pb.set_message("percentiles");
+    let batches: Vec<Vec<f32>> = read.iter().map(|(b, _)| b.data.clone()).collect();
+    let largest = read.iter().map(|(b, _)| b.rows()).max().unwrap_or(0);
+    let cal = calibrate::calibrate_batches_on(backend, &batches, d, percentile, method, largest)
+        .map_err(|e| match e {
+            CalibrationError::Lib(e) => e,
+            CalibrationError::ZeroNorm { batch, row } => source.locate(Error::ZeroNorm {
+                path: "<stream>".into(),
+                row: read[batch].0.stream_rows[row],
+            }),
+        });
+    pb.finish_and_clear();
+    Ok((cal?, read))
+}
+
+/// How a [`run_build`] gets its calibration.
+pub enum CalibrationSpec {
+    /// A calibration computed beforehand (a file).
+    Fixed(Calibration),
+    /// Calibrate on the first batches of the source, then build from the start of it.
+    Inline {
+        percentile: f64,
+        method: PercentileMethod,
+        activations: u64,
+    },
+}
+
+/// Checkpointing of a [`run_build`].
+pub struct CheckpointPlan {
+    pub path: std::path::PathBuf,
+    /// Write one every this many batches (and at the end).
+    pub every: u64,
+    /// The run's flags and inputs (a JSON object); a resume must present the same.
+    pub identity: serde_json::Value,
+    /// Continue from the checkpoint at `path`.
+    pub resume: bool,
+    /// Sleep this long after each batch (testing aid for kill-and-resume tests).
+    pub throttle: Option<std::time::Duration>,
+}
+
+/// The streaming build over any [`BatchSource`], with inline calibration, budgets, saturation,
+/// checkpoints and resume. The dictionary is identical whether or not the run was interrupted
+/// and resumed (timings aside).
+pub fn run_build(
+    backend: &Backend,
+    source: &mut dyn BatchSource,
+    calibration: CalibrationSpec,
+    plan: &BuildPlan,
+    checkpoint: Option<&CheckpointPlan>,
+) -> Result<BuildOutput> {
+    if plan.max_activations == Some(0) || plan.max_tokens == Some(0) {
+        return Err(Error::param("budget", "a budget must be at least 1"));
+    }
+    if checkpoint.is_some_and(|c| c.every == 0) {
+        return Err(Error::param("checkpoint every", "must be at least 1 batch"));
+    }
+    let start = Instant::now();
+    let mut config = plan.config.clone();
+    if config.record_assignments.is_some() {
+        config.record_assignments = Some(plan.total_rows.unwrap_or(0));
+    }
+    let mut replay: std::collections::VecDeque<(ActivationBatch, serde_json::Value)> =
+        Default::default();
+    let mut acts = 0u64;
+    let mut tokens = 0u64;
+    let mut elapsed_before = 0.0f64;
+    let (mut builder, cal) = match checkpoint.filter(|c| c.resume) {
+        Some(c) => {
+            let (dict, rec, assignments) = crate::checkpoint::load(&c.path)?;
+            let diffs = crate::checkpoint::identity_differences(&rec.identity, &c.identity);
+            if !diffs.is_empty() {
+                return Err(Error::param(
+                    "resume",
+                    format!(
+                        "{} was written by a build with other flags or inputs; refusing to \
+                         resume ({})",
+                        c.path.display(),
+                        diffs.join("; ")
+                    ),
+                ));
+            }
+            let cal = rec.calibration.calibration(dict.center().to_vec())?;
+            resolve_merge_threshold(&mut config, &cal);
+            source.seek(&rec.position)?;
+            acts = rec.activations;
+            tokens = rec.tokens;
+            elapsed_before = rec.elapsed_seconds;
+            let mut b = Builder::restore(dict, rec.builder, assignments, config)?
+                .with_backend(backend.clone());
+            b.info_mut().resumed += 1;
+            (b, cal)
+        }
+        None => {
+            let (cal, batches) = match calibration {
+                CalibrationSpec::Fixed(c) => (c, vec![]),
+                CalibrationSpec::Inline {
+                    percentile,
+                    method,
+                    activations,
+                } => calibrate_source(backend, source, percentile, method, activations)?,
+            };
+            replay.extend(batches);
+            resolve_merge_threshold(&mut config, &cal);
+            let mut b =
+                Builder::new(cal.center.clone(), cal.theta, config)?.with_backend(backend.clone());
+            if replay.front().is_some() {
+                b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
+            }
+            (b, cal)
+        }
+    };
+    if source.dim() != cal.dim() {
+        return Err(Error::DimensionMismatch {
+            what: "activations".into(),
+            expected: cal.dim(),
+            found: source.dim(),
+        });
+    }
+    let save_checkpoint =
+        |builder: &Builder, position: serde_json::Value, acts: u64, tokens: u64| -> Result<()> {
+            let Some(c) = checkpoint else { return Ok(()) };
+            let mut rec = crate::checkpoint::CheckpointRecord::new(
+                c.identity.clone(),
+                builder.state(),
+                crate::checkpoint::CalibrationRecord::of(&cal),
+                position,
+            );
+            rec.activations = acts;
+            rec.tokens = tokens;
+            rec.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
+            crate::checkpoint::save(
+                &c.path,
+                builder.dictionary(),
+                &rec,
+                builder.recorded_assignments(),
+            )
+        };
+    let pb = progress_bar(plan.max_activations.unwrap_or(0), "build");
+    if plan.max_activations.is_none() {
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:>10} {elapsed_precise} {human_pos} rows  {msg}")
+                .expect("template"),
+        );
+    }
+    pb.set_position(acts);
+    let mut cluster_seconds = 0.0f64;
+    let stopped = |b: &Builder, acts: u64, tokens: u64| {
+        b.is_saturated()
+            || plan.max_tokens.is_some_and(|m| tokens >= m)
+            || plan.max_activations.is_some_and(|m| acts >= m)
+    };
+    let mut position = serde_json::Value::Null;
+    let mut since_checkpoint = 0u64;
+    while !stopped(&builder, acts, tokens) {
+        let want = match plan.max_activations {
+            Some(m) => (m - acts) as usize,
+            None => usize::MAX,
+        };
+        let batch = match replay.pop_front() {
+            Some((mut b, p)) => {
+                position = p;
+                if b.rows() > want {
+                    truncate_batch(&mut b, want);
+                }
+                b
+            }
+            None => match source.next_batch(want)? {
+                Some(b) => {
+                    position = source.position();
+                    b
+                }
+                None => break,
+            },
+        };
+        let t = Instant::now();
+        let out = builder.add_batch(&batch).map_err(|e| source.locate(e))?;
+        cluster_seconds += t.elapsed().as_secs_f64();
+        acts += out.rows as u64;
+        tokens += batch.new_tokens;
+        pb.set_position(acts);
+        let secs = (elapsed_before + start.elapsed().as_secs_f64()).max(1e-9);
+        pb.set_message(format!(
+            "{:.0} tok/s  K={}  new={:.2}%",
+            tokens as f64 / secs,
+            out.partitions,
+            100.0 * out.new_partitions as f64 / out.rows.max(1) as f64
+        ));
+        since_checkpoint += 1;
+        if let Some(c) = checkpoint {
+            if since_checkpoint >= c.every {
+                save_checkpoint(&builder, position.clone(), acts, tokens)?;
+                since_checkpoint = 0;
+            }
+            if let Some(d) = c.throttle {
+                std::thread::sleep(d);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    if acts == 0 {
+        return Err(Error::EmptyInput("no rows to build from".into()));
+    }
+    if checkpoint.is_some() {
+        if position.is_null() {
+            position = source.position();
+        }
+        save_checkpoint(&builder, position, acts, tokens)?;
+    }
+    let info = builder.info_mut();
+    info.timings.clustering_seconds += cluster_seconds;
+    info.percentile = Some(cal.percentile);
+    info.percentile_method = Some(cal.method.as_str().into());
+    info.calibration_activations = Some(cal.n_activations);
+    info.calibration_batch_size = Some(cal.batch_size as u64);
+    info.batch_size = plan.batch_size as u64;
+    info.max_activations = plan.max_activations;
+    info.max_tokens = plan.max_tokens;
+    info.model = plan.model.clone();
+    info.hook = plan.hook.clone();
+    source.record(info);
+    info.build_seconds = elapsed_before + start.elapsed().as_secs_f64();
+    info.created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(builder.finish(plan.min_members))
+}
+
+/// A merge threshold given as NaN means θ, known once calibrated.
+fn resolve_merge_threshold(config: &mut BuildConfig, cal: &Calibration) {
+    if config.merge_threshold.is_some_and(f64::is_nan) {
+        config.merge_threshold = Some(cal.theta);
+    }
+}
+
+/// Keeps the first `n ≥ 1` rows of a batch. Documents left without a row go, with their
+/// tokens: they started in this batch, since rows are in stream order and the first row stays.
+fn truncate_batch(b: &mut ActivationBatch, n: usize) {
+    b.data.truncate(n * b.dim);
+    b.stream_rows.truncate(n);
+    if let Some(t) = b.tokens.as_mut() {
+        t.truncate(n);
+        let ids: Vec<i64> = t.iter().map(|t| t.doc_id).collect();
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut b.documents)
+            .into_iter()
+            .partition(|d| ids.contains(&d.doc_id));
+        b.documents = kept;
+        let gone_tokens: u64 = gone.iter().map(|d| d.tokens.len() as u64).sum();
+        b.new_tokens = b.new_tokens.saturating_sub(gone_tokens);
+    } else {
+        b.new_tokens = b.new_tokens.min(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::npy::{write_npy_file, NpyArray};
+    use crate::data::StreamOptions;
+
+    /// 7 documents with 1..=5 rows (D = 2) and their sidecar; returns the file and the rows
+    /// per document.
+    fn write_docs(dir: &std::path::Path) -> (std::path::PathBuf, Vec<usize>) {
+        let rows = vec![3usize, 1, 5, 2, 4, 1, 2];
+        let n: usize = rows.iter().sum();
+        let data: Vec<f32> = (0..n * 2).map(|i| i as f32 + 1.0).collect();
+        let p = dir.join("x.npy");
+        write_npy_file(&p, &NpyArray::matrix(data, n, 2).unwrap(), false).unwrap();
+        let mut side = String::new();
+        for (doc, &r) in rows.iter().enumerate() {
+            let tokens: Vec<String> = (0..=r).map(|t| format!("d{doc}t{t}")).collect();
+            let positions: Vec<usize> = (1..=r).collect();
+            side.push_str(
+                &serde_json::json!({"doc_id": doc + 10, "tokens": tokens, "positions": positions})
+                    .to_string(),
+            );
+            side.push('\n');
+        }
+        std::fs::write(crate::data::provenance::sidecar_path(&p), side).unwrap();
+        (p, rows)
+    }
+
+    #[test]
+    fn document_batches_hold_whole_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, rows) = write_docs(dir.path());
+        let mut s =
+            ActivationStream::open(std::slice::from_ref(&p), StreamOptions::default()).unwrap();
+        let mut src = DocumentBatches::new(&mut s, 3).unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = src.next_batch(usize::MAX).unwrap() {
+            let ids: Vec<i64> = b.documents.iter().map(|d| d.doc_id).collect();
+            got.push((b.rows(), ids, b.new_tokens, b.stream_rows[0]));
+        }
+        // Documents 10..12 (3+1+5 rows), 13..15 (2+4+1), 16 (2); tokens = rows + 1 (the BOS).
+        assert_eq!(
+            got,
+            vec![
+                (9, vec![10, 11, 12], 12, 0),
+                (7, vec![13, 14, 15], 10, 9),
+                (2, vec![16], 3, 16),
+            ]
+        );
+        assert_eq!(rows.iter().sum::<usize>(), 18);
+        // Seeking to the position after the first batch gives the second batch again.
+        let mut s2 = ActivationStream::open(&[p], StreamOptions::default()).unwrap();
+        let mut again = DocumentBatches::new(&mut s2, 3).unwrap();
+        again.seek(&serde_json::json!({"rows": 9})).unwrap();
+        let b = again.next_batch(usize::MAX).unwrap().unwrap();
+        assert_eq!(b.stream_rows, (9..16).collect::<Vec<u64>>());
+        assert_eq!(b.data[0], 19.0);
+        assert_eq!(again.position(), serde_json::json!({"rows": 16}));
+        // A budget cuts a batch short.
+        let c = again.next_batch(1).unwrap().unwrap();
+        assert_eq!((c.rows(), c.new_tokens), (1, 3));
+    }
+
+    #[test]
+    fn truncating_a_batch_drops_the_tokens_of_documents_left_without_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _) = write_docs(dir.path());
+        let mut s = ActivationStream::open(&[p], StreamOptions::default()).unwrap();
+        let mut b = s.next_batch(9).unwrap().unwrap();
+        assert_eq!(b.new_tokens, 4 + 2 + 6);
+        truncate_batch(&mut b, 3);
+        assert_eq!((b.rows(), b.new_tokens, b.documents.len()), (3, 4, 1));
+        truncate_batch(&mut b, 2);
+        assert_eq!((b.rows(), b.new_tokens, b.documents.len()), (2, 4, 1));
+    }
 }

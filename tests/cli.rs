@@ -562,7 +562,7 @@ fn inspect_and_eval_with_provenance() {
             "10",
             "--batch-size",
             "150",
-            "--model",
+            "--model-name",
             "test-model",
             "--hook",
             "blocks.3.hook_resid_post",

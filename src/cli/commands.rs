@@ -116,6 +116,81 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The corpus reader's options from the flags.
+#[cfg(feature = "torch")]
+fn corpus_options(c: &CorpusArgs) -> exemplar::data::corpus::CorpusOptions {
+    use exemplar::data::corpus::{CorpusOptions, Shuffle, TextMode};
+    CorpusOptions {
+        text_field: c.text_field.clone(),
+        min_chars: c.min_chars,
+        text_mode: match c.text_mode.as_str() {
+            "paragraphs" => TextMode::Paragraphs,
+            "whole" => TextMode::Whole,
+            _ => TextMode::Lines,
+        },
+        shuffle: c.shuffle_seed.map(|seed| Shuffle {
+            seed,
+            buffer: c.shuffle_buffer,
+        }),
+        skip_invalid: c.skip_invalid,
+    }
+}
+
+/// Files as the checkpoint identity records them: path and size.
+fn file_identity(paths: &[PathBuf]) -> serde_json::Value {
+    paths
+        .iter()
+        .map(|p| {
+            let size = std::fs::metadata(p).map(|m| m.len()).ok();
+            serde_json::json!({ "path": resolved(p).display().to_string(), "bytes": size })
+        })
+        .collect()
+}
+
+/// Everything of a build's command line that shapes its dictionary (not the device, outputs or
+/// checkpoint settings): a resume must present the same.
+fn build_identity(a: &BuildArgs) -> serde_json::Value {
+    let c = &a.corpus;
+    serde_json::json!({
+        "activations": file_identity(&a.activations),
+        "tensor": a.tensor,
+        "skip_nonfinite": a.skip_nonfinite,
+        "model": a.model.as_ref().map(|m| resolved(m).display().to_string()),
+        "model_config": a.model.as_ref().map(|m| file_identity(&[m.join("config.json")])),
+        "corpus": file_identity(&c.corpus),
+        "text_field": c.text_field,
+        "text_mode": c.text_mode,
+        "min_chars": c.min_chars,
+        "min_tokens": c.min_tokens,
+        "shuffle_seed": c.shuffle_seed,
+        "shuffle_buffer": c.shuffle_buffer,
+        "skip_invalid": c.skip_invalid,
+        "ctx": c.ctx,
+        "final_position": c.final_position,
+        "batch_documents": a.batch_documents,
+        "dtype": a.dtype,
+        "calibration": a.calibration.as_ref().map(|p| file_identity(std::slice::from_ref(p))),
+        "percentile": a.percentile,
+        "calibration_activations": a.calibration_args.calibration_activations,
+        "percentile_method": a.calibration_args.percentile_method,
+        "batch_size": a.batch_size,
+        "saturation_window": a.saturation_window,
+        "no_saturation": a.no_saturation,
+        "max_activations": a.max_activations,
+        "max_tokens": a.max_tokens,
+        "strict_order": a.strict_order,
+        "seed": a.seed,
+        "examples": a.examples,
+        "reservoir": a.reservoir,
+        "min_members": a.min_members,
+        "merge_close": a.merge_close,
+        "merge_threshold": a.merge_threshold,
+        "assignments": a.assignments.is_some(),
+        "model_name": a.model_name,
+        "hook": a.hook,
+    })
+}
+
 pub fn build(a: BuildArgs) -> Result<()> {
     check_writable(&a.out, a.force)?;
     if let Some(p) = &a.assignments {
@@ -126,46 +201,41 @@ pub fn build(a: BuildArgs) -> Result<()> {
                 a.out.display()
             );
         }
+        if a.model.is_some() {
+            bail!("--assignments needs --activations (a build from text has no input rows to align with)");
+        }
         check_writable(p, a.force)?;
     }
-    let mut stream = open_stream(&a.input)?;
+    if a.model.is_none() && !a.corpus.corpus.is_empty() {
+        bail!("--corpus needs --model (a build from text)");
+    }
+    if let Some(cp) = &a.checkpoint {
+        if resolved(cp) == resolved(&a.out) {
+            bail!("--checkpoint and --out name the same file");
+        }
+        if a.resume && !cp.exists() {
+            bail!("--resume: the checkpoint {} does not exist", cp.display());
+        }
+        if !a.resume && cp.exists() && !a.force {
+            bail!(
+                "the checkpoint {} exists: continue it with --resume, or replace it with --force",
+                cp.display()
+            );
+        }
+        check_writable(cp, true)?;
+    }
     let dev = backend(&a.device)?;
     let cal = match (&a.calibration, a.percentile) {
-        (Some(path), _) => {
-            let cal = Calibration::load(path)?;
-            if cal.dim() != stream.dim() {
-                return Err(exemplar::Error::DimensionMismatch {
-                    what: format!(
-                        "activations {} (calibration {})",
-                        a.input.activations[0].display(),
-                        path.display()
-                    ),
-                    expected: cal.dim(),
-                    found: stream.dim(),
-                }
-                .into());
-            }
-            cal
-        }
-        (None, Some(p)) => {
-            let cal = pipeline::calibrate_stream(
-                &dev,
-                &mut stream,
-                p,
-                method(&a.calibration_args.percentile_method),
-                a.batch_size,
-                a.calibration_args.calibration_activations,
-            )?;
-            eprintln!(
-                "calibrated: θ = {:.6} on {} rows",
-                cal.theta, cal.n_activations
-            );
-            stream.rewind()?;
-            cal
-        }
+        (Some(path), _) => pipeline::CalibrationSpec::Fixed(Calibration::load(path)?),
+        (None, Some(p)) => pipeline::CalibrationSpec::Inline {
+            percentile: p,
+            method: method(&a.calibration_args.percentile_method),
+            activations: a.calibration_args.calibration_activations,
+        },
         (None, None) => unreachable!("clap requires --calibration or --percentile"),
     };
-    let plan = BuildPlan {
+    let documents = a.model.is_some() || a.batch_documents.is_some();
+    let mut plan = BuildPlan {
         config: BuildConfig {
             semantics: if a.strict_order {
                 Semantics::StrictOrder
@@ -176,19 +246,77 @@ pub fn build(a: BuildArgs) -> Result<()> {
             seed: a.seed,
             examples_per_partition: a.examples,
             reservoir_size: a.reservoir,
-            merge_threshold: a
-                .merge_close
-                .then(|| a.merge_threshold.unwrap_or(cal.theta)),
+            merge_threshold: match (&cal, a.merge_close) {
+                (_, false) => None,
+                (_, true) if a.merge_threshold.is_some() => a.merge_threshold,
+                (pipeline::CalibrationSpec::Fixed(c), true) => Some(c.theta),
+                // θ is known only after calibration: resolved below by the builder's θ.
+                (pipeline::CalibrationSpec::Inline { .. }, true) => Some(f64::NAN),
+            },
             record_assignments: a.assignments.as_ref().map(|_| 0),
         },
-        batch_size: a.batch_size,
+        // Batches of whole documents have no fixed row count (recorded as 0).
+        batch_size: if documents { 0 } else { a.batch_size },
         max_activations: a.max_activations,
         max_tokens: a.max_tokens,
         min_members: a.min_members,
-        model: a.model.clone(),
+        model: a
+            .model_name
+            .clone()
+            .or_else(|| a.model.as_ref().map(|m| m.display().to_string())),
         hook: a.hook.clone(),
+        total_rows: None,
     };
-    let out = pipeline::build_stream(&dev, &mut stream, &cal, &plan)?;
+    let ckpt = a.checkpoint.as_ref().map(|p| pipeline::CheckpointPlan {
+        path: p.clone(),
+        every: a.checkpoint_every,
+        identity: build_identity(&a),
+        resume: a.resume,
+        throttle: a.throttle_ms.map(std::time::Duration::from_millis),
+    });
+    let out = match &a.model {
+        Some(dir) => text_build(&a, dir, &dev, cal, &plan, ckpt.as_ref())?,
+        None => {
+            let mut stream = open_stream(&InputArgs {
+                activations: a.activations.clone(),
+                tensor: a.tensor.clone(),
+                skip_nonfinite: a.skip_nonfinite,
+            })?;
+            plan.total_rows = Some(stream.total_rows());
+            if let (pipeline::CalibrationSpec::Fixed(c), Some(path)) = (&cal, &a.calibration) {
+                if c.dim() != stream.dim() {
+                    return Err(exemplar::Error::DimensionMismatch {
+                        what: format!(
+                            "activations {} (calibration {})",
+                            a.activations[0].display(),
+                            path.display()
+                        ),
+                        expected: c.dim(),
+                        found: stream.dim(),
+                    }
+                    .into());
+                }
+            }
+            let out = match a.batch_documents {
+                Some(n) => pipeline::run_build(
+                    &dev,
+                    &mut pipeline::DocumentBatches::new(&mut stream, n)?,
+                    cal,
+                    &plan,
+                    ckpt.as_ref(),
+                )?,
+                None => pipeline::run_build(
+                    &dev,
+                    &mut pipeline::RowBatches::new(&mut stream, a.batch_size),
+                    cal,
+                    &plan,
+                    ckpt.as_ref(),
+                )?,
+            };
+            note_skipped(&stream);
+            out
+        }
+    };
     let dict = out.dictionary;
     // The dictionary first: it is the result; the assignments line up with it.
     dict.save(&a.out, a.force)
@@ -197,12 +325,12 @@ pub fn build(a: BuildArgs) -> Result<()> {
         npy::write_npy_file(path, &NpyArray::vector(ids), a.force)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    note_skipped(&stream);
     let info = dict.info();
     println!(
-        "K = {} partitions from {} activations in {} batches ({}), θ = {:.6}, {:.1}s",
+        "K = {} partitions from {} activations ({} tokens) in {} batches ({}), θ = {:.6}, {:.1}s",
         dict.len(),
         info.activations_streamed,
+        info.tokens_streamed,
         info.batches,
         if info.saturated {
             "saturated"
@@ -212,7 +340,17 @@ pub fn build(a: BuildArgs) -> Result<()> {
         dict.theta(),
         info.build_seconds
     );
+    if let Some(f) = info.model_flops {
+        println!(
+            "model {:.3} TFLOP, clustering {:.3} TFLOP",
+            f / 1e12,
+            info.clustering_flops / 1e12
+        );
+    }
     println!("wrote {}", a.out.display());
+    if let Some(p) = &a.checkpoint {
+        println!("checkpoint {}", p.display());
+    }
     if let Some(p) = &a.assignments {
         println!("wrote {}", p.display());
     }
@@ -395,6 +533,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         min_members: 1,
         model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
         hook: Some("hidden_states[3] (residual stream after block 3 of 6)".into()),
+        total_rows: None,
     };
     let dict = pipeline::build_stream(&Backend::Cpu, &mut stream, &cal, &plan)?.dictionary;
     println!(
@@ -426,40 +565,90 @@ fn count_documents(sidecar: &[u8]) -> usize {
         .count()
 }
 
+/// The torch device and weight dtype for `--device` and `--dtype`.
 #[cfg(feature = "torch")]
-pub fn activations(a: ActivationsArgs) -> Result<()> {
-    use exemplar::model::extract::{extract_to_file, ExtractOptions};
-    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
-    let hook = HookPoint::parse(&a.hook)?;
-    let device = match a.device.as_str() {
+pub(super) fn model_device(device: &str, dtype: Option<&str>) -> Result<(tch::Device, tch::Kind)> {
+    let device = match device {
         "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
         "cuda" => bail!("--device cuda: no CUDA device is available to libtorch"),
+        "auto" if tch::Cuda::is_available() => tch::Device::Cuda(0),
         _ => tch::Device::Cpu,
     };
-    let kind = match (a.dtype.as_deref(), device) {
+    let kind = match (dtype, device) {
         (Some("bf16"), _) | (None, tch::Device::Cuda(_)) => tch::Kind::BFloat16,
         _ => tch::Kind::Float,
     };
-    check_writable(&a.out, a.force)?;
-    let text = std::fs::read(&a.text).with_context(|| format!("reading {}", a.text.display()))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 (invalid byte at offset {})",
-            a.text.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    let docs: Vec<String> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    if docs.is_empty() {
-        bail!(
-            "{}: no non-empty line (one document per line)",
-            a.text.display()
+    Ok((device, kind))
+}
+
+#[cfg(feature = "torch")]
+fn text_build(
+    a: &BuildArgs,
+    dir: &Path,
+    dev: &Backend,
+    cal: pipeline::CalibrationSpec,
+    plan: &BuildPlan,
+    ckpt: Option<&pipeline::CheckpointPlan>,
+) -> Result<exemplar::build::BuildOutput> {
+    use exemplar::data::corpus::CorpusReader;
+    use exemplar::model::text::{TextOptions, TextSource};
+    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    let hook = HookPoint::parse(a.hook.as_deref().expect("clap requires --hook"))?;
+    let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
+    let reader = CorpusReader::open(&a.corpus.corpus, corpus_options(&a.corpus))?;
+    let model = Gemma2::load(dir, kind, device)?;
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id)?;
+    let mut src = TextSource::new(
+        reader,
+        &tok,
+        &model,
+        hook,
+        TextOptions {
+            ctx: a.corpus.ctx,
+            batch_documents: a.batch_documents.unwrap_or(128),
+            min_tokens: a.corpus.min_tokens,
+            final_position: a.corpus.final_position,
+        },
+    )?
+    .with_model_dir(dir)?;
+    let out = pipeline::run_build(dev, &mut src, cal, plan, ckpt)?;
+    let s = src.corpus_stats();
+    if s.skipped_empty + s.skipped_short + s.skipped_invalid > 0 {
+        eprintln!(
+            "corpus: skipped {} empty, {} short (--min-chars), {} invalid (--skip-invalid) documents",
+            s.skipped_empty, s.skipped_short, s.skipped_invalid
         );
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "torch"))]
+fn text_build(
+    _: &BuildArgs,
+    _: &Path,
+    _: &Backend,
+    _: pipeline::CalibrationSpec,
+    _: &BuildPlan,
+    _: Option<&pipeline::CheckpointPlan>,
+) -> Result<exemplar::build::BuildOutput> {
+    bail!("--model needs exemplar built with the `torch` feature")
+}
+
+#[cfg(feature = "torch")]
+pub fn activations(a: ActivationsArgs) -> Result<()> {
+    use exemplar::data::corpus::CorpusReader;
+    use exemplar::model::extract::{extract_to_file, ExtractOptions};
+    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    let hook = HookPoint::parse(&a.hook)?;
+    let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
+    check_writable(&a.out, a.force)?;
+    if a.corpus.corpus.is_empty() {
+        bail!("--corpus: give at least one corpus file");
+    }
+    let mut reader = CorpusReader::open(&a.corpus.corpus, corpus_options(&a.corpus))?;
+    let mut docs: Vec<(i64, String)> = Vec::new();
+    while let Some(d) = reader.next_document()? {
+        docs.push((d.index as i64, d.text));
     }
     let model = Gemma2::load(&a.model, kind, device)?;
     if hook.layer >= model.config.num_hidden_layers {
@@ -476,16 +665,19 @@ pub fn activations(a: ActivationsArgs) -> Result<()> {
         hook,
         &docs,
         &ExtractOptions {
-            ctx: a.ctx,
+            ctx: a.corpus.ctx,
             batch_prompts: a.batch_prompts,
+            min_tokens: a.corpus.min_tokens,
+            final_position: a.corpus.final_position,
         },
         &a.out,
         a.force,
     )?;
     println!(
-        "{} rows (D = {}) from {} documents ({} tokens, BOS included; {} empty after tokenization) at {hook}",
-        s.rows, s.dim, s.documents, s.tokens, s.skipped_documents
+        "{} rows (D = {}) from {} documents ({} tokens, BOS included; {} skipped with fewer than {} tokens after the BOS) at {hook}",
+        s.rows, s.dim, s.documents, s.tokens, s.skipped_documents, a.corpus.min_tokens.max(1)
     );
+    println!("corpus fingerprint {}", reader.fingerprint());
     println!("wrote {} and its provenance sidecar", a.out.display());
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
+#[cfg(feature = "torch")]
+mod bench;
 mod commands;
 mod compute;
 mod evaluate;
@@ -22,7 +24,7 @@ pub enum Command {
     /// Compute the center and threshold θ from the first rows of the activations.
     Calibrate(CalibrateArgs),
     /// Build a dictionary from activation files (streaming leader clustering).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Assign activations to their nearest exemplar (ids, distances, within-θ flags) → .npz.
     Assign(AssignArgs),
     /// Encode activations as dictionary codes (one-hot, top-k, signed, cosine) → .npy.
@@ -59,6 +61,50 @@ pub enum Command {
     CompareSae(sae::CompareSaeArgs),
     /// Match two dictionaries (Hungarian on cosine): persisted, dropped and introduced regions.
     Match(sae::MatchArgs),
+    /// Benchmark a build from text (model FLOPs, clustering FLOPs, tokens/s, MFU) → JSON.
+    #[cfg(feature = "torch")]
+    Bench(bench::BenchArgs),
+}
+
+/// Where documents come from, and how they become token sequences (builds from text and
+/// `activations`).
+#[derive(Args, Debug, Clone)]
+pub struct CorpusArgs {
+    /// Corpus files (.txt, .jsonl/.ndjson/.json, optionally .gz/.zst, .parquet), read in order.
+    #[arg(long, alias = "text", num_args = 1.., value_name = "FILE")]
+    pub corpus: Vec<PathBuf>,
+    /// JSON Lines field / Parquet column holding the text.
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_field: String,
+    /// How .txt files split into documents.
+    #[arg(long, default_value = "lines", value_parser = ["lines", "paragraphs", "whole"])]
+    pub text_mode: String,
+    /// Skip documents with fewer characters.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub min_chars: usize,
+    /// Skip documents with fewer tokens after the BOS (after truncation to --ctx).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_tokens: usize,
+    /// Shuffle the document order with this seed (a streaming shuffle; recorded).
+    #[arg(long, value_name = "SEED")]
+    pub shuffle_seed: Option<u64>,
+    /// Documents held by the shuffle buffer.
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_name = "N",
+        requires = "shuffle_seed"
+    )]
+    pub shuffle_buffer: usize,
+    /// Skip (and count) malformed records instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Tokens kept per document after the BOS.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub ctx: usize,
+    /// Keep only the last token of each document (final-position extraction).
+    #[arg(long)]
+    pub final_position: bool,
 }
 
 #[cfg(feature = "torch")]
@@ -70,12 +116,8 @@ pub struct ActivationsArgs {
     /// Hook, TransformerLens name: blocks.L.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out.
     #[arg(long)]
     pub hook: String,
-    /// UTF-8 text file, one document per non-empty line.
-    #[arg(long, value_name = "FILE")]
-    pub text: PathBuf,
-    /// Tokens kept per document after the BOS.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub ctx: usize,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
     /// Documents per forward pass.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub batch_prompts: usize,
@@ -147,11 +189,51 @@ pub struct CalibrateArgs {
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
-    /// Every backend gives the same result.
+    /// Every backend gives the same result. With --model, the model runs there too.
     #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
     pub device: String,
+    /// Activation files (.npy f32/f16 or .safetensors f32/f16/bf16, shape (N, D)), streamed in
+    /// the order given. A `<file>.provenance.jsonl` sidecar next to a file is used for example text.
+    #[arg(
+        long = "activations",
+        short = 'a',
+        num_args = 1..,
+        value_name = "FILE",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    pub activations: Vec<PathBuf>,
+    /// Tensor to read from .safetensors files (default: `activations`, or the only 2-D tensor).
+    #[arg(long, value_name = "NAME")]
+    pub tensor: Option<String>,
+    /// Drop rows holding NaN/Inf (counted and reported) instead of stopping with an error.
+    #[arg(long)]
+    pub skip_nonfinite: bool,
+    /// Build from text: a Gemma-2 checkpoint directory, read with --corpus and --hook (feature torch).
+    #[arg(long, value_name = "DIR", requires_all = ["corpus", "hook"])]
+    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub input: InputArgs,
+    pub corpus: CorpusArgs,
+    /// Documents per batch: with --model the forward and clustering batch (default 128, the
+    /// reference's); with --activations, batches of whole documents (needs sidecars) instead
+    /// of --batch-size rows.
+    #[arg(long, value_name = "N")]
+    pub batch_documents: Option<usize>,
+    /// Weight dtype with --model (default: f32 on cpu, bf16 on cuda).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub dtype: Option<String>,
+    /// Write a checkpoint here every --checkpoint-every batches and at the end (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Batches between checkpoints.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub checkpoint_every: u64,
+    /// Continue from --checkpoint (refused when the flags or inputs differ from the checkpoint's).
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
+    /// Testing aid: sleep this many milliseconds after each batch.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub throttle_ms: Option<u64>,
     /// A calibration file from `exemplar calibrate`.
     #[arg(
         long,
@@ -213,9 +295,9 @@ pub struct BuildArgs {
     /// Write one int64 partition id per input row (stream order; −1 for rows not clustered) to this .npy.
     #[arg(long, value_name = "FILE")]
     pub assignments: Option<PathBuf>,
-    /// Model name recorded in the dictionary's metadata.
-    #[arg(long)]
-    pub model: Option<String>,
+    /// Model name recorded in the dictionary's metadata (default with --model: the directory).
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
     /// Hook name recorded in the dictionary's metadata (e.g. blocks.12.hook_resid_post).
     #[arg(long)]
     pub hook: Option<String>,
@@ -326,7 +408,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Calibrate(a) => commands::calibrate(a),
-        Command::Build(a) => commands::build(a),
+        Command::Build(a) => commands::build(*a),
         Command::Assign(a) => commands::assign(a),
         Command::Encode(a) => commands::encode(a),
         Command::Inspect(a) => commands::inspect(a),
@@ -346,6 +428,8 @@ pub fn main() -> std::process::ExitCode {
         Command::SaeEncode(a) => sae::sae_encode(a),
         Command::CompareSae(a) => sae::compare_sae(a),
         Command::Match(a) => sae::match_dictionaries(a),
+        #[cfg(feature = "torch")]
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,17 @@ fn token_of(doc: i64, pos: i64) -> Option<TokenRef> {
 impl Dictionary {
     /// Saves the dictionary atomically; an existing file is replaced only with `force`.
     pub fn save(&self, path: &Path, force: bool) -> Result<()> {
+        self.save_with(path, force, &[], Vec::new())
+    }
+
+    /// [`Dictionary::save`] with extra `__metadata__` entries and tensors (checkpoints use it).
+    pub(crate) fn save_with(
+        &self,
+        path: &Path,
+        force: bool,
+        extra_meta: &[(&str, String)],
+        extra_tensors: Vec<TensorOut<'_>>,
+    ) -> Result<()> {
         let (k, d) = (self.len(), self.dim);
         let n = self.examples_per_partition;
         let r = self.reservoir_size;
@@ -60,7 +71,10 @@ impl Dictionary {
             partitions: k,
             info: self.info.clone(),
         };
-        let meta = tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
+        let mut meta = tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
+        for (k, v) in extra_meta {
+            meta.insert((*k).to_string(), v.clone());
+        }
         let means = self.mean_directions();
         let coherence: Vec<f32> = (0..k).map(|p| self.coherence(p) as f32).collect();
         let counts: Vec<i64> = self.counts.iter().map(|&c| c as i64).collect();
@@ -88,7 +102,7 @@ impl Dictionary {
             doc_offsets.push(doc_bytes.len() as i64);
         }
         let reservoir = &self.reservoir;
-        let tensors = vec![
+        let mut tensors = vec![
             TensorOut::f32("center", vec![d], &self.center),
             TensorOut::f32("exemplars", vec![k, d], &self.exemplars),
             TensorOut::f32("mean_directions", vec![k, d], &means),
@@ -127,12 +141,18 @@ impl Dictionary {
             TensorOut::i64("document_offsets", vec![doc_offsets.len()], &doc_offsets),
             TensorOut::u8("document_tokens", &doc_bytes),
         ];
+        tensors.extend(extra_tensors);
         tensorfile::write(path, tensors, &meta, force)
     }
 
     /// Loads a dictionary file, checking its format, version and every tensor's shape.
     pub fn load(path: &Path) -> Result<Self> {
-        let f = TensorFile::open(path)?;
+        Self::load_from(&TensorFile::open(path)?)
+    }
+
+    /// [`Dictionary::load`] from an opened file (whose other entries the caller may read).
+    pub(crate) fn load_from(f: &TensorFile) -> Result<Self> {
+        let path = f.path();
         let header: Header = f.header(FORMAT, FORMAT_VERSION, "dictionary")?;
         let (k, d) = (header.partitions, header.dim);
         let n = header.info.examples_per_partition as usize;

@@ -24,6 +24,19 @@ pub struct Example {
     pub token: Option<TokenRef>,
 }
 
+/// Wall-clock seconds of a build's phases: the forward passes (builds from text), the
+/// clustering (`add_batch`) and the calibration. Measurements, not settings: tests comparing two
+/// builds blank them (with `build_seconds` and `created_unix`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub forward_seconds: Option<f64>,
+    #[serde(default)]
+    pub clustering_seconds: f64,
+    #[serde(default)]
+    pub calibration_seconds: Option<f64>,
+}
+
 /// The build's settings and record, stored in the file's metadata.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BuildInfo {
@@ -54,9 +67,60 @@ pub struct BuildInfo {
     pub crate_version: String,
     pub build_seconds: f64,
     pub created_unix: u64,
-    /// Clustering FLOPs spent by the build (filled by the builder; 0 in older files).
+    /// Forward FLOPs actually spent on the model (`Gemma2::forward_flops` of every forward,
+    /// calibration included); `None` for builds from activation files.
+    #[serde(default)]
+    pub model_flops: Option<f64>,
+    /// Clustering FLOPs: `2·D·rows·K` of every nearest-exemplar step (phase A, and the strict-order
+    /// revisit against the in-batch leaders) plus the in-batch leader work of phase B (`2·D·c·L`
+    /// against earlier leaders and `2·D·c²` within each chunk of `c` unmatched rows).
+    /// Calibration is not included.
     #[serde(default)]
     pub clustering_flops: f64,
+    /// The model checkpoint directory of a build from text.
+    #[serde(default)]
+    pub model_path: Option<String>,
+    /// SHA-256 of the checkpoint's `config.json` (lowercase hex).
+    #[serde(default)]
+    pub model_config_hash: Option<String>,
+    /// Corpus files of a build from text (in reading order).
+    #[serde(default)]
+    pub corpus: Vec<String>,
+    /// SHA-256 of the corpus documents read (see docs/corpora.md).
+    #[serde(default)]
+    pub corpus_fingerprint: Option<String>,
+    /// Seed of the document order's shuffle (`None`: file order).
+    #[serde(default)]
+    pub order_seed: Option<u64>,
+    /// Shuffle buffer (documents) of the document order.
+    #[serde(default)]
+    pub order_buffer: Option<u64>,
+    /// Tokens kept per document after the BOS.
+    #[serde(default)]
+    pub ctx: Option<u64>,
+    /// Documents per batch (builds from text, or `--batch-documents`).
+    #[serde(default)]
+    pub batch_documents: Option<u64>,
+    /// Documents with fewer characters were skipped.
+    #[serde(default)]
+    pub min_chars: Option<u64>,
+    /// Documents with fewer tokens (BOS excluded) were skipped.
+    #[serde(default)]
+    pub min_tokens: Option<u64>,
+    /// Only the last token of each document was kept.
+    #[serde(default)]
+    pub final_position: bool,
+    /// Corpus documents read (accepted by the corpus filters) and skipped by the token filter.
+    #[serde(default)]
+    pub documents_read: Option<u64>,
+    #[serde(default)]
+    pub documents_skipped_tokens: Option<u64>,
+    /// Wall-clock seconds of the build's phases.
+    #[serde(flatten)]
+    pub timings: Timings,
+    /// Times the build was resumed from a checkpoint.
+    #[serde(default)]
+    pub resumed: u64,
 }
 
 impl Default for BuildInfo {
@@ -89,7 +153,23 @@ impl Default for BuildInfo {
             crate_version: env!("CARGO_PKG_VERSION").into(),
             build_seconds: 0.0,
             created_unix: 0,
+            model_flops: None,
             clustering_flops: 0.0,
+            model_path: None,
+            model_config_hash: None,
+            corpus: vec![],
+            corpus_fingerprint: None,
+            order_seed: None,
+            order_buffer: None,
+            ctx: None,
+            batch_documents: None,
+            min_chars: None,
+            min_tokens: None,
+            final_position: false,
+            documents_read: None,
+            documents_skipped_tokens: None,
+            timings: Timings::default(),
+            resumed: 0,
         }
     }
 }

@@ -231,6 +231,7 @@ pub fn run_sweep(
             min_members: 1,
             model: None,
             hook: None,
+            total_rows: None,
         };
         let out = build_stream(backend, &mut stream, &cal, &plan)?;
         let seconds = start.elapsed().as_secs_f64();

@@ -87,12 +87,23 @@ pub fn texts_through_model(
     let tok = Tokenizer::from_file(&model_dir.join("tokenizer.json"), model.config.bos_token_id)?;
     let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let out = dir.path().join("activations.safetensors");
+    // Document i of `texts` gets id i.
+    let numbered: Vec<(i64, String)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as i64, t.clone()))
+        .collect();
     let summary = extract_to_file(
         &model,
         &tok,
         hook,
-        texts,
-        &ExtractOptions { ctx, batch_prompts },
+        &numbered,
+        &ExtractOptions {
+            ctx,
+            batch_prompts,
+            min_tokens: 1,
+            final_position: false,
+        },
         &out,
         false,
     )?;

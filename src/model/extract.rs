@@ -2,13 +2,13 @@
 //! `activations` tensor `(N, D)` (f32) with one row per non-BOS, non-pad token, and its
 //! `<file>.provenance.jsonl` sidecar (document id, token strings, positions).
 
+use super::text::{forward_rows, prepare_document};
 use super::{Gemma2, HookKind, HookPoint, Tokenizer};
 use crate::error::{Error, Result};
 use crate::output::{check_writable, AtomicFile};
 use crate::tensorfile::{self, TensorOut};
 use std::io::Write;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
 
 /// Settings of an extraction.
 #[derive(Debug, Clone)]
@@ -17,6 +17,10 @@ pub struct ExtractOptions {
     pub ctx: usize,
     /// Documents per forward pass.
     pub batch_prompts: usize,
+    /// Documents with fewer tokens after the BOS are skipped (at least 1).
+    pub min_tokens: usize,
+    /// Keep only the last token of each document.
+    pub final_position: bool,
 }
 
 /// What an extraction wrote.
@@ -29,14 +33,16 @@ pub struct ExtractSummary {
     pub dim: usize,
 }
 
-/// Runs `documents` through `model` and keeps the activations at `hook` of every token but the
-/// BOS (and padding). Documents are truncated to BOS + `ctx` tokens; those with no token after
-/// the BOS are skipped (counted). Writes `out` and `<out>.provenance.jsonl` atomically.
+/// Runs `documents` (`(doc_id, text)`, in order) through `model` and keeps the activations at
+/// `hook` of every token but the BOS (and padding), or of the last token only. Documents are
+/// truncated to BOS + `ctx` tokens; those with fewer than `min_tokens` tokens after the BOS are
+/// skipped (counted). Tokenisation and the forward are those of a build from text
+/// ([`super::text`]). Writes `out` and `<out>.provenance.jsonl` atomically.
 pub fn extract_to_file(
     model: &Gemma2,
     tokenizer: &Tokenizer,
     hook: HookPoint,
-    documents: &[String],
+    documents: &[(i64, String)],
     options: &ExtractOptions,
     out: &Path,
     force: bool,
@@ -53,22 +59,18 @@ pub fn extract_to_file(
     let sidecar = crate::data::provenance::sidecar_path(out);
     check_writable(out, force)?;
     check_writable(&sidecar, force)?;
-    let pad = model.config.pad_token_id;
     let d = model.config.hidden_size;
-    let mut docs: Vec<(usize, Vec<i64>)> = Vec::new();
+    let mut docs: Vec<(i64, Vec<i64>)> = Vec::new();
     let mut skipped = 0;
-    for (i, text) in documents.iter().enumerate() {
-        let mut ids = tokenizer.encode(text)?;
-        ids.truncate(options.ctx + 1);
-        if ids.len() < 2 {
-            skipped += 1;
-        } else {
-            docs.push((i, ids));
+    for (i, text) in documents {
+        match prepare_document(tokenizer, text, options.ctx, options.min_tokens)? {
+            Some(ids) => docs.push((*i, ids)),
+            None => skipped += 1,
         }
     }
     if docs.is_empty() {
         return Err(Error::EmptyInput(
-            "no document has a token after the BOS".into(),
+            "no document has enough tokens after the BOS".into(),
         ));
     }
     let pb = crate::pipeline::progress_bar(docs.len() as u64, "forward");
@@ -76,36 +78,15 @@ pub fn extract_to_file(
     let mut lines = Vec::with_capacity(docs.len());
     let mut tokens = 0usize;
     for chunk in docs.chunks(options.batch_prompts) {
-        let t = chunk.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0);
-        let mut flat = Vec::with_capacity(chunk.len() * t);
-        let mut mask = Vec::with_capacity(chunk.len() * t);
-        for (_, ids) in chunk {
-            flat.extend(
-                ids.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(pad, t - ids.len())),
-            );
-            mask.extend(
-                std::iter::repeat_n(1i64, ids.len()).chain(std::iter::repeat_n(0, t - ids.len())),
-            );
-        }
-        let (b, ti) = (chunk.len() as i64, t as i64);
-        let input = Tensor::from_slice(&flat).view([b, ti]);
-        let mask = Tensor::from_slice(&mask).view([b, ti]);
-        let fwd = model.forward(&input, &mask, &[hook], &[], false)?;
-        let acts = fwd.hooks[&hook].to_kind(Kind::Float).to_device(Device::Cpu);
-        for (bi, (doc, ids)) in chunk.iter().enumerate() {
-            let n = ids.len() as i64 - 1;
-            let x = acts.get(bi as i64).narrow(0, 1, n).contiguous();
-            let mut buf = vec![0.0f32; (n as usize) * d];
-            let len = buf.len();
-            x.copy_data(&mut buf, len);
-            rows.extend_from_slice(&buf);
+        let refs: Vec<&[i64]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
+        let (r, positions, _) = forward_rows(model, hook, &refs, options.final_position)?;
+        rows.extend_from_slice(&r);
+        for ((doc, ids), pos) in chunk.iter().zip(positions) {
             tokens += ids.len();
             lines.push(serde_json::json!({
                 "doc_id": doc,
                 "tokens": tokenizer.token_strings(ids),
-                "positions": (1..ids.len()).collect::<Vec<_>>(),
+                "positions": pos,
             }));
         }
         pb.inc(chunk.len() as u64);
@@ -115,6 +96,10 @@ pub fn extract_to_file(
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("hook".to_string(), hook.name());
     meta.insert("ctx".to_string(), options.ctx.to_string());
+    meta.insert(
+        "final_position".to_string(),
+        options.final_position.to_string(),
+    );
     meta.insert(
         "producer".to_string(),
         format!("exemplar {} activations", env!("CARGO_PKG_VERSION")),

@@ -5,6 +5,7 @@ pub mod config;
 pub mod extract;
 pub mod gemma2;
 pub mod hooks;
+pub mod text;
 pub mod tokenizer;
 
 pub use config::{AttentionKind, Gemma2Config};

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// A tokenizer that encodes text as `[BOS] + ids`.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: i64,

@@ -1,0 +1,269 @@
+//! Checkpoints of a long build: the dictionary so far (the dictionary file's tensors, so every
+//! statistic, example and reservoir round-trips exactly) plus, in the `__metadata__` entry
+//! `exemplar_checkpoint`, the builder's own state, the calibration, the input's position and the
+//! identity of the run (flags and inputs), and, when recorded, the per-row assignments as the
+//! tensor `checkpoint_assignments`. Written atomically, so a build killed at any moment leaves
+//! either the previous checkpoint or the new one.
+
+use crate::build::BuilderState;
+use crate::calibrate::{Calibration, PercentileMethod};
+use crate::dictionary::Dictionary;
+use crate::error::{Error, Result};
+use crate::tensorfile::{TensorFile, TensorOut};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `__metadata__` key of the checkpoint record.
+const KEY: &str = "exemplar_checkpoint";
+/// Version of the record; a reader refuses others.
+const VERSION: u32 = 1;
+
+/// The calibration of a checkpointed build (its center is the dictionary's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    pub theta: f64,
+    pub percentile: f64,
+    pub method: String,
+    pub n_activations: u64,
+    pub batch_size: usize,
+    pub batch_percentiles: Vec<f64>,
+}
+
+impl CalibrationRecord {
+    pub fn of(c: &Calibration) -> Self {
+        CalibrationRecord {
+            theta: c.theta,
+            percentile: c.percentile,
+            method: c.method.as_str().to_string(),
+            n_activations: c.n_activations,
+            batch_size: c.batch_size,
+            batch_percentiles: c.batch_percentiles.clone(),
+        }
+    }
+
+    pub fn calibration(&self, center: Vec<f32>) -> Result<Calibration> {
+        Ok(Calibration {
+            center,
+            theta: self.theta,
+            percentile: self.percentile,
+            method: PercentileMethod::parse(&self.method).ok_or_else(|| {
+                Error::param("checkpoint", format!("unknown method {}", self.method))
+            })?,
+            n_activations: self.n_activations,
+            batch_size: self.batch_size,
+            batch_percentiles: self.batch_percentiles.clone(),
+        })
+    }
+}
+
+/// Everything of a build's state besides the dictionary and the assignments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub version: u32,
+    /// The run's flags and inputs; a resume must present the same.
+    pub identity: serde_json::Value,
+    pub builder: BuilderState,
+    pub calibration: CalibrationRecord,
+    /// The input's position after the last clustered batch (the source's own record).
+    pub position: serde_json::Value,
+    /// Rows and tokens clustered so far.
+    pub activations: u64,
+    pub tokens: u64,
+    /// Seconds spent before this checkpoint (all runs so far).
+    pub elapsed_seconds: f64,
+}
+
+impl CheckpointRecord {
+    pub fn new(
+        identity: serde_json::Value,
+        builder: BuilderState,
+        calibration: CalibrationRecord,
+        position: serde_json::Value,
+    ) -> Self {
+        CheckpointRecord {
+            version: VERSION,
+            identity,
+            builder,
+            calibration,
+            position,
+            activations: 0,
+            tokens: 0,
+            elapsed_seconds: 0.0,
+        }
+    }
+}
+
+/// Writes a checkpoint atomically (replacing an older one).
+pub fn save(
+    path: &Path,
+    dict: &Dictionary,
+    record: &CheckpointRecord,
+    assignments: Option<&[i64]>,
+) -> Result<()> {
+    let json = serde_json::to_string(record).expect("records serialise");
+    let extra = match assignments {
+        Some(a) => vec![TensorOut::i64("checkpoint_assignments", vec![a.len()], a)],
+        None => vec![],
+    };
+    dict.save_with(path, true, &[(KEY, json)], extra)
+}
+
+/// Reads a checkpoint: the dictionary, the record, and the assignments when it has them.
+pub fn load(path: &Path) -> Result<(Dictionary, CheckpointRecord, Option<Vec<i64>>)> {
+    let f = TensorFile::open(path)?;
+    let dict = Dictionary::load_from(&f)?;
+    let json = f.metadata().get(KEY).ok_or_else(|| {
+        Error::format(
+            path,
+            "a dictionary, not a checkpoint (no `exemplar_checkpoint` metadata)",
+        )
+    })?;
+    let record: CheckpointRecord = serde_json::from_str(json)
+        .map_err(|e| Error::format(path, format!("invalid checkpoint record: {e}")))?;
+    if record.version != VERSION {
+        return Err(Error::format(
+            path,
+            format!(
+                "checkpoint version {} (this build reads {VERSION})",
+                record.version
+            ),
+        ));
+    }
+    let assignments = if f.has("checkpoint_assignments") {
+        let n = f.shape("checkpoint_assignments")?;
+        Some(f.i64("checkpoint_assignments", &n)?)
+    } else {
+        None
+    };
+    Ok((dict, record, assignments))
+}
+
+/// The keys whose values differ between the checkpoint's identity and this run's (both JSON
+/// objects), as `key: checkpoint X, now Y` lines.
+pub fn identity_differences(recorded: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let a = recorded.as_object().unwrap_or(&empty);
+    let b = now.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+            format!("{k}: checkpoint {}, now {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{BuildConfig, Builder};
+    use crate::data::{ActivationBatch, Document, TokenRef};
+
+    /// Seeded rows in a few loose clusters, with provenance (10 rows per document).
+    fn batch(first: u64, n: usize, d: usize) -> ActivationBatch {
+        let mut data = Vec::with_capacity(n * d);
+        for r in first..first + n as u64 {
+            let c = (r * 7 % 5) as f32;
+            for j in 0..d {
+                let z = crate::build::uniform_below(3, r * d as u64 + j as u64, 1000) as f32;
+                data.push(if j as f32 == c { 3.0 } else { 0.0 } + z / 1000.0);
+            }
+        }
+        let mut b = ActivationBatch::from_rows(data, d, first);
+        b.tokens = Some(
+            (first..first + n as u64)
+                .map(|r| TokenRef {
+                    doc_id: (r / 10) as i64,
+                    position: 1 + (r % 10) as i64,
+                })
+                .collect(),
+        );
+        let docs: std::collections::BTreeSet<i64> =
+            (first..first + n as u64).map(|r| (r / 10) as i64).collect();
+        b.documents = docs
+            .into_iter()
+            .map(|doc_id| Document {
+                doc_id,
+                tokens: (0..11).map(|t| format!("t{doc_id}.{t}")).collect(),
+            })
+            .collect();
+        b
+    }
+
+    #[test]
+    fn a_checkpointed_builder_continues_to_the_same_dictionary() {
+        let d = 6;
+        let config = BuildConfig {
+            reservoir_size: 3,
+            examples_per_partition: 2,
+            saturation_window: None,
+            merge_threshold: Some(0.02),
+            record_assignments: Some(400),
+            seed: 9,
+            ..BuildConfig::default()
+        };
+        let center = vec![0.1; d];
+        let batches: Vec<ActivationBatch> = (0..4).map(|i| batch(i * 100, 100, d)).collect();
+        let mut full = Builder::new(center.clone(), 0.05, config.clone()).unwrap();
+        for b in &batches {
+            full.add_batch(b).unwrap();
+        }
+        let mut first = Builder::new(center, 0.05, config.clone()).unwrap();
+        for b in &batches[..2] {
+            first.add_batch(b).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ck.safetensors");
+        let cal = CalibrationRecord {
+            theta: 0.05,
+            percentile: 5.0,
+            method: "linear".into(),
+            n_activations: 100,
+            batch_size: 100,
+            batch_percentiles: vec![0.05],
+        };
+        let rec = CheckpointRecord::new(
+            serde_json::json!({"x": 1}),
+            first.state(),
+            cal.clone(),
+            serde_json::json!({"rows": 200}),
+        );
+        save(&p, first.dictionary(), &rec, first.recorded_assignments()).unwrap();
+        let (dict, got, assignments) = load(&p).unwrap();
+        assert_eq!(&dict, first.dictionary());
+        assert_eq!(got, rec);
+        assert_eq!(assignments.as_deref(), first.recorded_assignments());
+        let mut resumed = Builder::restore(dict, got.builder, assignments, config).unwrap();
+        for b in &batches[2..] {
+            resumed.add_batch(b).unwrap();
+        }
+        let (a, b) = (full.finish(1), resumed.finish(1));
+        assert!(a.dictionary.len() > 5);
+        assert_eq!(a.dictionary, b.dictionary);
+        assert_eq!(a.assignments, b.assignments);
+        // A dictionary without the record is not a checkpoint.
+        let plain = dir.path().join("d.safetensors");
+        a.dictionary.save(&plain, false).unwrap();
+        let e = load(&plain).unwrap_err().to_string();
+        assert!(e.contains("not a checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn identity_differences_name_each_changed_key() {
+        let a = serde_json::json!({"percentile": 10.0, "seed": 0, "gone": true});
+        let b = serde_json::json!({"percentile": 5.0, "seed": 0, "new": 1});
+        assert_eq!(
+            identity_differences(&a, &b),
+            vec![
+                "gone: checkpoint true, now (absent)".to_string(),
+                "new: checkpoint (absent), now 1".to_string(),
+                "percentile: checkpoint 10.0, now 5.0".to_string(),
+            ]
+        );
+        assert!(identity_differences(&a, &a).is_empty());
+    }
+}

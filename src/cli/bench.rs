@@ -1,0 +1,489 @@
+//! `exemplar bench`: times a build from text (a random Gemma-2 of a named shape, or a checkpoint
+//! with a corpus) and reports tokens, activations, model and clustering FLOPs, wall time,
+//! tokens/s, device-seconds, MFU and device-to-host bytes per batch, for two paths:
+//!
+//! * `build`: the forward stops at the hook (no final norm, no unembedding) and feeds the
+//!   clustering;
+//! * `harvest`: the reference's style — the full forward with logits, the hooked activations
+//!   copied to the host (and the f32 rows uploaded again for the clustering on a GPU).
+//!
+//! Next to them it prints the reference pipeline's cost model (ep-reference-spec.md §11.2) for
+//! the same token count. The build path still copies the hooked tensor to the host (the
+//! zero-copy kernel path is a later step), and its bytes are counted as such.
+
+use super::commands::model_device;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use exemplar::backend::{Backend, DeviceChoice};
+use exemplar::build::BuildConfig;
+use exemplar::data::{ActivationBatch, Document, TokenRef};
+use exemplar::dictionary::BuildInfo;
+use exemplar::model::text::forward_rows;
+use exemplar::model::{Gemma2, Gemma2Config, HookPoint};
+use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Random-weight model shape: tiny (D 64, 4 layers), small (D 256, 8 layers), gemma-2-2b.
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "gemma-2-2b"], conflicts_with = "model")]
+    pub shape: String,
+    /// A checkpoint directory instead of a random model (needs --corpus).
+    #[arg(long, value_name = "DIR", requires = "corpus")]
+    pub model: Option<PathBuf>,
+    /// Corpus files for --model (otherwise documents are seeded random token ids).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub corpus: Vec<PathBuf>,
+    /// Hook (layer L of the shape: blocks.L.hook_resid_post).
+    #[arg(long, default_value = "blocks.1.hook_resid_post")]
+    pub hook: String,
+    /// Documents to stream.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub documents: usize,
+    /// Tokens per document after the BOS.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub ctx: usize,
+    /// Documents per batch.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub batch_documents: usize,
+    /// Percentile that sets θ (calibrated on the first batches).
+    #[arg(long, short = 'p', default_value_t = 1.0)]
+    pub percentile: f64,
+    /// Calibration activations.
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub calibration_activations: u64,
+    /// Device: cpu, cuda, or auto.
+    #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
+    pub device: String,
+    /// Weight dtype (default: f32 on cpu, bf16 on cuda).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub dtype: Option<String>,
+    /// Peak dense TFLOP/s of the device for MFU (default: a table of known GPUs; none on CPU).
+    #[arg(long, value_name = "TFLOPS")]
+    pub peak_tflops: Option<f64>,
+    /// Skip the harvest path.
+    #[arg(long)]
+    pub no_harvest: bool,
+    /// Seed of the random weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the JSON here.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Print only the JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The named shapes (Gemma-2 config.json fields).
+fn shape_config(name: &str) -> Result<Gemma2Config> {
+    let (h, i, l, nh, nkv, hd, v) = match name {
+        "tiny" => (64, 128, 4, 4, 2, 16, 512),
+        "small" => (256, 1024, 8, 4, 2, 64, 4096),
+        "gemma-2-2b" => (2304, 9216, 26, 8, 4, 256, 256_000),
+        other => bail!("unknown shape {other}"),
+    };
+    let v = serde_json::json!({
+        "model_type": "gemma2", "hidden_size": h, "intermediate_size": i,
+        "num_hidden_layers": l, "num_attention_heads": nh, "num_key_value_heads": nkv,
+        "head_dim": hd, "vocab_size": v, "rope_theta": 10000.0, "query_pre_attn_scalar": hd,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096,
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+        "bos_token_id": 2, "pad_token_id": 0,
+    });
+    Gemma2Config::from_json(&v).map_err(|e| anyhow::anyhow!("shape {name}: {e}"))
+}
+
+/// Documents of seeded random token ids (BOS + ctx ids), run through the model at the hook.
+/// `full` runs the whole model with logits and counts the harvest's host round trip.
+struct RandomTokens<'a> {
+    model: &'a Gemma2,
+    hook: HookPoint,
+    documents: usize,
+    ctx: usize,
+    batch: usize,
+    seed: u64,
+    full: bool,
+    next_doc: usize,
+    rows: u64,
+    flops: f64,
+    forward_seconds: f64,
+    d2h: u64,
+    h2d: u64,
+    batches: u64,
+}
+
+impl RandomTokens<'_> {
+    fn ids(&self, doc: usize) -> Vec<i64> {
+        let v = self.model.config.vocab_size as u64;
+        let bos = self.model.config.bos_token_id;
+        std::iter::once(bos)
+            .chain((0..self.ctx).map(|t| {
+                let r = exemplar::build::uniform_below(
+                    self.seed,
+                    (doc * (self.ctx + 1) + t) as u64,
+                    v - 3,
+                );
+                3 + r as i64
+            }))
+            .collect()
+    }
+}
+
+impl BatchSource for RandomTokens<'_> {
+    fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+    fn next_batch(&mut self, max_rows: usize) -> exemplar::Result<Option<ActivationBatch>> {
+        if self.next_doc >= self.documents {
+            return Ok(None);
+        }
+        let end = (self.next_doc + self.batch).min(self.documents);
+        let docs: Vec<Vec<i64>> = (self.next_doc..end).map(|i| self.ids(i)).collect();
+        let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
+        let t0 = Instant::now();
+        let d = self.dim();
+        let elem = if self.model.kind() == Kind::Float {
+            4
+        } else {
+            2
+        };
+        let (mut data, positions) = if self.full {
+            // The reference: every block and the unembedding, then the kept rows to the host.
+            let c = &self.model.config;
+            let t = self.ctx + 1;
+            let flat: Vec<i64> = docs.concat();
+            let dev = self.model.device();
+            let input = Tensor::from_slice(&flat)
+                .view([docs.len() as i64, t as i64])
+                .to_device(dev);
+            let mask = input.ones_like();
+            let fwd = tch::no_grad(|| self.model.forward(&input, &mask, &[self.hook], &[], true))?;
+            let x = fwd.hooks[&self.hook]
+                .narrow(1, 1, t as i64 - 1)
+                .contiguous();
+            let host = x.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+            if let Some(l) = &fwd.logits {
+                let _ = l.sum(Kind::Float).double_value(&[]); // the logits are really computed
+            }
+            let n = docs.len() * (t - 1);
+            let mut rows = vec![0.0f32; n * d];
+            host.view([-1]).copy_data(&mut rows, n * d);
+            if dev != Device::Cpu {
+                self.d2h += (n * d * elem) as u64;
+                // The f32 rows go back for the GPU clustering.
+                let _back = Tensor::from_slice(&rows).to_device(dev);
+                self.h2d += (n * d * 4) as u64;
+            }
+            self.flops += self.model.forward_flops(
+                (docs.len() * t) as u64,
+                t as u64,
+                c.num_hidden_layers - 1,
+            ) + 2.0 * (c.hidden_size * c.vocab_size * docs.len() * t) as f64;
+            let positions: Vec<Vec<i64>> = docs.iter().map(|_| (1..t as i64).collect()).collect();
+            (rows, positions)
+        } else {
+            let (rows, positions, flops) = forward_rows(self.model, self.hook, &refs, false)?;
+            self.flops += flops;
+            if self.model.device() != Device::Cpu {
+                self.d2h += (docs.len() * (self.ctx + 1) * d * elem) as u64;
+            }
+            (rows, positions)
+        };
+        if self.model.device() != Device::Cpu {
+            tch::Cuda::synchronize(0);
+        }
+        self.forward_seconds += t0.elapsed().as_secs_f64();
+        self.batches += 1;
+        let mut tokens = Vec::new();
+        let mut documents = Vec::new();
+        for (k, pos) in positions.iter().enumerate() {
+            let doc_id = (self.next_doc + k) as i64;
+            documents.push(Document {
+                doc_id,
+                tokens: docs[k].iter().map(|i| format!("<id {i}>")).collect(),
+            });
+            tokens.extend(pos.iter().map(|&p| TokenRef {
+                doc_id,
+                position: p,
+            }));
+        }
+        let n = tokens.len().min(max_rows);
+        tokens.truncate(n);
+        data.truncate(n * d);
+        let new_tokens = docs.iter().map(|d| d.len() as u64).sum();
+        self.next_doc = end;
+        let stream_rows = (self.rows..self.rows + n as u64).collect();
+        self.rows += n as u64;
+        Ok(Some(ActivationBatch {
+            dim: d,
+            data,
+            stream_rows,
+            tokens: Some(tokens),
+            documents,
+            new_tokens,
+            skipped_nonfinite: 0,
+        }))
+    }
+    fn position(&self) -> serde_json::Value {
+        serde_json::json!({ "next_doc": self.next_doc })
+    }
+    fn seek(&mut self, _: &serde_json::Value) -> exemplar::Result<()> {
+        Err(exemplar::Error::param(
+            "bench",
+            "benchmark runs do not resume",
+        ))
+    }
+    fn record(&self, info: &mut BuildInfo) {
+        info.model_flops = Some(self.flops);
+        info.timings.forward_seconds = Some(self.forward_seconds);
+    }
+}
+
+/// Known dense bf16 peaks (TFLOP/s) by device name.
+fn known_peak(name: &str) -> Option<f64> {
+    let n = name.to_ascii_lowercase();
+    [
+        ("h200", 989.0),
+        ("h100", 989.0),
+        ("a100", 312.0),
+        ("l40s", 362.0),
+        ("a10", 125.0),
+    ]
+    .iter()
+    .find(|(k, _)| n.contains(k))
+    .map(|&(_, v)| v)
+}
+
+fn gpu_name() -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.lines()
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        exemplar::output::check_writable(out, a.force)?;
+    }
+    let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
+    let hook = HookPoint::parse(&a.hook)?;
+    let model = match &a.model {
+        Some(dir) => Gemma2::load(dir, kind, device)?,
+        None => Gemma2::random(shape_config(&a.shape)?, kind, device, a.seed as i64),
+    };
+    if hook.layer >= model.config.num_hidden_layers {
+        bail!(
+            "{hook}: the model has {} blocks",
+            model.config.num_hidden_layers
+        );
+    }
+    let backend = match device {
+        Device::Cuda(_) => Backend::select(DeviceChoice::parse("cuda")?)?.0,
+        _ => Backend::Cpu,
+    };
+    let device_name = match device {
+        Device::Cuda(_) => gpu_name().unwrap_or_else(|| "cuda".into()),
+        _ => format!("cpu ({} threads)", rayon::current_num_threads()),
+    };
+    let peak = a.peak_tflops.or_else(|| known_peak(&device_name));
+    let mut paths = vec![("build", false)];
+    if !a.no_harvest {
+        paths.push(("harvest", true));
+    }
+    let tok = match &a.model {
+        Some(dir) => Some(exemplar::model::Tokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            model.config.bos_token_id,
+        )?),
+        None => None,
+    };
+    let mut results = Vec::new();
+    for (name, full) in paths {
+        let plan = BuildPlan {
+            config: BuildConfig {
+                saturation_window: None,
+                ..BuildConfig::default()
+            },
+            batch_size: 0,
+            max_activations: None,
+            max_tokens: None,
+            min_members: 1,
+            model: None,
+            hook: Some(hook.name()),
+            total_rows: None,
+        };
+        let cal = CalibrationSpec::Inline {
+            percentile: a.percentile,
+            method: exemplar::calibrate::PercentileMethod::Linear,
+            activations: a.calibration_activations,
+        };
+        let t0 = Instant::now();
+        let (dict, d2h, h2d, batches) = match (&tok, full) {
+            (Some(tok), false) => {
+                use exemplar::data::corpus::{CorpusOptions, CorpusReader};
+                use exemplar::model::text::{TextOptions, TextSource};
+                let reader = CorpusReader::open(&a.corpus, CorpusOptions::default())?;
+                let mut src = TextSource::new(
+                    reader,
+                    tok,
+                    &model,
+                    hook,
+                    TextOptions {
+                        ctx: a.ctx,
+                        batch_documents: a.batch_documents,
+                        min_tokens: 1,
+                        final_position: false,
+                    },
+                )?;
+                let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
+                let (d2h, b) = src.transfer();
+                (out.dictionary, d2h, 0, b)
+            }
+            (Some(_), true) => continue, // the harvest path runs on random tokens only
+            (None, _) => {
+                let mut src = RandomTokens {
+                    model: &model,
+                    hook,
+                    documents: a.documents,
+                    ctx: a.ctx,
+                    batch: a.batch_documents,
+                    seed: a.seed,
+                    full,
+                    next_doc: 0,
+                    rows: 0,
+                    flops: 0.0,
+                    forward_seconds: 0.0,
+                    d2h: 0,
+                    h2d: 0,
+                    batches: 0,
+                };
+                let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
+                (out.dictionary, src.d2h, src.h2d, src.batches)
+            }
+        };
+        let wall = t0.elapsed().as_secs_f64();
+        let info = dict.info();
+        let mflops = info.model_flops.unwrap_or(0.0);
+        let total = mflops + info.clustering_flops;
+        results.push(serde_json::json!({
+            "path": name,
+            "tokens": info.tokens_streamed,
+            "activations": info.activations_streamed,
+            "batches": batches,
+            "partitions": dict.len(),
+            "theta": dict.theta(),
+            "model_flops": mflops,
+            "clustering_flops": info.clustering_flops,
+            "wall_seconds": wall,
+            "forward_seconds": info.timings.forward_seconds,
+            "clustering_seconds": info.timings.clustering_seconds,
+            "calibration_seconds": info.timings.calibration_seconds,
+            "tokens_per_second": info.tokens_streamed as f64 / wall,
+            "device_seconds": wall,
+            "mfu": peak.map(|p| total / wall / (p * 1e12)),
+            "d2h_bytes_per_batch": d2h as f64 / batches.max(1) as f64,
+            "h2d_bytes_per_batch": h2d as f64 / batches.max(1) as f64,
+        }));
+    }
+    // The reference pipeline's cost model (ep-reference-spec.md §11.2) for the same tokens.
+    let c = &model.config;
+    let tokens = results[0]["tokens"].as_u64().unwrap_or(0);
+    let acts = results[0]["activations"].as_u64().unwrap_or(0);
+    let seq = (a.ctx + 1) as u64;
+    let truncated = model.forward_flops(tokens, seq, hook.layer);
+    let all_blocks = model.forward_flops(tokens, seq, c.num_hidden_layers - 1);
+    let unembed = 2.0 * (c.hidden_size * c.vocab_size) as f64 * tokens as f64;
+    let rows_per_batch = (a.batch_documents * a.ctx) as f64;
+    let d = c.hidden_size as f64;
+    let reference = serde_json::json!({
+        "source": "ep-reference-spec.md §11.2: full forward (all blocks) + unembedding on every position, bf16 rows to the host, f32 rows back to the device, a .npz shard per batch",
+        "tokens": tokens,
+        "activations": acts,
+        "model_flops": all_blocks + unembed,
+        "model_flops_blocks": all_blocks,
+        "model_flops_unembedding": unembed,
+        "truncated_forward_flops": truncated,
+        "wasted_fraction": 1.0 - truncated / (all_blocks + unembed),
+        "d2h_bytes_per_batch": rows_per_batch * d * 2.0,
+        "h2d_bytes_per_batch": rows_per_batch * d * 4.0,
+        "shard_bytes_per_batch": rows_per_batch * d * 4.0,
+        "logits_bytes_per_batch": (a.batch_documents as f64) * seq as f64 * c.vocab_size as f64 * 2.0,
+    });
+    let report = serde_json::json!({
+        "device": device_name,
+        "peak_tflops": peak,
+        "model": match &a.model { Some(m) => m.display().to_string(), None => format!("random gemma-2 shape {}", a.shape) },
+        "dtype": format!("{kind:?}"),
+        "hidden_size": c.hidden_size,
+        "layers": c.num_hidden_layers,
+        "vocab_size": c.vocab_size,
+        "hook": hook.name(),
+        "ctx": a.ctx,
+        "batch_documents": a.batch_documents,
+        "percentile": a.percentile,
+        "note": "the build path copies the hooked [B, T, D] tensor to the host (the zero-copy kernel path is a later step); its d2h bytes count that copy",
+        "results": results,
+        "reference_cost_model": reference,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    if !a.json {
+        eprintln!(
+            "{:<8} {:>10} {:>10} {:>6} {:>12} {:>12} {:>9} {:>10} {:>8} {:>12}",
+            "path",
+            "tokens",
+            "acts",
+            "K",
+            "model TFLOP",
+            "clust TFLOP",
+            "wall s",
+            "tok/s",
+            "MFU",
+            "D2H B/batch"
+        );
+        for r in report["results"].as_array().expect("array") {
+            eprintln!(
+                "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>12.0}",
+                r["path"].as_str().unwrap_or(""),
+                r["tokens"],
+                r["activations"],
+                r["partitions"],
+                r["model_flops"].as_f64().unwrap_or(0.0) / 1e12,
+                r["clustering_flops"].as_f64().unwrap_or(0.0) / 1e12,
+                r["wall_seconds"].as_f64().unwrap_or(0.0),
+                r["tokens_per_second"].as_f64().unwrap_or(0.0),
+                r["mfu"]
+                    .as_f64()
+                    .map_or("-".to_string(), |m| format!("{:.2}%", 100.0 * m)),
+                r["d2h_bytes_per_batch"].as_f64().unwrap_or(0.0),
+            );
+        }
+        eprintln!(
+            "reference cost model: {:.4} TFLOP (blocks {:.4} + unembedding {:.4}) vs truncated forward {:.4} TFLOP ({:.0}% wasted); D2H {:.0} B + H2D {:.0} B + shard {:.0} B per batch",
+            reference["model_flops"].as_f64().unwrap_or(0.0) / 1e12,
+            all_blocks / 1e12,
+            unembed / 1e12,
+            truncated / 1e12,
+            100.0 * reference["wasted_fraction"].as_f64().unwrap_or(0.0),
+            rows_per_batch * d * 2.0,
+            rows_per_batch * d * 4.0,
+            rows_per_batch * d * 4.0,
+        );
+    }
+    println!("{text}");
+    if let Some(out) = &a.out {
+        exemplar::output::write_atomic(out, text.as_bytes(), a.force)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}

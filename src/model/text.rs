@@ -1,0 +1,478 @@
+//! Text → activation batches for the build: a corpus is read document by document, tokenised
+//! (BOS prepended, truncated to BOS + `ctx` tokens), filtered by token count, run through the
+//! model in batches of whole documents with the forward stopping at the hook, and every
+//! non-BOS, non-padding position becomes a row (or only the last token, with
+//! `final_position`). `exemplar activations` uses the same steps ([`prepare_document`],
+//! [`forward_rows`]), so a build from text and a build from the written activations see
+//! identical rows.
+//!
+//! Reading and tokenising run ahead on a thread (a bounded queue of two batches of documents),
+//! so the next batch's documents are ready when a forward ends; the batches do not depend on
+//! the timing.
+//!
+//! On CUDA the hooked tensor is still copied to the host here; feeding the device tensor to the
+//! clustering kernels without that copy (architecture.md §5) is a later step.
+
+use super::{Gemma2, HookKind, HookPoint, Tokenizer};
+use crate::data::corpus::{CorpusOptions, CorpusReader, CorpusStats};
+use crate::data::{ActivationBatch, Document, TokenRef};
+use crate::dictionary::BuildInfo;
+use crate::error::{Error, Result};
+use crate::pipeline::BatchSource;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// How documents become rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextOptions {
+    /// Tokens kept per document after the BOS (the reference's ctx: 128).
+    pub ctx: usize,
+    /// Documents per batch (forward pass and clustering batch; the reference's 128).
+    pub batch_documents: usize,
+    /// Documents with fewer tokens after the BOS (after truncation) are skipped (at least 1).
+    pub min_tokens: usize,
+    /// Keep only the last token of each document.
+    pub final_position: bool,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        TextOptions {
+            ctx: 128,
+            batch_documents: 128,
+            min_tokens: 1,
+            final_position: false,
+        }
+    }
+}
+
+/// `[BOS] + ids` of `text` truncated to BOS + `ctx` tokens, or `None` when fewer than
+/// `max(min_tokens, 1)` tokens follow the BOS.
+pub fn prepare_document(
+    tokenizer: &Tokenizer,
+    text: &str,
+    ctx: usize,
+    min_tokens: usize,
+) -> Result<Option<Vec<i64>>> {
+    let mut ids = tokenizer.encode(text)?;
+    ids.truncate(ctx + 1);
+    Ok((ids.len() > min_tokens.max(1)).then_some(ids))
+}
+
+/// The rows of one forward over `docs` (each `[BOS] + ids`, right-padded): `(rows, positions
+/// per document, forward FLOPs)`. Rows are f32, document by document, positions `1..L` (or
+/// `L − 1` alone with `final_position`).
+pub fn forward_rows(
+    model: &Gemma2,
+    hook: HookPoint,
+    docs: &[&[i64]],
+    final_position: bool,
+) -> Result<(Vec<f32>, Vec<Vec<i64>>, f64)> {
+    if hook.kind == HookKind::Z {
+        return Err(Error::param(
+            "hook",
+            "attn.hook_z is per head; use a residual-stream hook",
+        ));
+    }
+    let pad = model.config.pad_token_id;
+    let d = model.config.hidden_size;
+    let t = docs.iter().map(|ids| ids.len()).max().unwrap_or(0);
+    let mut flat = Vec::with_capacity(docs.len() * t);
+    let mut mask = Vec::with_capacity(docs.len() * t);
+    for ids in docs {
+        flat.extend(
+            ids.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, t - ids.len())),
+        );
+        mask.extend(
+            std::iter::repeat_n(1i64, ids.len()).chain(std::iter::repeat_n(0, t - ids.len())),
+        );
+    }
+    let (b, ti) = (docs.len() as i64, t as i64);
+    let dev = model.device();
+    let input = Tensor::from_slice(&flat).view([b, ti]).to_device(dev);
+    let mask = Tensor::from_slice(&mask).view([b, ti]).to_device(dev);
+    let fwd = tch::no_grad(|| model.forward(&input, &mask, &[hook], &[], false))?;
+    // The copy to the host (see the module docs).
+    let acts = fwd.hooks[&hook].to_kind(Kind::Float).to_device(Device::Cpu);
+    let flops = model.forward_flops((docs.len() * t) as u64, t as u64, hook.layer);
+    let mut rows = Vec::new();
+    let mut positions = Vec::with_capacity(docs.len());
+    for (bi, ids) in docs.iter().enumerate() {
+        let l = ids.len() as i64;
+        let (first, n) = if final_position {
+            (l - 1, 1)
+        } else {
+            (1, l - 1)
+        };
+        let x = acts.get(bi as i64).narrow(0, first, n).contiguous();
+        let start = rows.len();
+        rows.resize(start + n as usize * d, 0.0f32);
+        let len = n as usize * d;
+        x.copy_data(&mut rows[start..], len);
+        positions.push((first..first + n).collect());
+    }
+    Ok((rows, positions, flops))
+}
+
+/// A document read and tokenised ahead: `ids` is `None` when the token filter drops it.
+struct Prepared {
+    index: u64,
+    text: String,
+    ids: Option<Vec<i64>>,
+    /// The reader's counters after this document.
+    stats: CorpusStats,
+}
+
+/// What the read-ahead thread sends: documents in order, then the end or an error.
+enum Ahead {
+    Doc(Prepared),
+    End,
+    Failed(Error),
+}
+
+/// The read-ahead thread's side: reads, tokenises and sends until the end, an error, or the
+/// receiver's drop.
+fn read_ahead(
+    mut reader: CorpusReader,
+    tokenizer: Tokenizer,
+    ctx: usize,
+    min_tokens: usize,
+    tx: std::sync::mpsc::SyncSender<Ahead>,
+) {
+    loop {
+        let item = match reader.next_document() {
+            Ok(Some(doc)) => match prepare_document(&tokenizer, &doc.text, ctx, min_tokens) {
+                Ok(ids) => Ahead::Doc(Prepared {
+                    index: doc.index,
+                    text: doc.text,
+                    ids,
+                    stats: reader.stats(),
+                }),
+                Err(e) => Ahead::Failed(e),
+            },
+            Ok(None) => Ahead::End,
+            Err(e) => Ahead::Failed(e),
+        };
+        let last = !matches!(item, Ahead::Doc(_));
+        if tx.send(item).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Where the documents come from: the reader itself until the first batch (so a resume can
+/// skip documents), then the read-ahead thread.
+enum Feed {
+    Reader(Box<CorpusReader>),
+    Ahead(Receiver<Ahead>),
+    Done,
+}
+
+/// A corpus run through a model at a hook, as a [`BatchSource`] of whole-document batches.
+pub struct TextSource<'a> {
+    feed: Feed,
+    paths: Vec<PathBuf>,
+    corpus_options: CorpusOptions,
+    /// SHA-256 of the documents consumed, as [`CorpusReader::fingerprint`] hashes them.
+    hasher: Sha256,
+    /// Corpus documents consumed (kept or skipped by the token filter), and the reader's
+    /// counters as of the last one.
+    consumed: u64,
+    stats: CorpusStats,
+    tokenizer: &'a Tokenizer,
+    model: &'a Gemma2,
+    hook: HookPoint,
+    options: TextOptions,
+    /// The checkpoint directory and the SHA-256 of its config.json, recorded in the dictionary.
+    model_record: Option<(String, String)>,
+    rows: u64,
+    skipped_tokens: u64,
+    model_flops: f64,
+    forward_seconds: f64,
+    /// Device-to-host bytes of the hooked activations copied so far.
+    d2h_bytes: u64,
+    batches: u64,
+}
+
+impl<'a> TextSource<'a> {
+    pub fn new(
+        reader: CorpusReader,
+        tokenizer: &'a Tokenizer,
+        model: &'a Gemma2,
+        hook: HookPoint,
+        options: TextOptions,
+    ) -> Result<Self> {
+        if options.ctx == 0 || options.batch_documents == 0 {
+            return Err(Error::param("ctx/batch documents", "must be at least 1"));
+        }
+        if hook.layer >= model.config.num_hidden_layers {
+            return Err(Error::param(
+                "hook",
+                format!(
+                    "{hook}: the model has {} blocks",
+                    model.config.num_hidden_layers
+                ),
+            ));
+        }
+        if hook.kind == HookKind::Z {
+            return Err(Error::param(
+                "hook",
+                "attn.hook_z is per head; use a residual-stream hook",
+            ));
+        }
+        Ok(TextSource {
+            paths: reader.paths().to_vec(),
+            corpus_options: reader.options().clone(),
+            feed: Feed::Reader(Box::new(reader)),
+            hasher: Sha256::new(),
+            consumed: 0,
+            stats: CorpusStats::default(),
+            tokenizer,
+            model,
+            hook,
+            options,
+            model_record: None,
+            rows: 0,
+            skipped_tokens: 0,
+            model_flops: 0.0,
+            forward_seconds: 0.0,
+            d2h_bytes: 0,
+            batches: 0,
+        })
+    }
+
+    /// Records the checkpoint directory (and hashes its config.json) in the dictionary.
+    pub fn with_model_dir(mut self, dir: &std::path::Path) -> Result<Self> {
+        let p = dir.join("config.json");
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(&bytes);
+        self.model_record = Some((
+            dir.display().to_string(),
+            h.iter().map(|b| format!("{b:02x}")).collect(),
+        ));
+        Ok(self)
+    }
+
+    /// Forward FLOPs so far.
+    pub fn model_flops(&self) -> f64 {
+        self.model_flops
+    }
+
+    /// Seconds in forward passes (and the copy to the host) so far.
+    pub fn forward_seconds(&self) -> f64 {
+        self.forward_seconds
+    }
+
+    /// Device-to-host bytes of hooked activations so far, and batches.
+    pub fn transfer(&self) -> (u64, u64) {
+        (self.d2h_bytes, self.batches)
+    }
+
+    /// The corpus reader's counters as of the last document consumed.
+    pub fn corpus_stats(&self) -> CorpusStats {
+        self.stats
+    }
+
+    /// The SHA-256 of the documents consumed so far (as `CorpusReader::fingerprint`).
+    pub fn corpus_fingerprint(&self) -> String {
+        let digest = self.hasher.clone().finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn consume(&mut self, text: &str, stats: CorpusStats) {
+        self.hasher.update((text.len() as u64).to_le_bytes());
+        self.hasher.update(text.as_bytes());
+        self.consumed += 1;
+        self.stats = stats;
+    }
+
+    /// The next document, tokenised (`None` ids: dropped by the token filter); `None` at the end.
+    fn next_prepared(&mut self) -> Result<Option<(u64, Option<Vec<i64>>)>> {
+        if let Feed::Reader(_) = self.feed {
+            let Feed::Reader(reader) = std::mem::replace(&mut self.feed, Feed::Done) else {
+                unreachable!()
+            };
+            let (tx, rx) = sync_channel(2 * self.options.batch_documents);
+            let tok = self.tokenizer.clone();
+            let (ctx, min) = (self.options.ctx, self.options.min_tokens);
+            std::thread::Builder::new()
+                .name("exemplar-tokenize".into())
+                .spawn(move || read_ahead(*reader, tok, ctx, min, tx))
+                .map_err(|e| Error::param("tokenizer thread", e.to_string()))?;
+            self.feed = Feed::Ahead(rx);
+        }
+        let Feed::Ahead(rx) = &self.feed else {
+            return Ok(None);
+        };
+        match rx.recv() {
+            Ok(Ahead::Doc(p)) => {
+                self.consume(&p.text, p.stats);
+                Ok(Some((p.index, p.ids)))
+            }
+            Ok(Ahead::End) => {
+                self.feed = Feed::Done;
+                Ok(None)
+            }
+            Ok(Ahead::Failed(e)) => {
+                self.feed = Feed::Done;
+                Err(e)
+            }
+            Err(_) => {
+                self.feed = Feed::Done;
+                Err(Error::param("tokenizer thread", "ended without a result"))
+            }
+        }
+    }
+}
+
+impl BatchSource for TextSource<'_> {
+    fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+        let mut docs: Vec<(i64, Vec<i64>)> = Vec::with_capacity(self.options.batch_documents);
+        while docs.len() < self.options.batch_documents {
+            let Some((index, ids)) = self.next_prepared()? else {
+                break;
+            };
+            match ids {
+                Some(ids) => docs.push((index as i64, ids)),
+                None => self.skipped_tokens += 1,
+            }
+        }
+        if docs.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let refs: Vec<&[i64]> = docs.iter().map(|(_, ids)| ids.as_slice()).collect();
+        let (mut data, positions, flops) =
+            forward_rows(self.model, self.hook, &refs, self.options.final_position)?;
+        self.forward_seconds += t0.elapsed().as_secs_f64();
+        self.model_flops += flops;
+        let d = self.dim();
+        let t = refs.iter().map(|r| r.len()).max().unwrap_or(0);
+        // What the hooked tensor's copy moved: [B, T, D] in the model's dtype.
+        let elem = if self.model.kind() == Kind::Float {
+            4
+        } else {
+            2
+        };
+        if self.model.device() != Device::Cpu {
+            self.d2h_bytes += (docs.len() * t * d * elem) as u64;
+        }
+        self.batches += 1;
+        let mut tokens = Vec::new();
+        let mut documents = Vec::with_capacity(docs.len());
+        let mut new_tokens = 0u64;
+        for ((doc_id, ids), pos) in docs.iter().zip(&positions) {
+            if tokens.len() >= max_rows {
+                break;
+            }
+            documents.push(Document {
+                doc_id: *doc_id,
+                tokens: self.tokenizer.token_strings(ids),
+            });
+            new_tokens += ids.len() as u64;
+            tokens.extend(pos.iter().map(|&p| TokenRef {
+                doc_id: *doc_id,
+                position: p,
+            }));
+        }
+        let n = tokens.len().min(max_rows);
+        tokens.truncate(n);
+        data.truncate(n * d);
+        let stream_rows = (self.rows..self.rows + n as u64).collect();
+        self.rows += n as u64;
+        Ok(Some(ActivationBatch {
+            dim: d,
+            data,
+            stream_rows,
+            tokens: Some(tokens),
+            documents,
+            new_tokens,
+            skipped_nonfinite: 0,
+        }))
+    }
+
+    fn position(&self) -> serde_json::Value {
+        serde_json::json!({
+            "documents_read": self.consumed,
+            "skipped_tokens": self.skipped_tokens,
+            "rows": self.rows,
+            "model_flops": self.model_flops,
+            "forward_seconds": self.forward_seconds,
+            "d2h_bytes": self.d2h_bytes,
+            "batches": self.batches,
+        })
+    }
+
+    fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        let get = |k: &str| {
+            position.get(k).ok_or_else(|| {
+                Error::param(
+                    "checkpoint",
+                    format!("the recorded corpus position has no `{k}`"),
+                )
+            })
+        };
+        let docs = get("documents_read")?.as_u64().unwrap_or(0);
+        let Feed::Reader(reader) = &mut self.feed else {
+            return Err(Error::param(
+                "checkpoint",
+                "seek on a source already read from",
+            ));
+        };
+        let mut skipped = Vec::new();
+        for _ in 0..docs {
+            match reader.next_document()? {
+                Some(d) => skipped.push((d.text, reader.stats())),
+                None => {
+                    return Err(Error::param(
+                        "checkpoint",
+                        format!(
+                            "the corpus has fewer than the {docs} documents the checkpoint has read"
+                        ),
+                    ))
+                }
+            }
+        }
+        for (text, stats) in skipped {
+            self.consume(&text, stats);
+        }
+        self.skipped_tokens = get("skipped_tokens")?.as_u64().unwrap_or(0);
+        self.rows = get("rows")?.as_u64().unwrap_or(0);
+        self.model_flops = get("model_flops")?.as_f64().unwrap_or(0.0);
+        self.forward_seconds = get("forward_seconds")?.as_f64().unwrap_or(0.0);
+        self.d2h_bytes = get("d2h_bytes")?.as_u64().unwrap_or(0);
+        self.batches = get("batches")?.as_u64().unwrap_or(0);
+        Ok(())
+    }
+
+    fn record(&self, info: &mut BuildInfo) {
+        let opts = &self.corpus_options;
+        info.corpus = self.paths.iter().map(|p| p.display().to_string()).collect();
+        info.corpus_fingerprint = Some(self.corpus_fingerprint());
+        info.order_seed = opts.shuffle.map(|s| s.seed);
+        info.order_buffer = opts.shuffle.map(|s| s.buffer as u64);
+        info.min_chars = Some(opts.min_chars as u64);
+        info.ctx = Some(self.options.ctx as u64);
+        info.batch_documents = Some(self.options.batch_documents as u64);
+        info.min_tokens = Some(self.options.min_tokens.max(1) as u64);
+        info.final_position = self.options.final_position;
+        info.documents_read = Some(self.consumed);
+        info.documents_skipped_tokens = Some(self.skipped_tokens);
+        info.model_flops = Some(self.model_flops);
+        info.timings.forward_seconds = Some(self.forward_seconds);
+        if let Some((dir, hash)) = &self.model_record {
+            info.model_path = Some(dir.clone());
+            info.model_config_hash = Some(hash.clone());
+        }
+    }
+}
