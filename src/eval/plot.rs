@@ -192,7 +192,7 @@ mod tests {
                 > 500
         );
         assert!(matches!(
-            write_png(&p, &[panel.clone()], false),
+            write_png(&p, std::slice::from_ref(&panel), false),
             Err(Error::OutputExists(_))
         ));
         let mut bad = panel;
