@@ -6,41 +6,7 @@ mod common;
 
 use common::*;
 use exemplar::tensorfile::TensorFile;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                panic!(
-                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
-                );
-            }
-            eprintln!(
-                "skipping the numpy cross-check: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)"
-            );
-            None
-        }
-    }
-}
-
-fn run_python(py: &Path, dir: &Path, script: &str) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed\n--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use std::path::Path;
 
 #[test]
 fn synth_writes_the_documented_tensors_and_refuses_bad_specs() {
@@ -94,6 +60,42 @@ fn synth_writes_the_documented_tensors_and_refuses_bad_specs() {
 #[cfg(feature = "torch")]
 mod torch {
     use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn python() -> Option<PathBuf> {
+        match std::env::var_os("EXEMPLAR_PYTHON") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => {
+                if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
+                    panic!(
+                        "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
+                    );
+                }
+                eprintln!(
+                    "skipping the numpy cross-check: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)"
+                );
+                None
+            }
+        }
+    }
+
+    fn run_python(py: &Path, dir: &Path, script: &str) -> String {
+        let out = Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("running python");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python failed\n--- stdout\n{stdout}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     use exemplar::data::{ActivationStream, StreamOptions};
     use exemplar::eval::sae::{Sae, SaeActivation};
     use exemplar::eval::synthetic::{feature_recovery, SyntheticSpec};
