@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use exemplar::tensorfile::TensorFile;
-use std::path::Path;
 
 #[test]
 fn synth_writes_the_documented_tensors_and_refuses_bad_specs() {
@@ -60,7 +59,7 @@ fn synth_writes_the_documented_tensors_and_refuses_bad_specs() {
 #[cfg(feature = "torch")]
 mod torch {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     fn python() -> Option<PathBuf> {
