@@ -428,6 +428,111 @@ print(json.dumps(out))
         }
     }
 
+    /// Activations of the small random Gemma-2 fixture through train-sae and budget-sweep.
+    #[test]
+    fn small_random_gemma2_activations_through_train_sae_and_the_sweep() {
+        let fx = match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
+            Some(p) => PathBuf::from(p).join("gqa"),
+            None if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") => {
+                panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
+            }
+            None => {
+                eprintln!(
+                    "skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes them)"
+                );
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let docs: String = (0..40)
+            .map(|i| {
+                format!(
+                    "note {i}: the river {} runs past hill {} toward the sea\n",
+                    i * 3,
+                    i % 7
+                )
+            })
+            .collect();
+        std::fs::write(d.join("docs.txt"), docs).unwrap();
+        let fx = fx.to_str().unwrap();
+        let acts = |corpus: &str, out: &str| {
+            exemplar(
+                d,
+                &[
+                    "activations",
+                    "--model",
+                    fx,
+                    "--hook",
+                    "blocks.1.hook_resid_post",
+                    "--corpus",
+                    corpus,
+                    "--ctx",
+                    "16",
+                    "-o",
+                    out,
+                ],
+            )
+            .ok();
+        };
+        acts("docs.txt", "train.safetensors");
+        std::fs::write(
+            d.join("held.txt"),
+            "a held out sentence about rivers and hills\nthe sea is far from here\n",
+        )
+        .unwrap();
+        acts("held.txt", "held.safetensors");
+        exemplar(
+            d,
+            &[
+                "train-sae",
+                "-a",
+                "train.safetensors",
+                "--width",
+                "64",
+                "-k",
+                "4",
+                "--sae-batch-size",
+                "128",
+                "-o",
+                "sae",
+            ],
+        )
+        .ok();
+        let out = exemplar(
+            d,
+            &[
+                "budget-sweep",
+                "-a",
+                "train.safetensors",
+                "--eval-activations",
+                "held.safetensors",
+                "--budgets",
+                "200,400",
+                "-p",
+                "5",
+                "--batch-size",
+                "100",
+                "--width",
+                "64",
+                "-k",
+                "4",
+                "--sae-batch-size",
+                "100",
+                "-o",
+                "sweep",
+            ],
+        )
+        .ok();
+        assert_mentions(&out.stdout, &["400", "report.json"]);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("sweep/report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["ep"][1]["activations"].as_u64(), Some(400));
+        assert_eq!(report["sae"][1]["training"]["rows"].as_u64(), Some(400));
+        assert!(report["ep"][1]["clustering_flops"].as_f64().unwrap() > 0.0);
+    }
+
     #[test]
     fn train_sae_cli_writes_a_loadable_saelens_sae_and_bad_inputs_fail_cleanly() {
         let dir = tempfile::tempdir().unwrap();
