@@ -31,8 +31,9 @@ pub struct SynthArgs {
     /// Zipf exponent of the dominant feature's frequency (0: uniform).
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
-    /// Noise standard deviation per coordinate (a feature has norm 1).
-    #[arg(long, default_value_t = 0.02)]
+    /// Expected norm of the noise vector (a feature has norm 1; each coordinate gets
+    /// N(0, (noise/√D)²), so the signal-to-noise ratio does not depend on D).
+    #[arg(long, default_value_t = 0.1)]
     pub noise: f64,
     /// Norm of the offset shared by every row.
     #[arg(long, default_value_t = 2.0)]

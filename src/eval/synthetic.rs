@@ -21,7 +21,8 @@ pub struct SyntheticSpec {
     pub secondary: usize,
     /// Zipf exponent of the dominant feature's frequency (0 = uniform).
     pub zipf: f64,
-    /// Standard deviation of the noise per coordinate, relative to a unit feature.
+    /// Expected norm of the noise vector, relative to a unit feature (each coordinate gets
+    /// N(0, (noise/√D)²)), so the signal-to-noise ratio does not depend on D.
     pub noise: f64,
     /// Norm of the shared offset μ, relative to a unit feature.
     pub offset_norm: f64,
@@ -40,7 +41,7 @@ impl Default for SyntheticSpec {
             features: 512,
             secondary: 3,
             zipf: 1.0,
-            noise: 0.02,
+            noise: 0.1,
             offset_norm: 2.0,
             seed: 0,
             row_seed: 0,
@@ -161,6 +162,7 @@ impl SyntheticSpec {
             *w = acc;
         }
         let stream0 = 1 + f as u64;
+        let sigma = self.noise / (d as f64).sqrt();
         let mut activations = vec![0.0f32; self.rows * d];
         let mut dominant = vec![0i64; self.rows];
         activations
@@ -185,7 +187,7 @@ impl SyntheticSpec {
                     }
                 }
                 for (o, xi) in row.iter_mut().zip(&x) {
-                    *o = (xi + self.noise * rng.gaussian()) as f32;
+                    *o = (xi + sigma * rng.gaussian()) as f32;
                 }
             });
         Ok(Synthetic {
