@@ -788,15 +788,21 @@ fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
     let mut again = flags.to_vec();
     again.extend(["--hook", shallow, "--hook", deep, "--percentile", "5,60"]);
     again.extend(["-o", "multi"]);
-    let before =
-        std::fs::read(dir.join("multi").join(format!("{shallow}.p5.safetensors"))).unwrap();
+    let kept = dir.join("multi").join(format!("{shallow}.p5.safetensors"));
+    let before = std::fs::read(&kept).unwrap();
     let e = exemplar(dir, &again).err();
     assert_mentions(&e, &["exists"]);
+    assert!(
+        std::fs::read(&kept).unwrap() == before,
+        "a refused build touched its output"
+    );
+    std::fs::copy(&kept, dir.join("before.safetensors")).unwrap();
     let mut forced = again.clone();
     forced.push("--force");
     exemplar(dir, &forced).ok();
-    let after = std::fs::read(dir.join("multi").join(format!("{shallow}.p5.safetensors"))).unwrap();
-    assert_eq!(before.len(), after.len());
+    let mut ignore = TIMINGS.to_vec();
+    ignore.push("model_flops");
+    assert_same_file(&dir.join("before.safetensors"), &kept, &ignore);
     // A file where the directory should be, checkpoints, and --activations are refused.
     std::fs::write(dir.join("afile"), b"x").unwrap();
     let mut bad = flags.to_vec();
