@@ -6,6 +6,10 @@
 //! [`forward_rows`]), so a build from text and a build from the written activations see
 //! identical rows.
 //!
+//! With several hooks ([`TextSource::with_hooks`]) one forward per batch, stopping after the
+//! deepest hooked block, gives every hook's rows ([`forward_rows_at`]), so a build of several
+//! hooks and percentiles (`pipeline::run_builds`) runs the model once per batch.
+//!
 //! Reading and tokenising run ahead on a thread (a bounded queue of two batches of documents),
 //! so the next batch's documents are ready when a forward ends; the batches do not depend on
 //! the timing.
