@@ -75,19 +75,29 @@ pub fn forward_rows(
     docs: &[&[i64]],
     final_position: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<i64>>, f64)> {
-    let (mut rows, positions, flops) = forward_rows_at(model, &[hook], docs, final_position)?;
-    Ok((rows.pop().expect("one hook"), positions, flops))
+    let mut f = forward_rows_at(model, &[hook], docs, final_position)?;
+    Ok((f.rows.pop().expect("one hook"), f.positions, f.flops))
+}
+
+/// What [`forward_rows_at`] returns.
+#[derive(Debug)]
+pub struct HookRows {
+    /// Per hook, in the order asked, the rows (f32, document by document).
+    pub rows: Vec<Vec<f32>>,
+    /// Per document, the positions of its rows (the same at every hook).
+    pub positions: Vec<Vec<i64>>,
+    /// FLOPs of the one forward.
+    pub flops: f64,
 }
 
 /// [`forward_rows`] at several hooks from one forward (stopping after the deepest hooked
-/// block): the rows of each hook in the order given (same positions for all), and the FLOPs
-/// of that one forward.
+/// block).
 pub fn forward_rows_at(
     model: &Gemma2,
     hooks: &[HookPoint],
     docs: &[&[i64]],
     final_position: bool,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<i64>>, f64)> {
+) -> Result<HookRows> {
     if hooks.iter().any(|h| h.kind == HookKind::Z) {
         return Err(Error::param(
             "hook",
@@ -143,7 +153,11 @@ pub fn forward_rows_at(
         }
         out.push(rows);
     }
-    Ok((out, positions, flops))
+    Ok(HookRows {
+        rows: out,
+        positions,
+        flops,
+    })
 }
 
 /// A document read and tokenised ahead: `ids` is `None` when the token filter drops it.
@@ -411,8 +425,11 @@ impl BatchSource for TextSource<'_> {
         }
         let t0 = Instant::now();
         let refs: Vec<&[i64]> = docs.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let (per_hook, positions, flops) =
-            forward_rows_at(self.model, &self.hooks, &refs, self.options.final_position)?;
+        let HookRows {
+            rows: per_hook,
+            positions,
+            flops,
+        } = forward_rows_at(self.model, &self.hooks, &refs, self.options.final_position)?;
         self.forward_seconds += t0.elapsed().as_secs_f64();
         self.model_flops += flops;
         let d = self.dim();
