@@ -1048,6 +1048,151 @@ mod tests {
         assert_eq!((c.rows(), c.new_tokens), (1, 3));
     }
 
+    /// Two activation streams of equal length read together, as a text source reads several
+    /// hooks from one forward.
+    struct TwoStreams<'a> {
+        a: RowBatches<'a>,
+        b: RowBatches<'a>,
+        reads: u64,
+    }
+
+    impl BatchSource for TwoStreams<'_> {
+        fn dim(&self) -> usize {
+            self.a.dim()
+        }
+        fn streams(&self) -> usize {
+            2
+        }
+        fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+            Ok(self.next_batches(max_rows)?.map(|mut v| v.swap_remove(0)))
+        }
+        fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
+            self.reads += 1;
+            match (self.a.next_batch(max_rows)?, self.b.next_batch(max_rows)?) {
+                (Some(x), Some(y)) => Ok(Some(vec![x, y])),
+                _ => Ok(None),
+            }
+        }
+        fn position(&self) -> serde_json::Value {
+            self.a.position()
+        }
+        fn seek(&mut self, _: &serde_json::Value) -> Result<()> {
+            unreachable!("not checkpointed")
+        }
+        fn record(&self, info: &mut crate::dictionary::BuildInfo) {
+            info.documents_read = Some(self.reads);
+        }
+    }
+
+    /// `run_builds` over two streams × two percentiles gives each pair the dictionary of
+    /// `run_build` on that stream alone (one stream saturates early, the other never; the
+    /// activation budget cuts the last batch), and reads the source once per batch, until the
+    /// last pair stops.
+    #[test]
+    fn run_builds_gives_each_pair_its_single_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, d) = (300usize, 16usize);
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5
+        };
+        // Stream 0: three tight clusters (saturates); stream 1: noise (keeps growing).
+        let mut x0 = Vec::with_capacity(n * d);
+        let mut x1 = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let c = if j == i % 3 { 5.0 } else { 0.0 };
+                x0.push(c + 0.01 * next());
+                x1.push(next());
+            }
+        }
+        let paths: Vec<_> = [x0, x1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let p = dir.path().join(format!("s{i}.npy"));
+                write_npy_file(&p, &NpyArray::matrix(x, n, d).unwrap(), false).unwrap();
+                p
+            })
+            .collect();
+        let open = |i: usize| {
+            ActivationStream::open(std::slice::from_ref(&paths[i]), StreamOptions::default())
+                .unwrap()
+        };
+        let plan = BuildPlan {
+            config: BuildConfig {
+                reservoir_size: 3,
+                examples_per_partition: 2,
+                ..Default::default()
+            },
+            batch_size: 32,
+            max_activations: Some(250),
+            max_tokens: None,
+            min_members: 1,
+            model: None,
+            hook: None,
+            total_rows: None,
+        };
+        let inline = |p: f64| CalibrationSpec::Inline {
+            percentile: p,
+            method: PercentileMethod::Linear,
+            activations: 50,
+        };
+        let backend = Backend::Cpu;
+        let (mut s0, mut s1) = (open(0), open(1));
+        let mut src = TwoStreams {
+            a: RowBatches::new(&mut s0, 32),
+            b: RowBatches::new(&mut s1, 32),
+            reads: 0,
+        };
+        let mut pairs = vec![];
+        for stream in 0..2 {
+            for p in [5.0, 60.0] {
+                pairs.push(BuildPair {
+                    stream,
+                    calibration: inline(p),
+                    hook: Some(format!("stream {stream}")),
+                });
+            }
+        }
+        let outs = run_builds(&backend, &mut src, pairs, &plan, None).unwrap();
+        let mut reads = vec![];
+        for (k, out) in outs.iter().enumerate() {
+            let (stream, p) = (k / 2, [5.0, 60.0][k % 2]);
+            // The stream alone (read twice, so `reads` counts as above).
+            let (mut s, mut again) = (open(stream), open(stream));
+            let mut alone = TwoStreams {
+                a: RowBatches::new(&mut s, 32),
+                b: RowBatches::new(&mut again, 32),
+                reads: 0,
+            };
+            let single = run_build(&backend, &mut alone, inline(p), &plan, None).unwrap();
+            let (a, b) = (&out.dictionary, &single.dictionary);
+            assert_eq!(a.exemplars(), b.exemplars(), "pair {k}");
+            assert_eq!(a.member_counts(), b.member_counts(), "pair {k}");
+            assert_eq!(a.theta(), b.theta(), "pair {k}");
+            let (ia, ib) = (a.info(), b.info());
+            assert_eq!(ia.activations_streamed, ib.activations_streamed, "pair {k}");
+            assert_eq!(ia.saturated, ib.saturated, "pair {k}");
+            assert_eq!(ia.documents_read, ib.documents_read, "pair {k}");
+            assert_eq!(
+                ia.hook.as_deref(),
+                Some(format!("stream {stream}").as_str())
+            );
+            reads.push((ia.documents_read.unwrap(), ia.saturated));
+        }
+        // The noise at percentile 5 ran to the budget: 250 rows in batches of 32 = 8 reads,
+        // the last cut to 26 rows; another pair saturated earlier. The source was read once
+        // per batch until the last pair stopped.
+        assert_eq!(outs[2].dictionary.info().activations_streamed, 250);
+        assert_eq!(reads[2], (8, false));
+        assert!(reads.iter().any(|&(r, sat)| sat && r < 8), "{reads:?}");
+        assert_eq!(src.reads, 8);
+    }
+
     #[test]
     fn truncating_a_batch_drops_the_tokens_of_documents_left_without_rows() {
         let dir = tempfile::tempdir().unwrap();
