@@ -546,10 +546,11 @@ pub fn calibrate_source(
     Ok((cal, read))
 }
 
-/// The calibration batches: every stream's batches until at least `calibration_activations`
-/// rows are read, each read with the source's position after it.
+/// Batches read for calibration: per read, every stream's batch and the source's position
+/// after it.
 type Read = Vec<(Vec<ActivationBatch>, serde_json::Value)>;
 
+/// Reads whole batches of every stream until at least `calibration_activations` rows are read.
 fn read_calibration(source: &mut dyn BatchSource, calibration_activations: u64) -> Result<Read> {
     if calibration_activations == 0 {
         return Err(Error::param(
