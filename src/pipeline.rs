@@ -269,6 +269,15 @@ pub trait BatchSource {
     fn dim(&self) -> usize;
     /// The next batch, cut to at most `max_rows` rows (the build's budget); `None` at the end.
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>>;
+    /// Streams read together: 1, or one per hook of a text source at several hooks.
+    fn streams(&self) -> usize {
+        1
+    }
+    /// The next batch of every stream (the same rows, tokens and documents; several from one
+    /// read, e.g. one forward), each cut to at most `max_rows` rows; `None` at the end.
+    fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
+        Ok(self.next_batch(max_rows)?.map(|b| vec![b]))
+    }
     /// Where the source stands after the batches returned so far (stored in checkpoints).
     fn position(&self) -> serde_json::Value;
     /// Moves a freshly opened source to a recorded `position`.
@@ -528,40 +537,68 @@ pub fn calibrate_source(
     calibration_activations: u64,
 ) -> Result<(Calibration, Vec<(ActivationBatch, serde_json::Value)>)> {
     calibrate::check_percentile(percentile)?;
+    let read = read_calibration(source, calibration_activations)?;
+    let cal = calibrate_read(backend, source, &read, 0, percentile, method)?;
+    let read = read
+        .into_iter()
+        .map(|(mut b, p)| (b.swap_remove(0), p))
+        .collect();
+    Ok((cal, read))
+}
+
+/// Batches read for calibration: per read, every stream's batch and the source's position
+/// after it.
+type Read = Vec<(Vec<ActivationBatch>, serde_json::Value)>;
+
+/// Reads whole batches of every stream until at least `calibration_activations` rows are read.
+fn read_calibration(source: &mut dyn BatchSource, calibration_activations: u64) -> Result<Read> {
     if calibration_activations == 0 {
         return Err(Error::param(
             "calibration activations",
             "must be at least 1",
         ));
     }
-    let d = source.dim();
     let pb = progress_bar(calibration_activations, "calibrate");
-    let mut read: Vec<(ActivationBatch, serde_json::Value)> = Vec::new();
+    let mut read: Read = Vec::new();
     let mut total = 0u64;
     while total < calibration_activations {
-        let Some(b) = source.next_batch(usize::MAX)? else {
+        let Some(b) = source.next_batches(usize::MAX)? else {
             break;
         };
-        total += b.rows() as u64;
+        total += b[0].rows() as u64;
         pb.set_position(total.min(calibration_activations));
         read.push((b, source.position()));
     }
+    pb.finish_and_clear();
     if total == 0 {
         return Err(Error::EmptyInput("no rows to calibrate on".into()));
     }
-    pb.set_message("percentiles");
-    let batches: Vec<Vec<f32>> = read.iter().map(|(b, _)| b.data.clone()).collect();
-    let largest = read.iter().map(|(b, _)| b.rows()).max().unwrap_or(0);
-    let cal = calibrate::calibrate_batches_on(backend, &batches, d, percentile, method, largest)
+    Ok(read)
+}
+
+/// The calibration of stream `stream` of the batches `read`.
+fn calibrate_read(
+    backend: &Backend,
+    source: &dyn BatchSource,
+    read: &Read,
+    stream: usize,
+    percentile: f64,
+    method: PercentileMethod,
+) -> Result<Calibration> {
+    let batches: Vec<Vec<f32>> = read.iter().map(|(b, _)| b[stream].data.clone()).collect();
+    let largest = read
+        .iter()
+        .map(|(b, _)| b[stream].rows())
+        .max()
+        .unwrap_or(0);
+    calibrate::calibrate_batches_on(backend, &batches, source.dim(), percentile, method, largest)
         .map_err(|e| match e {
             CalibrationError::Lib(e) => e,
             CalibrationError::ZeroNorm { batch, row } => source.locate(Error::ZeroNorm {
                 path: "<stream>".into(),
-                row: read[batch].0.stream_rows[row],
+                row: read[batch].0[stream].stream_rows[row],
             }),
-        });
-    pb.finish_and_clear();
-    Ok((cal?, read))
+        })
 }
 
 /// How a [`run_build`] gets its calibration.
@@ -574,6 +611,14 @@ pub enum CalibrationSpec {
         method: PercentileMethod,
         activations: u64,
     },
+}
+
+/// One dictionary of a [`run_builds`]: the source stream (hook) it clusters, its calibration,
+/// and the hook recorded in its metadata.
+pub struct BuildPair {
+    pub stream: usize,
+    pub calibration: CalibrationSpec,
+    pub hook: Option<String>,
 }
 
 /// Checkpointing of a [`run_build`].
@@ -599,24 +644,106 @@ pub fn run_build(
     plan: &BuildPlan,
     checkpoint: Option<&CheckpointPlan>,
 ) -> Result<BuildOutput> {
+    let pair = BuildPair {
+        stream: 0,
+        calibration,
+        hook: plan.hook.clone(),
+    };
+    let mut out = run_builds(backend, source, vec![pair], plan, checkpoint)?;
+    Ok(out.pop().expect("one pair, one output"))
+}
+
+/// One dictionary being built by [`run_builds`].
+struct Run {
+    builder: Builder,
+    cal: Calibration,
+    stream: usize,
+    hook: Option<String>,
+    acts: u64,
+    tokens: u64,
+    cluster_seconds: f64,
+    /// The source's record is taken when the run stops (the source may read on for others).
+    recorded: bool,
+}
+
+/// Several dictionaries from one read of `source`: each [`BuildPair`] clusters one of the
+/// source's streams (a hook of a text source, read from one forward per batch) with its own
+/// calibration, builder and saturation, and stops on its own; the source is read until every
+/// pair has stopped. Each dictionary is the one [`run_build`] gives for its stream and
+/// calibration alone (the source's record, e.g. documents read, is taken when the pair stops);
+/// only what the source shares differs: a text source's model FLOPs and forward time are
+/// those of the shared forward (to the deepest hook). Inline calibrations are computed on the
+/// same first batches, so they must agree on the number of calibration activations, and
+/// calibrations are all inline or all fixed. Checkpoints hold one dictionary: with several
+/// pairs they are refused.
+pub fn run_builds(
+    backend: &Backend,
+    source: &mut dyn BatchSource,
+    pairs: Vec<BuildPair>,
+    plan: &BuildPlan,
+    checkpoint: Option<&CheckpointPlan>,
+) -> Result<Vec<BuildOutput>> {
     if plan.max_activations == Some(0) || plan.max_tokens == Some(0) {
         return Err(Error::param("budget", "a budget must be at least 1"));
     }
     if checkpoint.is_some_and(|c| c.every == 0) {
         return Err(Error::param("checkpoint every", "must be at least 1 batch"));
     }
+    if pairs.is_empty() {
+        return Err(Error::param("hook/percentile", "nothing to build"));
+    }
+    if pairs.len() > 1 && checkpoint.is_some() {
+        return Err(Error::param(
+            "checkpoint",
+            format!(
+                "a checkpoint holds one dictionary; a build of {} (hook, percentile) pairs \
+                 cannot be checkpointed (build each pair on its own to checkpoint it)",
+                pairs.len()
+            ),
+        ));
+    }
+    if let Some(p) = pairs.iter().find(|p| p.stream >= source.streams()) {
+        return Err(Error::param(
+            "hook",
+            format!(
+                "stream {} asked of a source with {}",
+                p.stream,
+                source.streams()
+            ),
+        ));
+    }
+    let inline: Vec<u64> = pairs
+        .iter()
+        .filter_map(|p| match &p.calibration {
+            CalibrationSpec::Inline { activations, .. } => Some(*activations),
+            CalibrationSpec::Fixed(_) => None,
+        })
+        .collect();
+    if !inline.is_empty() && (inline.len() != pairs.len() || inline.iter().any(|&a| a != inline[0]))
+    {
+        return Err(Error::param(
+            "calibration",
+            "the builds of one run calibrate inline on the same activations, or all use \
+             calibration files",
+        ));
+    }
+    for p in &pairs {
+        if let CalibrationSpec::Inline { percentile, .. } = p.calibration {
+            calibrate::check_percentile(percentile)?;
+        }
+    }
     let start = Instant::now();
     let mut config = plan.config.clone();
     if config.record_assignments.is_some() {
         config.record_assignments = Some(plan.total_rows.unwrap_or(0));
     }
-    let mut replay: std::collections::VecDeque<(ActivationBatch, serde_json::Value)> =
+    let mut replay: std::collections::VecDeque<(Vec<ActivationBatch>, serde_json::Value)> =
         Default::default();
-    let mut acts = 0u64;
-    let mut tokens = 0u64;
     let mut elapsed_before = 0.0f64;
-    let (mut builder, cal) = match checkpoint.filter(|c| c.resume) {
+    let mut runs: Vec<Run> = Vec::with_capacity(pairs.len());
+    match checkpoint.filter(|c| c.resume) {
         Some(c) => {
+            let pair = pairs.into_iter().next().expect("one pair");
             let (dict, rec, assignments) = crate::checkpoint::load(&c.path)?;
             let diffs = crate::checkpoint::identity_differences(&rec.identity, &c.identity);
             if !diffs.is_empty() {
@@ -633,59 +760,81 @@ pub fn run_build(
             let cal = rec.calibration.calibration(dict.center().to_vec())?;
             resolve_merge_threshold(&mut config, &cal);
             source.seek(&rec.position)?;
-            acts = rec.activations;
-            tokens = rec.tokens;
             elapsed_before = rec.elapsed_seconds;
             let mut b = Builder::restore(dict, rec.builder, assignments, config)?
                 .with_backend(backend.clone());
             b.info_mut().resumed += 1;
-            (b, cal)
+            runs.push(Run {
+                builder: b,
+                cal,
+                stream: pair.stream,
+                hook: pair.hook,
+                acts: rec.activations,
+                tokens: rec.tokens,
+                cluster_seconds: 0.0,
+                recorded: false,
+            });
         }
         None => {
-            let (cal, batches) = match calibration {
-                CalibrationSpec::Fixed(c) => (c, vec![]),
-                CalibrationSpec::Inline {
-                    percentile,
-                    method,
-                    activations,
-                } => calibrate_source(backend, source, percentile, method, activations)?,
+            let read = match inline.first() {
+                Some(&n) => read_calibration(source, n)?,
+                None => vec![],
             };
-            replay.extend(batches);
-            resolve_merge_threshold(&mut config, &cal);
-            let mut b =
-                Builder::new(cal.center.clone(), cal.theta, config)?.with_backend(backend.clone());
-            if replay.front().is_some() {
-                b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
+            for pair in pairs {
+                let cal = match pair.calibration {
+                    CalibrationSpec::Fixed(c) => c,
+                    CalibrationSpec::Inline {
+                        percentile, method, ..
+                    } => calibrate_read(backend, source, &read, pair.stream, percentile, method)?,
+                };
+                let mut config = config.clone();
+                resolve_merge_threshold(&mut config, &cal);
+                let mut b = Builder::new(cal.center.clone(), cal.theta, config)?
+                    .with_backend(backend.clone());
+                if !read.is_empty() {
+                    b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
+                }
+                runs.push(Run {
+                    builder: b,
+                    cal,
+                    stream: pair.stream,
+                    hook: pair.hook,
+                    acts: 0,
+                    tokens: 0,
+                    cluster_seconds: 0.0,
+                    recorded: false,
+                });
             }
-            (b, cal)
+            replay.extend(read);
         }
-    };
-    if source.dim() != cal.dim() {
-        return Err(Error::DimensionMismatch {
-            what: "activations".into(),
-            expected: cal.dim(),
-            found: source.dim(),
-        });
     }
-    let save_checkpoint =
-        |builder: &Builder, position: serde_json::Value, acts: u64, tokens: u64| -> Result<()> {
-            let Some(c) = checkpoint else { return Ok(()) };
-            let mut rec = crate::checkpoint::CheckpointRecord::new(
-                c.identity.clone(),
-                builder.state(),
-                crate::checkpoint::CalibrationRecord::of(&cal),
-                position,
-            );
-            rec.activations = acts;
-            rec.tokens = tokens;
-            rec.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
-            crate::checkpoint::save(
-                &c.path,
-                builder.dictionary(),
-                &rec,
-                builder.recorded_assignments(),
-            )
-        };
+    for r in &runs {
+        if source.dim() != r.cal.dim() {
+            return Err(Error::DimensionMismatch {
+                what: "activations".into(),
+                expected: r.cal.dim(),
+                found: source.dim(),
+            });
+        }
+    }
+    let save_checkpoint = |r: &Run, position: serde_json::Value| -> Result<()> {
+        let Some(c) = checkpoint else { return Ok(()) };
+        let mut rec = crate::checkpoint::CheckpointRecord::new(
+            c.identity.clone(),
+            r.builder.state(),
+            crate::checkpoint::CalibrationRecord::of(&r.cal),
+            position,
+        );
+        rec.activations = r.acts;
+        rec.tokens = r.tokens;
+        rec.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
+        crate::checkpoint::save(
+            &c.path,
+            r.builder.dictionary(),
+            &rec,
+            r.builder.recorded_assignments(),
+        )
+    };
     let pb = progress_bar(plan.max_activations.unwrap_or(0), "build");
     if plan.max_activations.is_none() {
         pb.set_style(
@@ -693,29 +842,32 @@ pub fn run_build(
                 .expect("template"),
         );
     }
-    pb.set_position(acts);
-    let mut cluster_seconds = 0.0f64;
-    let stopped = |b: &Builder, acts: u64, tokens: u64| {
-        b.is_saturated()
-            || plan.max_tokens.is_some_and(|m| tokens >= m)
-            || plan.max_activations.is_some_and(|m| acts >= m)
+    pb.set_position(runs[0].acts);
+    let stopped = |r: &Run| {
+        r.builder.is_saturated()
+            || plan.max_tokens.is_some_and(|m| r.tokens >= m)
+            || plan.max_activations.is_some_and(|m| r.acts >= m)
     };
     let mut position = serde_json::Value::Null;
     let mut since_checkpoint = 0u64;
-    while !stopped(&builder, acts, tokens) {
-        let want = match plan.max_activations {
-            Some(m) => (m - acts) as usize,
+    loop {
+        for r in runs.iter_mut().filter(|r| !r.recorded && stopped(r)) {
+            source.record(r.builder.info_mut());
+            r.recorded = true;
+        }
+        let want = |r: &Run| match plan.max_activations {
+            Some(m) => (m - r.acts) as usize,
             None => usize::MAX,
         };
-        let batch = match replay.pop_front() {
-            Some((mut b, p)) => {
+        let Some(most) = runs.iter().filter(|r| !r.recorded).map(want).max() else {
+            break;
+        };
+        let batches = match replay.pop_front() {
+            Some((b, p)) => {
                 position = p;
-                if b.rows() > want {
-                    truncate_batch(&mut b, want);
-                }
                 b
             }
-            None => match source.next_batch(want)? {
+            None => match source.next_batches(most)? {
                 Some(b) => {
                     position = source.position();
                     b
@@ -723,23 +875,48 @@ pub fn run_build(
                 None => break,
             },
         };
-        let t = Instant::now();
-        let out = builder.add_batch(&batch).map_err(|e| source.locate(e))?;
-        cluster_seconds += t.elapsed().as_secs_f64();
-        acts += out.rows as u64;
-        tokens += batch.new_tokens;
+        let mut shown = Vec::new();
+        for r in runs.iter_mut().filter(|r| !r.recorded) {
+            let full = &batches[r.stream];
+            let cut;
+            let batch = if full.rows() > want(r) {
+                let mut b = full.clone();
+                truncate_batch(&mut b, want(r));
+                cut = b;
+                &cut
+            } else {
+                full
+            };
+            let t = Instant::now();
+            let out = r.builder.add_batch(batch).map_err(|e| source.locate(e))?;
+            r.cluster_seconds += t.elapsed().as_secs_f64();
+            r.acts += out.rows as u64;
+            r.tokens += batch.new_tokens;
+            shown.push((r.acts, r.tokens, out));
+        }
+        let (acts, tokens, _) = shown[0];
         pb.set_position(acts);
         let secs = (elapsed_before + start.elapsed().as_secs_f64()).max(1e-9);
+        let ks: Vec<String> = shown.iter().map(|s| s.2.partitions.to_string()).collect();
+        let new: Vec<String> = shown
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:.2}%",
+                    100.0 * s.2.new_partitions as f64 / s.2.rows.max(1) as f64
+                )
+            })
+            .collect();
         pb.set_message(format!(
-            "{:.0} tok/s  K={}  new={:.2}%",
+            "{:.0} tok/s  K={}  new={}",
             tokens as f64 / secs,
-            out.partitions,
-            100.0 * out.new_partitions as f64 / out.rows.max(1) as f64
+            ks.join("/"),
+            new.join("/")
         ));
         since_checkpoint += 1;
         if let Some(c) = checkpoint {
             if since_checkpoint >= c.every {
-                save_checkpoint(&builder, position.clone(), acts, tokens)?;
+                save_checkpoint(&runs[0], position.clone())?;
                 since_checkpoint = 0;
             }
             if let Some(d) = c.throttle {
@@ -748,32 +925,39 @@ pub fn run_build(
         }
     }
     pb.finish_and_clear();
-    if acts == 0 {
+    if runs.iter().any(|r| r.acts == 0) {
         return Err(Error::EmptyInput("no rows to build from".into()));
     }
     if checkpoint.is_some() {
         if position.is_null() {
             position = source.position();
         }
-        save_checkpoint(&builder, position, acts, tokens)?;
+        save_checkpoint(&runs[0], position)?;
     }
-    let info = builder.info_mut();
-    info.timings.clustering_seconds += cluster_seconds;
-    info.percentile = Some(cal.percentile);
-    info.percentile_method = Some(cal.method.as_str().into());
-    info.calibration_activations = Some(cal.n_activations);
-    info.calibration_batch_size = Some(cal.batch_size as u64);
-    info.batch_size = plan.batch_size as u64;
-    info.max_activations = plan.max_activations;
-    info.max_tokens = plan.max_tokens;
-    info.model = plan.model.clone();
-    info.hook = plan.hook.clone();
-    source.record(info);
-    info.build_seconds = elapsed_before + start.elapsed().as_secs_f64();
-    info.created_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Ok(builder.finish(plan.min_members))
+    let mut outputs = Vec::with_capacity(runs.len());
+    for mut r in runs {
+        if !r.recorded {
+            source.record(r.builder.info_mut());
+        }
+        let (cal, cluster_seconds) = (&r.cal, r.cluster_seconds);
+        let info = r.builder.info_mut();
+        info.timings.clustering_seconds += cluster_seconds;
+        info.percentile = Some(cal.percentile);
+        info.percentile_method = Some(cal.method.as_str().into());
+        info.calibration_activations = Some(cal.n_activations);
+        info.calibration_batch_size = Some(cal.batch_size as u64);
+        info.batch_size = plan.batch_size as u64;
+        info.max_activations = plan.max_activations;
+        info.max_tokens = plan.max_tokens;
+        info.model = plan.model.clone();
+        info.hook = r.hook.clone();
+        info.build_seconds = elapsed_before + start.elapsed().as_secs_f64();
+        info.created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        outputs.push(r.builder.finish(plan.min_members));
+    }
+    Ok(outputs)
 }
 
 /// A merge threshold given as NaN means θ, known once calibrated.
@@ -863,6 +1047,151 @@ mod tests {
         // A budget cuts a batch short.
         let c = again.next_batch(1).unwrap().unwrap();
         assert_eq!((c.rows(), c.new_tokens), (1, 3));
+    }
+
+    /// Two activation streams of equal length read together, as a text source reads several
+    /// hooks from one forward.
+    struct TwoStreams<'a> {
+        a: RowBatches<'a>,
+        b: RowBatches<'a>,
+        reads: u64,
+    }
+
+    impl BatchSource for TwoStreams<'_> {
+        fn dim(&self) -> usize {
+            self.a.dim()
+        }
+        fn streams(&self) -> usize {
+            2
+        }
+        fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+            Ok(self.next_batches(max_rows)?.map(|mut v| v.swap_remove(0)))
+        }
+        fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
+            self.reads += 1;
+            match (self.a.next_batch(max_rows)?, self.b.next_batch(max_rows)?) {
+                (Some(x), Some(y)) => Ok(Some(vec![x, y])),
+                _ => Ok(None),
+            }
+        }
+        fn position(&self) -> serde_json::Value {
+            self.a.position()
+        }
+        fn seek(&mut self, _: &serde_json::Value) -> Result<()> {
+            unreachable!("not checkpointed")
+        }
+        fn record(&self, info: &mut crate::dictionary::BuildInfo) {
+            info.documents_read = Some(self.reads);
+        }
+    }
+
+    /// `run_builds` over two streams × two percentiles gives each pair the dictionary of
+    /// `run_build` on that stream alone (one stream saturates early, the other never; the
+    /// activation budget cuts the last batch), and reads the source once per batch, until the
+    /// last pair stops.
+    #[test]
+    fn run_builds_gives_each_pair_its_single_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, d) = (300usize, 16usize);
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5
+        };
+        // Stream 0: three tight clusters (saturates); stream 1: noise (keeps growing).
+        let mut x0 = Vec::with_capacity(n * d);
+        let mut x1 = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let c = if j == i % 3 { 5.0 } else { 0.0 };
+                x0.push(c + 0.01 * next());
+                x1.push(next());
+            }
+        }
+        let paths: Vec<_> = [x0, x1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let p = dir.path().join(format!("s{i}.npy"));
+                write_npy_file(&p, &NpyArray::matrix(x, n, d).unwrap(), false).unwrap();
+                p
+            })
+            .collect();
+        let open = |i: usize| {
+            ActivationStream::open(std::slice::from_ref(&paths[i]), StreamOptions::default())
+                .unwrap()
+        };
+        let plan = BuildPlan {
+            config: BuildConfig {
+                reservoir_size: 3,
+                examples_per_partition: 2,
+                ..Default::default()
+            },
+            batch_size: 32,
+            max_activations: Some(250),
+            max_tokens: None,
+            min_members: 1,
+            model: None,
+            hook: None,
+            total_rows: None,
+        };
+        let inline = |p: f64| CalibrationSpec::Inline {
+            percentile: p,
+            method: PercentileMethod::Linear,
+            activations: 50,
+        };
+        let backend = Backend::Cpu;
+        let (mut s0, mut s1) = (open(0), open(1));
+        let mut src = TwoStreams {
+            a: RowBatches::new(&mut s0, 32),
+            b: RowBatches::new(&mut s1, 32),
+            reads: 0,
+        };
+        let mut pairs = vec![];
+        for stream in 0..2 {
+            for p in [5.0, 60.0] {
+                pairs.push(BuildPair {
+                    stream,
+                    calibration: inline(p),
+                    hook: Some(format!("stream {stream}")),
+                });
+            }
+        }
+        let outs = run_builds(&backend, &mut src, pairs, &plan, None).unwrap();
+        let mut reads = vec![];
+        for (k, out) in outs.iter().enumerate() {
+            let (stream, p) = (k / 2, [5.0, 60.0][k % 2]);
+            // The stream alone (read twice, so `reads` counts as above).
+            let (mut s, mut again) = (open(stream), open(stream));
+            let mut alone = TwoStreams {
+                a: RowBatches::new(&mut s, 32),
+                b: RowBatches::new(&mut again, 32),
+                reads: 0,
+            };
+            let single = run_build(&backend, &mut alone, inline(p), &plan, None).unwrap();
+            let (a, b) = (&out.dictionary, &single.dictionary);
+            assert_eq!(a.exemplars(), b.exemplars(), "pair {k}");
+            assert_eq!(a.member_counts(), b.member_counts(), "pair {k}");
+            assert_eq!(a.theta(), b.theta(), "pair {k}");
+            let (ia, ib) = (a.info(), b.info());
+            assert_eq!(ia.activations_streamed, ib.activations_streamed, "pair {k}");
+            assert_eq!(ia.saturated, ib.saturated, "pair {k}");
+            assert_eq!(ia.documents_read, ib.documents_read, "pair {k}");
+            assert_eq!(
+                ia.hook.as_deref(),
+                Some(format!("stream {stream}").as_str())
+            );
+            reads.push((ia.documents_read.unwrap(), ia.saturated));
+        }
+        // The noise at percentile 5 ran to the budget: 250 rows in batches of 32 = 8 reads,
+        // the last cut to 26 rows; another pair saturated earlier. The source was read once
+        // per batch until the last pair stopped.
+        assert_eq!(outs[2].dictionary.info().activations_streamed, 250);
+        assert_eq!(reads[2], (8, false));
+        assert!(reads.iter().any(|&(r, sat)| sat && r < 8), "{reads:?}");
+        assert_eq!(src.reads, 8);
     }
 
     #[test]

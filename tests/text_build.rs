@@ -696,3 +696,130 @@ fn a_bad_corpus_is_an_error_naming_the_file_and_line_and_leaves_nothing() {
     assert_mentions(&e, &["nofield.jsonl", "text"]);
     common::assert_no_outputs(dir, &["d.safetensors"]);
 }
+
+/// `build --model` with two hooks and two percentiles runs one forward per batch (to the deepest
+/// hook) and writes, per (hook, percentile) pair, the dictionary the single build of that pair
+/// gives: same tensors and metadata, except timings and `model_flops`, which is the shared
+/// forward's over the batches that dictionary saw. Each pair saturates on its own.
+#[test]
+fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let corpus = write_corpus(dir, 60);
+    let (m, c) = (model.to_str().unwrap(), corpus.to_str().unwrap());
+    let flags = [
+        "build",
+        "--model",
+        m,
+        "--corpus",
+        c,
+        "--text-field",
+        "body",
+        "--ctx",
+        "12",
+        "--min-tokens",
+        "3",
+        "--batch-documents",
+        "5",
+        "--calibration-activations",
+        "100",
+        "--device",
+        "cpu",
+        "--saturation-window",
+        "1",
+        "--seed",
+        "5",
+        "--reservoir",
+        "4",
+        "--examples",
+        "3",
+    ];
+    let (shallow, deep) = ("blocks.1.hook_resid_post", "blocks.3.hook_resid_post");
+    let percentiles = ["5", "60"];
+    let mut multi = flags.to_vec();
+    multi.extend(["--hook", deep, "--hook", shallow, "--percentile", "5,60"]);
+    multi.extend(["-o", "multi"]);
+    let run = exemplar(dir, &multi).ok();
+    let mut stopped_at = Vec::new();
+    for (hook, layer) in [(deep, 3u64), (shallow, 1)] {
+        for p in percentiles {
+            let name = format!("{hook}.p{p}.safetensors");
+            let single_out = format!("single-{name}");
+            let mut single = flags.to_vec();
+            single.extend(["--hook", hook, "--percentile", p, "-o", &single_out]);
+            exemplar(dir, &single).ok();
+            assert!(run.stdout.contains(&name), "{}", run.stdout);
+            let mut ignore = TIMINGS.to_vec();
+            ignore.push("model_flops");
+            let (got, want) = assert_same_file(
+                &dir.join("multi").join(&name),
+                &dir.join(&single_out),
+                &ignore,
+            );
+            assert_eq!(got["hook"], hook);
+            assert_eq!(got["percentile"], p.parse::<f64>().unwrap());
+            // The forward of a single build stops after block `layer`; the shared one after
+            // block 3, over the same batches: FLOPs scale by (3 + 1) / (layer + 1).
+            let (g, w) = (
+                got["model_flops"].as_f64().unwrap(),
+                want["model_flops"].as_f64().unwrap(),
+            );
+            let scaled = w * 4.0 / (layer + 1) as f64;
+            assert!(
+                (g - scaled).abs() <= 1e-12 * scaled,
+                "{hook} p{p}: {g} vs {w}"
+            );
+            stopped_at.push((
+                got["documents_read"].as_u64().unwrap(),
+                got["saturated"].as_bool().unwrap(),
+            ));
+        }
+    }
+    // The pairs stop on their own: at least one saturates before another stops.
+    let docs: Vec<u64> = stopped_at.iter().map(|s| s.0).collect();
+    assert!(
+        docs.iter().any(|&d| d != docs[0]) && stopped_at.iter().any(|s| s.1),
+        "{stopped_at:?}"
+    );
+
+    // Outputs are checked before any work: an existing one is refused (nothing written)
+    // unless --force.
+    let mut again = flags.to_vec();
+    again.extend(["--hook", shallow, "--hook", deep, "--percentile", "5,60"]);
+    again.extend(["-o", "multi"]);
+    let kept = dir.join("multi").join(format!("{shallow}.p5.safetensors"));
+    let before = std::fs::read(&kept).unwrap();
+    let e = exemplar(dir, &again).err();
+    assert_mentions(&e, &["exists"]);
+    assert!(
+        std::fs::read(&kept).unwrap() == before,
+        "a refused build touched its output"
+    );
+    std::fs::copy(&kept, dir.join("before.safetensors")).unwrap();
+    let mut forced = again.clone();
+    forced.push("--force");
+    exemplar(dir, &forced).ok();
+    let mut ignore = TIMINGS.to_vec();
+    ignore.push("model_flops");
+    assert_same_file(&dir.join("before.safetensors"), &kept, &ignore);
+    // A file where the directory should be, checkpoints, and --activations are refused.
+    std::fs::write(dir.join("afile"), b"x").unwrap();
+    let mut bad = flags.to_vec();
+    bad.extend(["--hook", shallow, "--percentile", "5,60", "-o", "afile"]);
+    assert_mentions(&exemplar(dir, &bad).err(), &["directory", "afile"]);
+    let mut bad = flags.to_vec();
+    bad.extend(["--hook", shallow, "--percentile", "5,60", "-o", "new"]);
+    bad.extend(["--checkpoint", "ck.safetensors"]);
+    assert_mentions(
+        &exemplar(dir, &bad).err(),
+        &["checkpoint", "one dictionary"],
+    );
+    let e = exemplar(
+        dir,
+        &["build", "-a", "x.npy", "-p", "1", "-p", "2", "-o", "out2"],
+    )
+    .err();
+    assert_mentions(&e, &["--model"]);
+    assert!(!dir.join("new").exists() && !dir.join("out2").exists());
+}

@@ -170,7 +170,7 @@ fn build_identity(a: &BuildArgs) -> serde_json::Value {
         "batch_documents": a.batch_documents,
         "dtype": a.dtype,
         "calibration": a.calibration.as_ref().map(|p| file_identity(std::slice::from_ref(p))),
-        "percentile": a.percentile,
+        "percentile": single(&a.percentile),
         "calibration_activations": a.calibration_args.calibration_activations,
         "percentile_method": a.calibration_args.percentile_method,
         "batch_size": a.batch_size,
@@ -187,12 +187,78 @@ fn build_identity(a: &BuildArgs) -> serde_json::Value {
         "merge_threshold": a.merge_threshold,
         "assignments": a.assignments.is_some(),
         "model_name": a.model_name,
-        "hook": a.hook,
+        "hook": single(&a.hook),
     })
 }
 
+/// A flag given at most once as its value or null (as checkpoints record it), else the list.
+fn single<T: serde::Serialize>(v: &[T]) -> serde_json::Value {
+    match v {
+        [] => serde_json::Value::Null,
+        [x] => serde_json::json!(x),
+        many => serde_json::json!(many),
+    }
+}
+
+/// The dictionaries of a build: one (hook, percentile) pair writes `-o` itself; several write
+/// `<hook>.p<percentile>.safetensors` each into the directory `-o`. Checked before any work:
+/// `-o` must be a directory or not exist (its parent must), and no file may exist unless
+/// `force`.
+fn build_outputs(a: &BuildArgs) -> Result<Vec<PathBuf>> {
+    let pairs = a.hook.len().max(1) * a.percentile.len().max(1);
+    if pairs == 1 {
+        check_writable(&a.out, a.force)?;
+        return Ok(vec![a.out.clone()]);
+    }
+    if a.model.is_none() {
+        bail!(
+            "several --hook or --percentile values need --model (one forward per batch feeds              every hook and percentile); with --activations, build each dictionary on its own"
+        );
+    }
+    if a.calibration.is_some() {
+        bail!("several --hook values need --percentile (each hook is calibrated on its own activations), not --calibration");
+    }
+    if a.checkpoint.is_some() {
+        bail!(
+            "--checkpoint holds one dictionary: a build of {pairs} (hook, percentile) pairs              cannot be checkpointed; build each pair on its own to checkpoint it"
+        );
+    }
+    for (i, h) in a.hook.iter().enumerate() {
+        if a.hook[..i].contains(h) {
+            bail!("--hook {h} is given twice");
+        }
+        if h.is_empty() || h.contains(['/', '\\']) || h.starts_with('.') {
+            bail!("--hook {h:?} cannot name an output file");
+        }
+    }
+    for (i, p) in a.percentile.iter().enumerate() {
+        if a.percentile[..i].contains(p) {
+            bail!("--percentile {p} is given twice");
+        }
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!(
+            "with several hooks or percentiles, --out names a directory; {} is a file",
+            a.out.display()
+        );
+    }
+    let mut outs = Vec::with_capacity(pairs);
+    for h in &a.hook {
+        for p in &a.percentile {
+            let path = a.out.join(format!("{h}.p{p}.safetensors"));
+            if a.out.is_dir() {
+                check_writable(&path, a.force)?;
+            } else {
+                check_writable(&a.out, false)?;
+            }
+            outs.push(path);
+        }
+    }
+    Ok(outs)
+}
+
 pub fn build(a: BuildArgs) -> Result<()> {
-    check_writable(&a.out, a.force)?;
+    let outs = build_outputs(&a)?;
     if let Some(p) = &a.assignments {
         if p == &a.out || resolved(p) == resolved(&a.out) {
             bail!(
@@ -225,13 +291,14 @@ pub fn build(a: BuildArgs) -> Result<()> {
         check_writable(cp, true)?;
     }
     let dev = backend(&a.device)?;
-    let cal = match (&a.calibration, a.percentile) {
+    let inline = |p: f64| pipeline::CalibrationSpec::Inline {
+        percentile: p,
+        method: method(&a.calibration_args.percentile_method),
+        activations: a.calibration_args.calibration_activations,
+    };
+    let cal = match (&a.calibration, a.percentile.first()) {
         (Some(path), _) => pipeline::CalibrationSpec::Fixed(Calibration::load(path)?),
-        (None, Some(p)) => pipeline::CalibrationSpec::Inline {
-            percentile: p,
-            method: method(&a.calibration_args.percentile_method),
-            activations: a.calibration_args.calibration_activations,
-        },
+        (None, Some(&p)) => inline(p),
         (None, None) => unreachable!("clap requires --calibration or --percentile"),
     };
     let documents = a.model.is_some() || a.batch_documents.is_some();
@@ -264,7 +331,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
             .model_name
             .clone()
             .or_else(|| a.model.as_ref().map(|m| m.display().to_string())),
-        hook: a.hook.clone(),
+        hook: a.hook.first().cloned(),
         total_rows: None,
     };
     let ckpt = a.checkpoint.as_ref().map(|p| pipeline::CheckpointPlan {
@@ -274,8 +341,28 @@ pub fn build(a: BuildArgs) -> Result<()> {
         resume: a.resume,
         throttle: a.throttle_ms.map(std::time::Duration::from_millis),
     });
-    let out = match &a.model {
-        Some(dir) => text_build(&a, dir, &dev, cal, &plan, ckpt.as_ref())?,
+    let outputs = match &a.model {
+        Some(dir) => {
+            // Hook-major: for each hook, each percentile (the order of `outs`).
+            let mut pairs = vec![];
+            for (stream, hook) in a.hook.iter().enumerate() {
+                for &p in &a.percentile {
+                    pairs.push(pipeline::BuildPair {
+                        stream,
+                        calibration: inline(p),
+                        hook: Some(hook.clone()),
+                    });
+                }
+            }
+            if let pipeline::CalibrationSpec::Fixed(_) = cal {
+                pairs = vec![pipeline::BuildPair {
+                    stream: 0,
+                    calibration: cal,
+                    hook: plan.hook.clone(),
+                }];
+            }
+            text_build(&a, dir, &dev, pairs, &plan, ckpt.as_ref())?
+        }
         None => {
             let mut stream = open_stream(&InputArgs {
                 activations: a.activations.clone(),
@@ -314,18 +401,44 @@ pub fn build(a: BuildArgs) -> Result<()> {
                 )?,
             };
             note_skipped(&stream);
-            out
+            vec![out]
         }
     };
-    let dict = out.dictionary;
-    // The dictionary first: it is the result; the assignments line up with it.
-    dict.save(&a.out, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    if let (Some(path), Some(ids)) = (&a.assignments, out.assignments) {
-        npy::write_npy_file(path, &NpyArray::vector(ids), a.force)
-            .with_context(|| format!("writing {}", path.display()))?;
+    if outs.len() > 1 {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("creating the directory {}", a.out.display()))?;
     }
+    for (out, path) in outputs.into_iter().zip(&outs) {
+        let dict = out.dictionary;
+        // The dictionary first: it is the result; the assignments line up with it.
+        dict.save(path, a.force)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if let (Some(path), Some(ids)) = (&a.assignments, out.assignments) {
+            npy::write_npy_file(path, &NpyArray::vector(ids), a.force)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        report_build(&dict, path, outs.len() > 1);
+    }
+    if let Some(p) = &a.checkpoint {
+        println!("checkpoint {}", p.display());
+    }
+    if let Some(p) = &a.assignments {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// The summary lines of a written dictionary (after a line naming its hook and percentile,
+/// with `pair`).
+fn report_build(dict: &Dictionary, path: &Path, pair: bool) {
     let info = dict.info();
+    if pair {
+        println!(
+            "{}, percentile {}:",
+            info.hook.as_deref().unwrap_or("?"),
+            info.percentile.unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "K = {} partitions from {} activations ({} tokens) in {} batches ({}), θ = {:.6}, {:.1}s",
         dict.len(),
@@ -347,14 +460,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
             info.clustering_flops / 1e12
         );
     }
-    println!("wrote {}", a.out.display());
-    if let Some(p) = &a.checkpoint {
-        println!("checkpoint {}", p.display());
-    }
-    if let Some(p) = &a.assignments {
-        println!("wrote {}", p.display());
-    }
-    Ok(())
+    println!("wrote {}", path.display());
 }
 
 pub fn assign(a: AssignArgs) -> Result<()> {
@@ -586,23 +692,27 @@ fn text_build(
     a: &BuildArgs,
     dir: &Path,
     dev: &Backend,
-    cal: pipeline::CalibrationSpec,
+    pairs: Vec<pipeline::BuildPair>,
     plan: &BuildPlan,
     ckpt: Option<&pipeline::CheckpointPlan>,
-) -> Result<exemplar::build::BuildOutput> {
+) -> Result<Vec<exemplar::build::BuildOutput>> {
     use exemplar::data::corpus::CorpusReader;
     use exemplar::model::text::{TextOptions, TextSource};
     use exemplar::model::{Gemma2, HookPoint, Tokenizer};
-    let hook = HookPoint::parse(a.hook.as_deref().expect("clap requires --hook"))?;
+    let hooks = a
+        .hook
+        .iter()
+        .map(|h| HookPoint::parse(h))
+        .collect::<exemplar::Result<Vec<_>>>()?;
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     let reader = CorpusReader::open(&a.corpus.corpus, corpus_options(&a.corpus))?;
     let model = Gemma2::load(dir, kind, device)?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id)?;
-    let mut src = TextSource::new(
+    let mut src = TextSource::with_hooks(
         reader,
         &tok,
         &model,
-        hook,
+        hooks,
         TextOptions {
             ctx: a.corpus.ctx,
             batch_documents: a.batch_documents.unwrap_or(128),
@@ -611,7 +721,7 @@ fn text_build(
         },
     )?
     .with_model_dir(dir)?;
-    let out = pipeline::run_build(dev, &mut src, cal, plan, ckpt)?;
+    let out = pipeline::run_builds(dev, &mut src, pairs, plan, ckpt)?;
     let s = src.corpus_stats();
     if s.skipped_empty + s.skipped_short + s.skipped_invalid > 0 {
         eprintln!(
@@ -627,10 +737,10 @@ fn text_build(
     _: &BuildArgs,
     _: &Path,
     _: &Backend,
-    _: pipeline::CalibrationSpec,
+    _: Vec<pipeline::BuildPair>,
     _: &BuildPlan,
     _: Option<&pipeline::CheckpointPlan>,
-) -> Result<exemplar::build::BuildOutput> {
+) -> Result<Vec<exemplar::build::BuildOutput>> {
     bail!("--model needs exemplar built with the `torch` feature")
 }
 

@@ -244,9 +244,15 @@ pub struct BuildArgs {
     )]
     pub calibration: Option<PathBuf>,
     /// Calibrate inline on the first rows of the stream with this percentile; the build then
-    /// streams from the start (calibration rows included).
-    #[arg(long, short = 'p', allow_negative_numbers = true)]
-    pub percentile: Option<f64>,
+    /// streams from the start (calibration rows included). With --model, several (repeated or
+    /// comma-separated) build one dictionary each from the same forward passes.
+    #[arg(
+        long,
+        short = 'p',
+        allow_negative_numbers = true,
+        value_delimiter = ','
+    )]
+    pub percentile: Vec<f64>,
     #[command(flatten)]
     pub calibration_args: CalibrationArgs,
     /// Rows per batch.
@@ -298,10 +304,13 @@ pub struct BuildArgs {
     /// Model name recorded in the dictionary's metadata (default with --model: the directory).
     #[arg(long, value_name = "NAME")]
     pub model_name: Option<String>,
-    /// Hook name recorded in the dictionary's metadata (e.g. blocks.12.hook_resid_post).
-    #[arg(long)]
-    pub hook: Option<String>,
-    /// Output dictionary (.safetensors).
+    /// Hook name recorded in the dictionary's metadata (e.g. blocks.12.hook_resid_post); with
+    /// --model, the hook read. With --model, several (repeated or comma-separated) are read
+    /// from one forward per batch, one dictionary per hook and percentile.
+    #[arg(long, value_delimiter = ',')]
+    pub hook: Vec<String>,
+    /// Output dictionary (.safetensors). With several hooks or percentiles, a directory (made
+    /// if missing) receiving `<hook>.p<percentile>.safetensors` per pair.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
     /// Overwrite outputs that exist.

@@ -6,6 +6,10 @@
 //! [`forward_rows`]), so a build from text and a build from the written activations see
 //! identical rows.
 //!
+//! With several hooks ([`TextSource::with_hooks`]) one forward per batch, stopping after the
+//! deepest hooked block, gives every hook's rows ([`forward_rows_at`]), so a build of several
+//! hooks and percentiles (`pipeline::run_builds`) runs the model once per batch.
+//!
 //! Reading and tokenising run ahead on a thread (a bounded queue of two batches of documents),
 //! so the next batch's documents are ready when a forward ends; the batches do not depend on
 //! the timing.
@@ -71,12 +75,38 @@ pub fn forward_rows(
     docs: &[&[i64]],
     final_position: bool,
 ) -> Result<(Vec<f32>, Vec<Vec<i64>>, f64)> {
-    if hook.kind == HookKind::Z {
+    let mut f = forward_rows_at(model, &[hook], docs, final_position)?;
+    Ok((f.rows.pop().expect("one hook"), f.positions, f.flops))
+}
+
+/// What [`forward_rows_at`] returns.
+#[derive(Debug)]
+pub struct HookRows {
+    /// Per hook, in the order asked, the rows (f32, document by document).
+    pub rows: Vec<Vec<f32>>,
+    /// Per document, the positions of its rows (the same at every hook).
+    pub positions: Vec<Vec<i64>>,
+    /// FLOPs of the one forward.
+    pub flops: f64,
+}
+
+/// [`forward_rows`] at several hooks from one forward (stopping after the deepest hooked
+/// block).
+pub fn forward_rows_at(
+    model: &Gemma2,
+    hooks: &[HookPoint],
+    docs: &[&[i64]],
+    final_position: bool,
+) -> Result<HookRows> {
+    if hooks.iter().any(|h| h.kind == HookKind::Z) {
         return Err(Error::param(
             "hook",
             "attn.hook_z is per head; use a residual-stream hook",
         ));
     }
+    let Some(deepest) = hooks.iter().map(|h| h.layer).max() else {
+        return Err(Error::param("hook", "at least one hook is needed"));
+    };
     let pad = model.config.pad_token_id;
     let d = model.config.hidden_size;
     let t = docs.iter().map(|ids| ids.len()).max().unwrap_or(0);
@@ -96,27 +126,38 @@ pub fn forward_rows(
     let dev = model.device();
     let input = Tensor::from_slice(&flat).view([b, ti]).to_device(dev);
     let mask = Tensor::from_slice(&mask).view([b, ti]).to_device(dev);
-    let fwd = tch::no_grad(|| model.forward(&input, &mask, &[hook], &[], false))?;
-    // The copy to the host (see the module docs).
-    let acts = fwd.hooks[&hook].to_kind(Kind::Float).to_device(Device::Cpu);
-    let flops = model.forward_flops((docs.len() * t) as u64, t as u64, hook.layer);
-    let mut rows = Vec::new();
+    let fwd = tch::no_grad(|| model.forward(&input, &mask, hooks, &[], false))?;
+    let flops = model.forward_flops((docs.len() * t) as u64, t as u64, deepest);
     let mut positions = Vec::with_capacity(docs.len());
-    for (bi, ids) in docs.iter().enumerate() {
+    for ids in docs {
         let l = ids.len() as i64;
         let (first, n) = if final_position {
             (l - 1, 1)
         } else {
             (1, l - 1)
         };
-        let x = acts.get(bi as i64).narrow(0, first, n).contiguous();
-        let start = rows.len();
-        rows.resize(start + n as usize * d, 0.0f32);
-        let len = n as usize * d;
-        x.copy_data(&mut rows[start..], len);
-        positions.push((first..first + n).collect());
+        positions.push((first..first + n).collect::<Vec<i64>>());
     }
-    Ok((rows, positions, flops))
+    let mut out = Vec::with_capacity(hooks.len());
+    for hook in hooks {
+        // The copy to the host (see the module docs).
+        let acts = fwd.hooks[hook].to_kind(Kind::Float).to_device(Device::Cpu);
+        let mut rows = Vec::new();
+        for (bi, pos) in positions.iter().enumerate() {
+            let (first, n) = (pos[0], pos.len() as i64);
+            let x = acts.get(bi as i64).narrow(0, first, n).contiguous();
+            let start = rows.len();
+            let len = n as usize * d;
+            rows.resize(start + len, 0.0f32);
+            x.copy_data(&mut rows[start..], len);
+        }
+        out.push(rows);
+    }
+    Ok(HookRows {
+        rows: out,
+        positions,
+        flops,
+    })
 }
 
 /// A document read and tokenised ahead: `ids` is `None` when the token filter drops it.
@@ -173,7 +214,10 @@ enum Feed {
     Done,
 }
 
-/// A corpus run through a model at a hook, as a [`BatchSource`] of whole-document batches.
+/// A corpus run through a model at one or several hooks, as a [`BatchSource`] of
+/// whole-document batches. With several hooks, one forward per batch (stopping after the
+/// deepest hooked block) gives a batch per hook ([`BatchSource::next_batches`]), all with the
+/// same rows, tokens and documents.
 pub struct TextSource<'a> {
     feed: Feed,
     paths: Vec<PathBuf>,
@@ -186,7 +230,7 @@ pub struct TextSource<'a> {
     stats: CorpusStats,
     tokenizer: &'a Tokenizer,
     model: &'a Gemma2,
-    hook: HookPoint,
+    hooks: Vec<HookPoint>,
     options: TextOptions,
     /// The checkpoint directory and the SHA-256 of its config.json, recorded in the dictionary.
     model_record: Option<(String, String)>,
@@ -207,23 +251,43 @@ impl<'a> TextSource<'a> {
         hook: HookPoint,
         options: TextOptions,
     ) -> Result<Self> {
+        Self::with_hooks(reader, tokenizer, model, vec![hook], options)
+    }
+
+    /// A source at several distinct hooks (batch `i` of [`BatchSource::next_batches`] is
+    /// `hooks[i]`'s), from one forward per batch.
+    pub fn with_hooks(
+        reader: CorpusReader,
+        tokenizer: &'a Tokenizer,
+        model: &'a Gemma2,
+        hooks: Vec<HookPoint>,
+        options: TextOptions,
+    ) -> Result<Self> {
         if options.ctx == 0 || options.batch_documents == 0 {
             return Err(Error::param("ctx/batch documents", "must be at least 1"));
         }
-        if hook.layer >= model.config.num_hidden_layers {
-            return Err(Error::param(
-                "hook",
-                format!(
-                    "{hook}: the model has {} blocks",
-                    model.config.num_hidden_layers
-                ),
-            ));
+        if hooks.is_empty() {
+            return Err(Error::param("hook", "at least one hook is needed"));
         }
-        if hook.kind == HookKind::Z {
-            return Err(Error::param(
-                "hook",
-                "attn.hook_z is per head; use a residual-stream hook",
-            ));
+        for (i, hook) in hooks.iter().enumerate() {
+            if hook.layer >= model.config.num_hidden_layers {
+                return Err(Error::param(
+                    "hook",
+                    format!(
+                        "{hook}: the model has {} blocks",
+                        model.config.num_hidden_layers
+                    ),
+                ));
+            }
+            if hook.kind == HookKind::Z {
+                return Err(Error::param(
+                    "hook",
+                    "attn.hook_z is per head; use a residual-stream hook",
+                ));
+            }
+            if hooks[..i].contains(hook) {
+                return Err(Error::param("hook", format!("{hook} is given twice")));
+            }
         }
         Ok(TextSource {
             paths: reader.paths().to_vec(),
@@ -234,7 +298,7 @@ impl<'a> TextSource<'a> {
             stats: CorpusStats::default(),
             tokenizer,
             model,
-            hook,
+            hooks,
             options,
             model_record: None,
             rows: 0,
@@ -336,7 +400,16 @@ impl BatchSource for TextSource<'_> {
         self.model.config.hidden_size
     }
 
+    fn streams(&self) -> usize {
+        self.hooks.len()
+    }
+
+    /// The first hook's batch (the only one for a single-hook source).
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<ActivationBatch>> {
+        Ok(self.next_batches(max_rows)?.map(|mut v| v.swap_remove(0)))
+    }
+
+    fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
         let mut docs: Vec<(i64, Vec<i64>)> = Vec::with_capacity(self.options.batch_documents);
         while docs.len() < self.options.batch_documents {
             let Some((index, ids)) = self.next_prepared()? else {
@@ -352,20 +425,23 @@ impl BatchSource for TextSource<'_> {
         }
         let t0 = Instant::now();
         let refs: Vec<&[i64]> = docs.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let (mut data, positions, flops) =
-            forward_rows(self.model, self.hook, &refs, self.options.final_position)?;
+        let HookRows {
+            rows: per_hook,
+            positions,
+            flops,
+        } = forward_rows_at(self.model, &self.hooks, &refs, self.options.final_position)?;
         self.forward_seconds += t0.elapsed().as_secs_f64();
         self.model_flops += flops;
         let d = self.dim();
         let t = refs.iter().map(|r| r.len()).max().unwrap_or(0);
-        // What the hooked tensor's copy moved: [B, T, D] in the model's dtype.
+        // What the hooked tensors' copies moved: [B, T, D] per hook in the model's dtype.
         let elem = if self.model.kind() == Kind::Float {
             4
         } else {
             2
         };
         if self.model.device() != Device::Cpu {
-            self.d2h_bytes += (docs.len() * t * d * elem) as u64;
+            self.d2h_bytes += (self.hooks.len() * docs.len() * t * d * elem) as u64;
         }
         self.batches += 1;
         let mut tokens = Vec::new();
@@ -387,18 +463,25 @@ impl BatchSource for TextSource<'_> {
         }
         let n = tokens.len().min(max_rows);
         tokens.truncate(n);
-        data.truncate(n * d);
-        let stream_rows = (self.rows..self.rows + n as u64).collect();
+        let stream_rows: Vec<u64> = (self.rows..self.rows + n as u64).collect();
         self.rows += n as u64;
-        Ok(Some(ActivationBatch {
-            dim: d,
-            data,
-            stream_rows,
-            tokens: Some(tokens),
-            documents,
-            new_tokens,
-            skipped_nonfinite: 0,
-        }))
+        Ok(Some(
+            per_hook
+                .into_iter()
+                .map(|mut data| {
+                    data.truncate(n * d);
+                    ActivationBatch {
+                        dim: d,
+                        data,
+                        stream_rows: stream_rows.clone(),
+                        tokens: Some(tokens.clone()),
+                        documents: documents.clone(),
+                        new_tokens,
+                        skipped_nonfinite: 0,
+                    }
+                })
+                .collect(),
+        ))
     }
 
     fn position(&self) -> serde_json::Value {
