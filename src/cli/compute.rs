@@ -235,6 +235,10 @@ pub struct BudgetSweepArgs {
     /// so each build streams its whole budget).
     #[arg(long, value_name = "W")]
     pub saturation_window: Option<u64>,
+    /// EP: member directions kept per partition (the sweep's dictionaries need none; with
+    /// large K and D the reference's 30 make files of many GB).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub reservoir: usize,
     /// EP backend: cpu, cuda or auto.
     #[arg(long, default_value = "auto", value_parser = ["cpu", "cuda", "auto"])]
     pub device: String,
@@ -292,6 +296,7 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
         calibration_activations: a.calibration_activations,
         build: exemplar::build::BuildConfig {
             saturation_window: a.saturation_window,
+            reservoir_size: a.reservoir,
             ..Default::default()
         },
         sae: a.sae.config()?,
