@@ -615,41 +615,47 @@ impl Builder {
                 geometry::distance_from_similarity(sim),
             ),
         };
-        // Host rows for the host's bookkeeping: row i is at `rows[at[i]]` (all rows on the CPU).
-        let (rows, at, host_sums): (std::borrow::Cow<'_, [f32]>, Vec<usize>, bool) = match u {
-            Prepared::Host(u) => (u.as_slice().into(), (0..targets.len()).collect(), true),
+        // The rows the host keeps: exemplars of new partitions and rows entering a reservoir,
+        // found by replaying record_member's ranks and draws. The CPU build uses this set too
+        // (its rows for the sums come from `u`), so every CPU test checks the replay.
+        let cap = self.dict.reservoir_size as u64;
+        let created = targets
+            .iter()
+            .filter(|t| matches!(t, Target::Leader { .. }))
+            .count();
+        let mut counts: Vec<u64> = self.dict.counts.clone();
+        counts.resize(k0 + created, 0);
+        let mut keep: Vec<usize> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let (k, _) = member(t);
+            counts[k] += 1;
+            let rank = counts[k];
+            let enters = cap > 0
+                && (rank <= cap
+                    || uniform_below(self.config.seed, batch.stream_rows[i], rank) < cap);
+            if matches!(t, Target::Leader { .. }) || enters {
+                keep.push(i);
+            }
+        }
+        // `kept` holds the kept rows in order; `sum_rows` every row, when the sums are on the
+        // host.
+        let (kept, sum_rows): (std::borrow::Cow<'_, [f32]>, Option<&[f32]>) = match u {
+            Prepared::Host(u) => (gather(u, d, &keep).into(), Some(u)),
             #[cfg(feature = "cuda")]
             Prepared::Device(u) => {
-                let cap = self.dict.reservoir_size as u64;
-                let created = targets
-                    .iter()
-                    .filter(|t| matches!(t, Target::Leader { .. }))
-                    .count();
-                let mut counts: Vec<u64> = self.dict.counts.clone();
-                counts.resize(k0 + created, 0);
-                let mut keep: Vec<u32> = Vec::new();
-                let mut at = vec![usize::MAX; targets.len()];
-                let mut memberships = Vec::with_capacity(targets.len());
-                for (i, t) in targets.iter().enumerate() {
-                    let (k, _) = member(t);
-                    counts[k] += 1;
-                    let rank = counts[k];
-                    let stream_row = batch.stream_rows[i];
-                    let enters = cap > 0
-                        && (rank <= cap || uniform_below(self.config.seed, stream_row, rank) < cap);
-                    if matches!(t, Target::Leader { .. }) || enters {
-                        at[i] = keep.len();
-                        keep.push(i as u32);
-                    }
-                    memberships.push((k as u32, i as u32));
-                }
                 let st = self.device.as_mut().expect("prepared on the device");
-                let rows = if keep.is_empty() {
+                let kept = if keep.is_empty() {
                     Vec::new()
                 } else {
-                    let g = st.dev.gather_rows(&u.slice(..), d, &keep)?;
-                    st.dev.download(&g)?
+                    let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+                    st.dev
+                        .download(&st.dev.gather_rows(&u.slice(..), d, &idx)?)?
                 };
+                let memberships: Vec<(u32, u32)> = targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (member(t).0 as u32, i as u32))
+                    .collect();
                 let sums = st
                     .sums
                     .as_mut()
@@ -657,23 +663,28 @@ impl Builder {
                 st.dev.grow_sums(sums, k0 + created)?;
                 st.dev
                     .add_direction_sums(&u.slice(..), &memberships, sums)?;
-                (rows.into(), at, false)
+                (kept.into(), None)
             }
         };
-        let mut created = 0usize;
+        let mut next = 0usize; // position in `keep`
+        let mut made = 0usize;
         for (i, t) in targets.iter().enumerate() {
-            let row = (at[i] != usize::MAX).then(|| &rows[at[i] * d..(at[i] + 1) * d]);
+            let row = (keep.get(next) == Some(&i)).then(|| {
+                next += 1;
+                &kept[(next - 1) * d..next * d]
+            });
             let stream_row = batch.stream_rows[i] as i64;
             let token = batch.tokens.as_ref().map(|t| t[i]);
             if let Target::Leader { ordinal } = *t {
-                debug_assert_eq!(ordinal as usize, created);
+                debug_assert_eq!(ordinal as usize, made);
                 self.create_partition(row.expect("leaders' rows are kept"), stream_row, token);
-                created += 1;
+                made += 1;
             }
             let (k, dist) = member(t);
-            self.record_member(k, row, host_sums, dist, stream_row, token);
+            let sum_row = sum_rows.map(|u| &u[i * d..(i + 1) * d]);
+            self.record_member(k, sum_row, row, dist, stream_row, token);
         }
-        Ok(created)
+        Ok(made)
     }
 
     /// With the direction sums on the device: copies them into the host dictionary, which
@@ -712,13 +723,14 @@ impl Builder {
         self.current_to_creation.push(creation);
     }
 
-    /// Adds row `dir` to partition `k`. `dir` may be `None` when the direction sums are kept
-    /// elsewhere (`add_sum` false: on the device) and the row does not enter the reservoir.
+    /// Adds a row to partition `k`. `sum_row` is the row for the direction sums (`None`: they
+    /// are kept on the device); `dir` is the row when the host kept it (a new exemplar or a
+    /// reservoir entrant, see `apply`).
     fn record_member(
         &mut self,
         k: usize,
+        sum_row: Option<&[f32]>,
         dir: Option<&[f32]>,
-        add_sum: bool,
         dist: f64,
         stream_row: i64,
         token: Option<TokenRef>,
@@ -728,9 +740,8 @@ impl Builder {
         dict.counts[k] += 1;
         let rank = dict.counts[k];
         let need = "the row of a reservoir entrant is kept";
-        if add_sum {
-            let dir = dir.expect("host rows are all kept");
-            for (s, &x) in dict.direction_sums[k * d..(k + 1) * d].iter_mut().zip(dir) {
+        if let Some(row) = sum_row {
+            for (s, &x) in dict.direction_sums[k * d..(k + 1) * d].iter_mut().zip(row) {
                 *s += x as f64;
             }
         }
