@@ -1445,29 +1445,36 @@ impl CudaDevice {
         }
         let (parts, offsets, order) = csr_by_partition(memberships.iter().map(|m| m.0));
         let members: Vec<i32> = order.iter().map(|&i| memberships[i].1 as i32).collect();
-        let np = check_i32("partitions", parts.len())?;
+        check_i32("partitions", parts.len())?;
         let di = check_i32("d", d)?;
         let (dp, doff, dm) = (
             self.upload(&parts)?,
             self.upload(&offsets)?,
             self.upload(&members)?,
         );
-        let cfg = LaunchConfig {
-            grid_dim: ((d as u32).div_ceil(256), parts.len() as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("stats_direction_sums"));
-        b.arg(u)
-            .arg(&di)
-            .arg(&dp)
-            .arg(&doff)
-            .arg(&dm)
-            .arg(&np)
-            .arg(&mut s.buf);
-        // SAFETY: parts < s.rows and members < rows of u (checked above), offsets has np + 1
-        // entries, s.buf holds at least s.rows·d.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_direction_sums", e))?;
+        // One partition per grid row, in launches of at most MAX_GRID_Y partitions.
+        for t0 in (0..parts.len()).step_by(MAX_GRID_Y) {
+            let cnt = MAX_GRID_Y.min(parts.len() - t0);
+            let cnt_i = cnt as i32;
+            let (pv, ov) = (dp.slice(t0..t0 + cnt), doff.slice(t0..t0 + cnt + 1));
+            let cfg = LaunchConfig {
+                grid_dim: ((d as u32).div_ceil(256), cnt as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(self.f("stats_direction_sums"));
+            b.arg(u)
+                .arg(&di)
+                .arg(&pv)
+                .arg(&ov)
+                .arg(&dm)
+                .arg(&cnt_i)
+                .arg(&mut s.buf);
+            // SAFETY: parts < s.rows and members < rows of u (checked above); this launch reads
+            // cnt parts and cnt + 1 offsets (absolute positions in members); s.buf holds at
+            // least s.rows·d.
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_direction_sums", e))?;
+        }
         Ok(())
     }
 
