@@ -14,15 +14,23 @@
 //!
 //! Under both rules the exemplar set and its order equal strict sequential leader clustering,
 //! so K and exemplar ids do not depend on batch size.
+//!
+//! Each step runs on the builder's [`Backend`], with identical decisions (`docs/gpu.md`). On the
+//! CPU, phase B is [`leaders_cpu`] and the strict-order search [`nearest_prefix_cpu`]. On CUDA
+//! the batch's rows go up once and stay there: prepare, phase A, phase B (leaders appended to
+//! the device-resident exemplars), the strict-order search and the direction sums run on the
+//! device. Only per-row decisions (partition id, f64 similarity) and the rows the host must
+//! keep (exemplars of new partitions, rows entering a reservoir) come down. The direction sums
+//! then live on the device; they are copied back when the host needs them (a merge,
+//! [`Builder::dictionary`], [`Builder::finish`]).
 
+use crate::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
 use crate::backend::Backend;
 use crate::data::{ActivationBatch, TokenRef};
 use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
 use crate::geometry;
-use crate::linalg::{
-    dot_f64, exact_nearest, matmul_abt, screen_margin, screen_rows, top2_screen, Top2,
-};
+use crate::linalg::{dot_f64, matmul_abt, screen_margin, screen_rows};
 use rayon::prelude::*;
 
 /// How rows that match a pre-batch exemplar are assigned.
@@ -121,16 +129,42 @@ enum Target {
 /// Separates the merge sampler's random stream from the reservoirs' ("merge" in ASCII).
 const MERGE_SAMPLING_STREAM: u64 = 0x006d_6572_6765;
 
-/// Rows of unmatched candidates resolved per GEMM chunk in phase B.
+/// Rows of unmatched candidates per chunk in the nominal FLOP count of phase B (the chunk of
+/// [`leaders_cpu`]).
 const LEADER_CHUNK: usize = 256;
+
+/// A batch's centered unit directions: on the host, or on the device (CUDA builds).
+enum Prepared {
+    Host(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Device(cudarc::driver::CudaSlice<f32>),
+}
+
+/// The build's state on a CUDA device. Everything here is derived from the host dictionary at
+/// the time it was last rebuilt, so checkpoints need nothing from it: a restored builder
+/// uploads the exemplars and sums again at its first batch.
+#[cfg(feature = "cuda")]
+struct DeviceState {
+    dev: std::sync::Arc<crate::backend::cuda::CudaDevice>,
+    center: cudarc::driver::CudaSlice<f32>,
+    /// The dictionary's exemplars, in order. Emptied after a merge (ids are renumbered) and
+    /// refilled from the host at the next batch.
+    exemplars: crate::backend::cuda::GrowableRows,
+    /// While `Some`, the authoritative direction sums (the host's are stale). `None` after a
+    /// merge or before the first batch: the host's are current and are uploaded next batch.
+    sums: Option<crate::backend::cuda::DeviceSums>,
+}
 
 /// The streaming builder.
 pub struct Builder {
     dict: Dictionary,
     backend: Backend,
-    /// With a CUDA backend: the exemplars, resident on the device (only new ones are copied).
     #[cfg(feature = "cuda")]
-    device_exemplars: Option<crate::backend::cuda::GrowableRows>,
+    device: Option<DeviceState>,
+    /// The dictionary with its direction sums copied back from the device, made by the first
+    /// [`Builder::dictionary`] call after a change (only while the sums live on the device).
+    #[cfg(feature = "cuda")]
+    synced: std::cell::OnceCell<Dictionary>,
     config: BuildConfig,
     /// Per stream row, the *creation* id of its partition (stable across merges).
     assignments: Option<Vec<i64>>,
@@ -174,7 +208,9 @@ impl Builder {
             dict,
             backend: Backend::Cpu,
             #[cfg(feature = "cuda")]
-            device_exemplars: None,
+            device: None,
+            #[cfg(feature = "cuda")]
+            synced: std::cell::OnceCell::new(),
             config,
             assignments,
             creation_to_current: vec![],
@@ -185,17 +221,31 @@ impl Builder {
         })
     }
 
-    /// Runs phase A (the nearest pre-batch exemplar, the dominant GEMM) on `backend`. Every
-    /// backend returns the same exact decisions, so the dictionary does not change; the backend
-    /// is recorded in its metadata.
+    /// Runs the build on `backend` (call it before the first batch). Every backend returns the
+    /// same exact decisions, so the dictionary does not change; the backend is recorded in its
+    /// metadata.
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.dict.info.backend = backend.describe();
         self.backend = backend;
         self
     }
 
-    /// The dictionary so far.
+    /// The dictionary so far. On CUDA its direction sums are copied back from the device at
+    /// the first call after a batch (`K × D` f64); a device that fails that copy is fatal,
+    /// and this panics with the driver's message.
     pub fn dictionary(&self) -> &Dictionary {
+        #[cfg(feature = "cuda")]
+        if let Some(st) = &self.device {
+            if let Some(sums) = &st.sums {
+                return self.synced.get_or_init(|| {
+                    let mut dict = self.dict.clone();
+                    dict.direction_sums = st.dev.download_sums(sums).unwrap_or_else(|e| {
+                        panic!("copying the direction sums back from the GPU failed: {e}")
+                    });
+                    dict
+                });
+            }
+        }
         &self.dict
     }
 
@@ -224,16 +274,13 @@ impl Builder {
         if n == 0 {
             return Err(Error::EmptyInput("an empty batch".into()));
         }
-        let u =
-            geometry::directions(&batch.data, &self.dict.center).map_err(|z| Error::ZeroNorm {
-                path: "<stream>".into(),
-                row: batch.stream_rows[z.index],
-            })?;
+        #[cfg(feature = "cuda")]
+        self.synced.take();
         let k0 = self.dict.len();
-        self.sync_device_exemplars()?;
+        let u = self.prepare(batch)?;
         let (targets, flops) = self.decide(&u, n)?;
+        let new = self.apply(batch, &u, &targets, k0)?;
         self.dict.info.clustering_flops += flops;
-        let new = self.apply(batch, &u, &targets, k0);
         self.dict.info.activations_streamed += n as u64;
         self.dict.info.tokens_streamed += batch.new_tokens;
         self.dict.info.skipped_nonfinite += batch.skipped_nonfinite;
@@ -244,16 +291,9 @@ impl Builder {
                 .or_insert_with(|| doc.tokens.clone());
         }
         let merged = match self.config.merge_threshold {
-            Some(m) => self.merge_close(m),
+            Some(m) => self.merge_close(m)?,
             None => 0,
         };
-        #[cfg(feature = "cuda")]
-        if merged > 0 {
-            // Ids were renumbered: the device copy is rebuilt at the next batch.
-            if let Some(g) = self.device_exemplars.as_mut() {
-                g.clear();
-            }
-        }
         self.dict.prune_documents();
         if new > 0 {
             self.last_new_batch = self.batches;
@@ -275,251 +315,392 @@ impl Builder {
         })
     }
 
-    /// With a CUDA backend, copies the exemplars created since the last batch to the device.
-    fn sync_device_exemplars(&mut self) -> Result<()> {
+    /// The batch's centered unit directions, on the device for CUDA (only the raw rows go
+    /// up). A row equal to the center is [`Error::ZeroNorm`] naming its stream row.
+    fn prepare(&mut self, batch: &ActivationBatch) -> Result<Prepared> {
+        let host = |center: &[f32]| {
+            geometry::directions(&batch.data, center).map_err(|z| Error::ZeroNorm {
+                path: "<stream>".into(),
+                row: batch.stream_rows[z.index],
+            })
+        };
         #[cfg(feature = "cuda")]
-        if let Backend::Cuda(dev) = &self.backend {
-            let d = self.dict.dim;
-            if self.device_exemplars.is_none() {
-                self.device_exemplars = Some(dev.growable_rows(d)?);
-            }
-            let g = self.device_exemplars.as_mut().expect("just created");
-            let have = g.rows();
-            dev.append_rows(g, &self.dict.exemplars[have * d..])?;
+        if let Backend::Cuda(_) = self.backend {
+            self.sync_device()?;
+            let st = self.device.as_ref().expect("synced above");
+            let (n, d) = (batch.rows(), self.dict.dim);
+            let x = st.dev.upload(&batch.data)?;
+            return match st.dev.prepare_f32(&x, n, d, &st.center, None) {
+                Ok(u) => Ok(Prepared::Device(u)),
+                Err(e) => {
+                    // The same typed error as the CPU build when it is a zero-norm row.
+                    host(&self.dict.center)?;
+                    Err(e)
+                }
+            };
+        }
+        Ok(Prepared::Host(host(&self.dict.center)?))
+    }
+
+    /// With a CUDA backend: creates the device state, copies the exemplars created since the
+    /// last batch (all of them after a merge or a restore), and uploads the direction sums when
+    /// the host holds the current ones.
+    #[cfg(feature = "cuda")]
+    fn sync_device(&mut self) -> Result<()> {
+        let Backend::Cuda(dev) = &self.backend else {
+            return Ok(());
+        };
+        let d = self.dict.dim;
+        if self.device.is_none() {
+            self.device = Some(DeviceState {
+                dev: dev.clone(),
+                center: dev.upload(&self.dict.center)?,
+                exemplars: dev.growable_rows(d)?,
+                sums: None,
+            });
+        }
+        let st = self.device.as_mut().expect("just created");
+        if st.exemplars.rows() > self.dict.len() {
+            // A batch failed after appending its leaders.
+            st.exemplars.clear();
+        }
+        let have = st.exemplars.rows();
+        st.dev
+            .append_rows(&mut st.exemplars, &self.dict.exemplars[have * d..])?;
+        if st.sums.is_none() {
+            st.sums = Some(st.dev.upload_sums(&self.dict.direction_sums, d)?);
         }
         Ok(())
     }
 
     /// Phases A and B: where each row goes, and the nominal FLOPs of the similarity products
     /// (see [`crate::dictionary::BuildInfo::clustering_flops`]).
-    fn decide(&self, u: &[f32], n: usize) -> Result<(Vec<Target>, f64)> {
+    fn decide(&mut self, u: &Prepared, n: usize) -> Result<(Vec<Target>, f64)> {
         let d = self.dict.dim;
         let theta = self.dict.theta;
-        let margin = screen_margin(d);
-        // A row is certainly unmatched when even its f32 best similarity is below 1 − θ by
-        // more than the screen's error.
-        let certainly_far = (1.0 - theta) as f32 - margin;
         let mut targets = vec![Target::Unset; n];
-        // Leaders of this batch: their rows and directions, in creation order.
-        let mut lead_rows: Vec<usize> = Vec::new();
-        let mut lead_dirs: Vec<f32> = Vec::new();
         let k0 = self.dict.len();
-        let mut start = 0;
+        // The first row of an empty dictionary founds partition 0; phase A then compares the
+        // rest of the batch with it, as the reference does.
+        let start = usize::from(k0 == 0);
         if k0 == 0 {
-            // The first row of an empty dictionary founds partition 0; phase A then compares
-            // the rest of the batch with it, as the reference does.
             targets[0] = Target::Leader { ordinal: 0 };
-            lead_rows.push(0);
-            lead_dirs.extend_from_slice(&u[..d]);
-            start = 1;
         }
-        let old: &[f32] = if k0 == 0 {
-            &u[..d]
-        } else {
-            &self.dict.exemplars
-        };
         // Phase A: the exact nearest pre-batch exemplar of every other row.
-        let rest = &u[start * d..];
-        let mut flops = 2.0 * d as f64 * (n - start) as f64 * (old.len() / d) as f64;
-        let join = |id: u32, sim: f64| {
-            if geometry::distance_from_similarity(sim) > theta {
-                Target::Unset
-            } else if k0 == 0 {
-                // The only partition visible to phase A is the founder.
-                Target::Follow { ordinal: 0, sim }
-            } else {
-                Target::Old { id, sim }
-            }
+        let mut flops = 2.0 * d as f64 * (n - start) as f64 * k0.max(1) as f64;
+        let join = |best: Option<(u32, f64)>| match best {
+            Some((_, sim)) if geometry::distance_from_similarity(sim) > theta => Target::Unset,
+            None => Target::Unset,
+            // The only partition visible to phase A is the founder.
+            Some((_, sim)) if k0 == 0 => Target::Follow { ordinal: 0, sim },
+            Some((id, sim)) => Target::Old { id, sim },
         };
-        let phase_a: Vec<Target> = match &self.backend {
-            Backend::Cpu => screen_rows(rest, old, d)
-                .par_iter()
-                .enumerate()
-                .map(|(a, sc)| {
-                    // Certainly unmatched: no need to settle the argmax exactly.
-                    if sc.top.best < certainly_far {
-                        return Target::Unset;
-                    }
-                    let (id, sim) = sc.resolve(&rest[a * d..(a + 1) * d], old, d);
-                    join(id, sim)
-                })
-                .collect(),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(dev) => {
-                let (ids, sims) = match &self.device_exemplars {
-                    // The exemplars resident on the device (synced before this batch).
-                    Some(g) if k0 > 0 && g.rows() == k0 => {
-                        let (ids, sims) =
-                            dev.nearest(&dev.upload(rest)?, rest.len() / d, &g.view(), k0, d)?;
-                        (ids.into_iter().map(|i| i as u32).collect(), sims)
-                    }
-                    // The founder of an empty dictionary: one host row.
-                    _ => self.backend.nearest(rest, old, d)?,
-                };
-                ids.iter()
-                    .zip(&sims)
-                    .map(|(&id, &sim)| join(id, sim))
-                    .collect()
-            }
-        };
-        targets[start..].copy_from_slice(&phase_a);
-        // Phase B: sequential leader clustering of the unmatched rows, chunk by chunk.
+        let phase_a = self.phase_a(u, start)?;
+        for (t, best) in targets[start..].iter_mut().zip(phase_a) {
+            *t = join(best);
+        }
+        // Phase B: sequential leader clustering of the unmatched rows. Leaders of phase B are
+        // compared with leaders of phase B only (the founder, if any, was phase A's
+        // candidate), so their ordinals start after it.
         let unmatched: Vec<usize> = (start..n)
             .filter(|&i| targets[i] == Target::Unset)
             .collect();
-        // Leaders of phase B are compared with leaders of phase B only (the founder, if any,
-        // was phase A's candidate), so their ordinals start after it.
-        let first_b = lead_rows.len();
-        for chunk in unmatched.chunks(LEADER_CHUNK) {
-            let c = chunk.len();
-            let mut dirs = Vec::with_capacity(c * d);
-            for &i in chunk {
-                dirs.extend_from_slice(&u[i * d..(i + 1) * d]);
-            }
-            let prev_n = lead_rows.len() - first_b;
-            let prev = top2_screen(&dirs, &lead_dirs[first_b * d..], d);
-            flops += 2.0 * d as f64 * c as f64 * (prev_n + c) as f64;
-            let mut intra = vec![0.0f32; c * c];
-            matmul_abt(&dirs, &dirs, d, &mut intra);
-            let mut chunk_leaders: Vec<(usize, u32)> = Vec::new(); // (local index, B-ordinal)
-            for (a, &i) in chunk.iter().enumerate() {
-                let mut t = prev[a];
-                for &(b, ord) in &chunk_leaders {
-                    t.offer(ord, intra[a * c + b]);
-                }
-                let row = &u[i * d..(i + 1) * d];
-                let mut follow = None;
-                if t.index != u32::MAX && t.best >= certainly_far {
-                    let (ord, sim) = exact_best(row, &lead_dirs[first_b * d..], d, &t, margin);
-                    if geometry::distance_from_similarity(sim) <= theta {
-                        follow = Some((ord, sim));
-                    }
-                }
-                match follow {
-                    Some((ord, sim)) => {
-                        targets[i] = Target::Follow {
-                            ordinal: ord + first_b as u32,
-                            sim,
+        let first_b = start;
+        let decisions = self.phase_b(u, &unmatched)?;
+        let mut lead_rows: Vec<usize> = Vec::new(); // rows of phase B's leaders, in order
+        for (chunk, dec) in unmatched
+            .chunks(LEADER_CHUNK)
+            .zip(decisions.chunks(LEADER_CHUNK))
+        {
+            let c = chunk.len() as f64;
+            flops += 2.0 * d as f64 * c * (lead_rows.len() as f64 + c);
+            for (&i, &dec) in chunk.iter().zip(dec) {
+                targets[i] = match dec {
+                    LeaderDecision::Leader { ordinal } => {
+                        debug_assert_eq!(ordinal as usize, lead_rows.len());
+                        lead_rows.push(i);
+                        Target::Leader {
+                            ordinal: ordinal + first_b as u32,
                         }
                     }
-                    None => {
-                        let ordinal = lead_rows.len() as u32;
-                        chunk_leaders.push((a, ordinal - first_b as u32));
-                        targets[i] = Target::Leader { ordinal };
-                        lead_rows.push(i);
-                        lead_dirs.extend_from_slice(row);
-                    }
-                }
+                    LeaderDecision::Follow { ordinal, sim } => Target::Follow {
+                        ordinal: ordinal + first_b as u32,
+                        sim,
+                    },
+                };
             }
-            debug_assert!(prev_n + chunk_leaders.len() == lead_rows.len() - first_b);
         }
-        if self.config.semantics == Semantics::StrictOrder && lead_rows.len() > first_b {
-            flops += self.strict_order_pass(
-                u,
-                &mut targets,
-                &lead_rows[first_b..],
-                &lead_dirs[first_b * d..],
-                first_b,
-            );
+        if self.config.semantics == Semantics::StrictOrder && !lead_rows.is_empty() {
+            flops += self.strict_order_pass(u, &mut targets, &lead_rows, first_b)?;
         }
         Ok((targets, flops))
     }
 
-    /// Strict order: rows matched to a pre-batch exemplar move to an earlier in-batch leader
-    /// when it is strictly nearer. Returns the FLOPs of its similarity products.
+    /// Phase A for rows `start..n`: the exact nearest pre-batch exemplar (the founder, when
+    /// the dictionary is empty) and its f64 similarity; `None` where the row is certainly
+    /// unmatched (its f32 screen is below 1 − θ by more than the screen's error).
+    fn phase_a(&mut self, u: &Prepared, start: usize) -> Result<Vec<Option<(u32, f64)>>> {
+        let d = self.dict.dim;
+        let k0 = self.dict.len();
+        match u {
+            Prepared::Host(u) => {
+                let certainly_far = (1.0 - self.dict.theta) as f32 - screen_margin(d);
+                let old: &[f32] = if k0 == 0 {
+                    &u[..d]
+                } else {
+                    &self.dict.exemplars
+                };
+                let rest = &u[start * d..];
+                Ok(screen_rows(rest, old, d)
+                    .par_iter()
+                    .enumerate()
+                    .map(|(a, sc)| {
+                        (sc.top.best >= certainly_far)
+                            .then(|| sc.resolve(&rest[a * d..(a + 1) * d], old, d))
+                    })
+                    .collect())
+            }
+            #[cfg(feature = "cuda")]
+            Prepared::Device(u) => {
+                use crate::backend::cuda::ScreenKind;
+                let st = self.device.as_mut().expect("prepared on the device");
+                let dev = st.dev.clone();
+                if k0 == 0 {
+                    // The founder becomes exemplar 0 on the device, before phase B's leaders.
+                    dev.append_device_rows(&mut st.exemplars, &u.slice(..d))?;
+                }
+                let k = st.exemplars.rows();
+                debug_assert_eq!(k, k0.max(1));
+                let n = u.len() / d;
+                if n == start {
+                    return Ok(Vec::new());
+                }
+                let screen = ScreenKind::auto(dev.compute_capability(), k, d);
+                let (ids, sims) = dev.nearest_device(
+                    screen,
+                    &u.slice(start * d..),
+                    n - start,
+                    &st.exemplars.view(),
+                    k,
+                    d,
+                    None,
+                )?;
+                let (ids, sims) = (dev.download(&ids)?, dev.download(&sims)?);
+                Ok(ids
+                    .into_iter()
+                    .zip(sims)
+                    .map(|(id, sim)| Some((id as u32, sim)))
+                    .collect())
+            }
+        }
+    }
+
+    /// Phase B: the decisions of [`leaders_cpu`] for the rows `unmatched`, in stream order. On
+    /// CUDA the leaders are appended to the device exemplars, after the founder (if any), so
+    /// the device copy stays in the order of the dictionary's exemplars.
+    fn phase_b(&mut self, u: &Prepared, unmatched: &[usize]) -> Result<Vec<LeaderDecision>> {
+        let (d, theta) = (self.dict.dim, self.dict.theta);
+        if unmatched.is_empty() {
+            return Ok(Vec::new());
+        }
+        match u {
+            Prepared::Host(u) => Ok(leaders_cpu(&gather(u, d, unmatched), d, theta)),
+            #[cfg(feature = "cuda")]
+            Prepared::Device(u) => {
+                let st = self.device.as_mut().expect("prepared on the device");
+                let idx: Vec<u32> = unmatched.iter().map(|&i| i as u32).collect();
+                let w = st.dev.gather_rows(&u.slice(..), d, &idx)?;
+                st.dev
+                    .leaders(&w.slice(..), idx.len(), d, theta, &mut st.exemplars)
+            }
+        }
+    }
+
+    /// Strict order: rows matched to a pre-batch exemplar (or, in an empty dictionary, to the
+    /// founder) move to an in-batch leader created before them when it is strictly nearer
+    /// ([`nearest_prefix_cpu`], on the backend). `lead_rows` are phase B's leaders, whose
+    /// ordinals start at `first_b` (the dictionary holds the pre-batch exemplars only; the
+    /// batch is applied afterwards). Returns the FLOPs of its similarity products.
     fn strict_order_pass(
-        &self,
-        u: &[f32],
+        &mut self,
+        u: &Prepared,
         targets: &mut [Target],
         lead_rows: &[usize],
-        lead_dirs: &[f32],
         first_b: usize,
-    ) -> f64 {
+    ) -> Result<f64> {
         let d = self.dict.dim;
-        let margin = screen_margin(d);
         let matched: Vec<usize> = (0..targets.len())
             .filter(|&i| match targets[i] {
                 Target::Old { .. } => true,
-                // With an empty dictionary, phase A's candidate was the founder (ordinal 0).
                 Target::Follow { ordinal: 0, .. } => first_b == 1,
                 _ => false,
             })
             .filter(|&i| lead_rows[0] < i)
             .collect();
+        if matched.is_empty() {
+            return Ok(0.0);
+        }
         let l = lead_rows.len();
-        let tile = crate::linalg::tile_rows(l).min(LEADER_CHUNK);
-        let mut sims = vec![0.0f32; tile * l];
-        for chunk in matched.chunks(tile) {
-            let mut dirs = Vec::with_capacity(chunk.len() * d);
-            for &i in chunk {
-                dirs.extend_from_slice(&u[i * d..(i + 1) * d]);
+        // Leaders created before each row (at least the first, by the filter above).
+        let limits: Vec<u32> = matched
+            .iter()
+            .map(|&i| lead_rows.partition_point(|&r| r < i) as u32)
+            .collect();
+        let nearest: Vec<Option<(u32, f64)>> = match u {
+            Prepared::Host(u) => nearest_prefix_cpu(
+                &gather(u, d, &matched),
+                &limits,
+                &gather(u, d, lead_rows),
+                d,
+            ),
+            #[cfg(feature = "cuda")]
+            Prepared::Device(u) => {
+                use crate::backend::cuda::ScreenKind;
+                let st = self.device.as_ref().expect("prepared on the device");
+                let dev = &st.dev;
+                let idx: Vec<u32> = matched.iter().map(|&i| i as u32).collect();
+                let w = dev.gather_rows(&u.slice(..), d, &idx)?;
+                let lim: Vec<i32> = limits.iter().map(|&x| x as i32).collect();
+                let lim = dev.upload(&lim)?;
+                // Phase B's leaders are the device exemplars after the pre-batch ones and the
+                // founder.
+                let first = self.dict.len() + first_b;
+                debug_assert_eq!(st.exemplars.rows(), first + l);
+                let leaders = st.exemplars.view().slice(first * d..(first + l) * d);
+                let screen = ScreenKind::auto(dev.compute_capability(), l, d);
+                let (ids, sims) =
+                    dev.nearest_with(screen, &w, idx.len(), &leaders, l, d, Some(&lim))?;
+                ids.into_iter()
+                    .zip(sims)
+                    .map(|(i, s)| (i >= 0).then_some((i as u32, s)))
+                    .collect()
             }
-            let s = &mut sims[..chunk.len() * l];
-            matmul_abt(&dirs, lead_dirs, d, s);
-            let updates: Vec<(usize, Option<Target>)> = chunk
-                .par_iter()
-                .enumerate()
-                .map(|(a, &i)| {
-                    let before = lead_rows.partition_point(|&r| r < i);
-                    let t = Top2::of_slice(&s[a * l..a * l + before], 0);
-                    let row = &u[i * d..(i + 1) * d];
-                    let (ord, sim) = exact_best(row, &lead_dirs[..before * d], d, &t, margin);
-                    let current = match targets[i] {
-                        Target::Old { sim, .. } | Target::Follow { sim, .. } => sim,
-                        _ => unreachable!("only matched rows are revisited"),
-                    };
-                    // Ties stay with the older partition (the lower id).
-                    let better = sim > current;
-                    (
-                        i,
-                        better.then_some(Target::Follow {
-                            ordinal: ord + first_b as u32,
-                            sim,
-                        }),
-                    )
-                })
-                .collect();
-            for (i, t) in updates {
-                if let Some(t) = t {
-                    targets[i] = t;
-                }
+        };
+        for (&i, best) in matched.iter().zip(nearest) {
+            let Some((ord, sim)) = best else { continue };
+            let current = match targets[i] {
+                Target::Old { sim, .. } | Target::Follow { sim, .. } => sim,
+                _ => unreachable!("only matched rows are revisited"),
+            };
+            // Ties stay with the older partition (the lower id).
+            if sim > current {
+                targets[i] = Target::Follow {
+                    ordinal: ord + first_b as u32,
+                    sim,
+                };
             }
         }
-        2.0 * d as f64 * matched.len() as f64 * l as f64
+        Ok(2.0 * d as f64 * matched.len() as f64 * l as f64)
     }
 
     /// Creates the new partitions and records every row's membership, in stream order.
-    /// Returns the number of partitions created.
+    /// Returns the number of partitions created. On CUDA the direction sums are added on the
+    /// device first, and only the rows the host keeps come down: exemplars of new partitions
+    /// and rows entering a reservoir (found by replaying the reservoir's draws, which depend
+    /// only on the seed, the stream row and the member's rank).
     fn apply(
         &mut self,
         batch: &ActivationBatch,
-        u: &[f32],
+        u: &Prepared,
         targets: &[Target],
         k0: usize,
-    ) -> usize {
+    ) -> Result<usize> {
         let d = self.dict.dim;
-        let mut created = 0usize;
+        let member = |t: &Target| match *t {
+            Target::Unset => unreachable!("every row has a target after phase B"),
+            Target::Old { id, sim } => (id as usize, geometry::distance_from_similarity(sim)),
+            Target::Leader { ordinal } => (k0 + ordinal as usize, 0.0),
+            Target::Follow { ordinal, sim } => (
+                k0 + ordinal as usize,
+                geometry::distance_from_similarity(sim),
+            ),
+        };
+        // The rows the host keeps: exemplars of new partitions and rows entering a reservoir,
+        // found by replaying record_member's ranks and draws. The CPU build uses this set too
+        // (its rows for the sums come from `u`), so every CPU test checks the replay.
+        let cap = self.dict.reservoir_size as u64;
+        let created = targets
+            .iter()
+            .filter(|t| matches!(t, Target::Leader { .. }))
+            .count();
+        let mut counts: Vec<u64> = self.dict.counts.clone();
+        counts.resize(k0 + created, 0);
+        let mut keep: Vec<usize> = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let row = &u[i * d..(i + 1) * d];
+            let (k, _) = member(t);
+            counts[k] += 1;
+            let rank = counts[k];
+            let enters = cap > 0
+                && (rank <= cap
+                    || uniform_below(self.config.seed, batch.stream_rows[i], rank) < cap);
+            if matches!(t, Target::Leader { .. }) || enters {
+                keep.push(i);
+            }
+        }
+        // `kept` holds the kept rows in order; `sum_rows` every row, when the sums are on the
+        // host.
+        let (kept, sum_rows): (std::borrow::Cow<'_, [f32]>, Option<&[f32]>) = match u {
+            Prepared::Host(u) => (gather(u, d, &keep).into(), Some(u)),
+            #[cfg(feature = "cuda")]
+            Prepared::Device(u) => {
+                let st = self.device.as_mut().expect("prepared on the device");
+                let kept = if keep.is_empty() {
+                    Vec::new()
+                } else {
+                    let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+                    st.dev
+                        .download(&st.dev.gather_rows(&u.slice(..), d, &idx)?)?
+                };
+                let memberships: Vec<(u32, u32)> = targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (member(t).0 as u32, i as u32))
+                    .collect();
+                let sums = st
+                    .sums
+                    .as_mut()
+                    .expect("uploaded when the batch was prepared");
+                st.dev.grow_sums(sums, k0 + created)?;
+                st.dev
+                    .add_direction_sums(&u.slice(..), &memberships, sums)?;
+                (kept.into(), None)
+            }
+        };
+        let mut next = 0usize; // position in `keep`
+        let mut made = 0usize;
+        for (i, t) in targets.iter().enumerate() {
+            let row = (keep.get(next) == Some(&i)).then(|| {
+                next += 1;
+                &kept[(next - 1) * d..next * d]
+            });
             let stream_row = batch.stream_rows[i] as i64;
             let token = batch.tokens.as_ref().map(|t| t[i]);
-            let (k, dist) = match *t {
-                Target::Unset => unreachable!("every row has a target after phase B"),
-                Target::Old { id, sim } => (id as usize, geometry::distance_from_similarity(sim)),
-                Target::Leader { ordinal } => {
-                    debug_assert_eq!(ordinal as usize, created);
-                    self.create_partition(row, stream_row, token);
-                    created += 1;
-                    (k0 + ordinal as usize, 0.0)
-                }
-                Target::Follow { ordinal, sim } => (
-                    k0 + ordinal as usize,
-                    geometry::distance_from_similarity(sim),
-                ),
-            };
-            self.record_member(k, row, dist, stream_row, token);
+            if let Target::Leader { ordinal } = *t {
+                debug_assert_eq!(ordinal as usize, made);
+                self.create_partition(row.expect("leaders' rows are kept"), stream_row, token);
+                made += 1;
+            }
+            let (k, dist) = member(t);
+            let sum_row = sum_rows.map(|u| &u[i * d..(i + 1) * d]);
+            self.record_member(k, sum_row, row, dist, stream_row, token);
         }
-        created
+        Ok(made)
+    }
+
+    /// With the direction sums on the device: copies them into the host dictionary, which
+    /// holds the current ones from then on (before a merge renumbers partitions, and at the
+    /// end of the build). The device exemplars are emptied; both are uploaded again at the
+    /// next batch.
+    #[cfg(feature = "cuda")]
+    fn pull_device_sums(&mut self) -> Result<()> {
+        if let Some(st) = self.device.as_mut() {
+            if let Some(sums) = st.sums.take() {
+                self.dict.direction_sums = st.dev.download_sums(&sums)?;
+            }
+            st.exemplars.clear();
+        }
+        self.synced.take();
+        Ok(())
     }
 
     fn create_partition(&mut self, dir: &[f32], stream_row: i64, token: Option<TokenRef>) {
@@ -542,10 +723,14 @@ impl Builder {
         self.current_to_creation.push(creation);
     }
 
+    /// Adds a row to partition `k`. `sum_row` is the row for the direction sums (`None`: they
+    /// are kept on the device); `dir` is the row when the host kept it (a new exemplar or a
+    /// reservoir entrant, see `apply`).
     fn record_member(
         &mut self,
         k: usize,
-        dir: &[f32],
+        sum_row: Option<&[f32]>,
+        dir: Option<&[f32]>,
         dist: f64,
         stream_row: i64,
         token: Option<TokenRef>,
@@ -554,8 +739,11 @@ impl Builder {
         let d = dict.dim;
         dict.counts[k] += 1;
         let rank = dict.counts[k];
-        for (s, &x) in dict.direction_sums[k * d..(k + 1) * d].iter_mut().zip(dir) {
-            *s += x as f64;
+        let need = "the row of a reservoir entrant is kept";
+        if let Some(row) = sum_row {
+            for (s, &x) in dict.direction_sums[k * d..(k + 1) * d].iter_mut().zip(row) {
+                *s += x as f64;
+            }
         }
         dict.sum_distances[k] += dist;
         dict.sum_sq_distances[k] += dist * dist;
@@ -573,13 +761,13 @@ impl Builder {
         if cap > 0 {
             if (rank as usize) <= cap {
                 dict.reservoir_rows[k].push(stream_row);
-                dict.reservoir[k].extend_from_slice(dir);
+                dict.reservoir[k].extend_from_slice(dir.expect(need));
             } else {
                 let j = uniform_below(self.config.seed, stream_row as u64, rank);
                 if (j as usize) < cap {
                     let j = j as usize;
                     dict.reservoir_rows[k][j] = stream_row;
-                    dict.reservoir[k][j * d..(j + 1) * d].copy_from_slice(dir);
+                    dict.reservoir[k][j * d..(j + 1) * d].copy_from_slice(dir.expect(need));
                 }
             }
         }
@@ -593,11 +781,11 @@ impl Builder {
     /// The reference's `merge_close`: pairs of exemplars within `threshold` are grouped
     /// transitively (union-find); each group merges into its largest member (earliest on
     /// ties), which keeps its exemplar. Returns the number of partitions merged away.
-    fn merge_close(&mut self, threshold: f64) -> usize {
+    fn merge_close(&mut self, threshold: f64) -> Result<usize> {
         let d = self.dict.dim;
         let k = self.dict.len();
         if k < 2 {
-            return 0;
+            return Ok(0);
         }
         let e = &self.dict.exemplars;
         let margin = screen_margin(d);
@@ -621,8 +809,11 @@ impl Builder {
             }
         }
         if pairs.is_empty() {
-            return 0;
+            return Ok(0);
         }
+        // The merge adds direction sums on the host and renumbers partitions.
+        #[cfg(feature = "cuda")]
+        self.pull_device_sums()?;
         let mut parent: Vec<usize> = (0..k).collect();
         fn find(p: &mut [usize], mut x: usize) -> usize {
             while p[x] != x {
@@ -677,7 +868,7 @@ impl Builder {
             }
         }
         self.current_to_creation = inv;
-        merged
+        Ok(merged)
     }
 
     /// Points every creation id that maps to current partition `from` (its own and those of
@@ -744,7 +935,13 @@ impl Builder {
 
     /// Ends the build: drops partitions below `min_members`, renumbers, and maps the recorded
     /// assignments to final ids.
+    /// On CUDA the direction sums are copied back first; a device that fails that copy is
+    /// fatal, and this panics with the driver's message.
     pub fn finish(mut self, min_members: u64) -> BuildOutput {
+        #[cfg(feature = "cuda")]
+        if let Err(e) = self.pull_device_sums() {
+            panic!("copying the direction sums back from the GPU failed: {e}");
+        }
         let map = self.dict.finalize(min_members.max(1));
         self.dict.info.min_members = min_members.max(1);
         let assignments = self.assignments.map(|mut a| {
@@ -764,6 +961,8 @@ impl Builder {
 
     /// Mutable access to the build record (the driver fills inputs, budgets, timings).
     pub fn info_mut(&mut self) -> &mut crate::dictionary::BuildInfo {
+        #[cfg(feature = "cuda")]
+        self.synced.take();
         &mut self.dict.info
     }
 
@@ -853,15 +1052,13 @@ pub struct BuilderState {
     pub saturated: bool,
 }
 
-/// The exact best candidate given the f32 screen of one row: re-checked over all candidates
-/// in f64 when the screen cannot separate the best from the runner-up.
-fn exact_best(row: &[f32], cands: &[f32], d: usize, t: &Top2, margin: f32) -> (u32, f64) {
-    if t.is_ambiguous(margin) {
-        exact_nearest(row, cands, d).expect("at least one candidate")
-    } else {
-        let k = t.index as usize;
-        (t.index, dot_f64(row, &cands[k * d..(k + 1) * d]))
+/// Rows `idx` of `u` (rows of width `d`), in that order.
+fn gather(u: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * d);
+    for &i in idx {
+        out.extend_from_slice(&u[i * d..(i + 1) * d]);
     }
+    out
 }
 
 /// Keeps the `n` smallest `(distance, stream_row)`, ascending.

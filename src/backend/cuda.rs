@@ -202,6 +202,41 @@ impl GrowableRows {
     }
 }
 
+/// Per-partition f64 direction sums resident on the device (`rows × dim`, with spare
+/// capacity that is kept at zero), for a build whose statistics are updated on the GPU.
+pub struct DeviceSums {
+    buf: CudaSlice<f64>,
+    rows: usize,
+    dim: usize,
+}
+
+impl DeviceSums {
+    /// Partitions held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Memberships grouped by partition (CSR): the partitions in increasing order, the offsets of
+/// their members, and the membership indices in that order. The sort is stable, so each
+/// partition keeps its members in stream order.
+fn csr_by_partition(parts_of: impl Iterator<Item = u32>) -> (Vec<i32>, Vec<i32>, Vec<usize>) {
+    let p: Vec<u32> = parts_of.collect();
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by_key(|&i| p[i]);
+    let (mut parts, mut offsets) = (Vec::new(), vec![0i32]);
+    for (pos, &i) in order.iter().enumerate() {
+        if parts.last() != Some(&(p[i] as i32)) {
+            if !parts.is_empty() {
+                offsets.push(pos as i32);
+            }
+            parts.push(p[i] as i32);
+        }
+    }
+    offsets.push(order.len() as i32);
+    (parts, offsets, order)
+}
+
 const WARPS_PER_BLOCK: u32 = 8;
 
 /// The largest grid height; kernels with a row per grid.y stride over it.
@@ -1032,24 +1067,10 @@ impl CudaDevice {
         if memberships.is_empty() {
             return Ok(());
         }
-        // CSR by partition; a stable sort keeps each partition's rows in stream order.
-        let mut order: Vec<usize> = (0..memberships.len()).collect();
-        order.sort_by_key(|&i| memberships[i].0);
-        let (mut parts, mut offsets, mut members, mut dists) =
-            (Vec::new(), vec![0i32], Vec::new(), Vec::new());
-        for &i in &order {
-            let (p, r, dist) = memberships[i];
-            if parts.last() != Some(&(p as i32)) {
-                if !parts.is_empty() {
-                    offsets.push(members.len() as i32);
-                }
-                parts.push(p as i32);
-            }
-            members.push(r as i32);
-            dists.push(dist);
-        }
-        offsets.push(members.len() as i32);
-        let np = parts.len() as i32;
+        let (parts, offsets, order) = csr_by_partition(memberships.iter().map(|m| m.0));
+        let members: Vec<i32> = order.iter().map(|&i| memberships[i].1 as i32).collect();
+        let dists: Vec<f64> = order.iter().map(|&i| memberships[i].2).collect();
+        let np = check_i32("partitions", parts.len())?;
         let di = check_i32("d", d)?;
         let (dp, doff, dm, dd) = (
             self.upload(&parts)?,
@@ -1300,6 +1321,161 @@ impl CudaDevice {
         // SAFETY: every index is < n_u (checked), out holds rows·d.
         unsafe { b.launch(cfg) }.map_err(|e| cuda_err("gather_rows", e))?;
         Ok(out)
+    }
+
+    /// Appends rows already on the device (`m × dim`, e.g. a prepared batch row) to `g`,
+    /// growing it when full; nothing crosses to the host.
+    pub fn append_device_rows(&self, g: &mut GrowableRows, rows: &CudaView<'_, f32>) -> Result<()> {
+        let d = g.dim;
+        if rows.len() % d != 0 {
+            return Err(Error::param(
+                "cuda launch",
+                format!("{} values are not whole rows of width {d}", rows.len()),
+            ));
+        }
+        let m = rows.len() / d;
+        if m == 0 {
+            return Ok(());
+        }
+        self.reserve_rows(g, m)?;
+        self.stream
+            .memcpy_dtod(rows, &mut g.buf.slice_mut(g.rows * d..(g.rows + m) * d))
+            .map_err(|e| cuda_err("device → device copy", e))?;
+        g.rows += m;
+        Ok(())
+    }
+
+    /// Copies a device view to the host.
+    pub fn download_view<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        v: &CudaView<'_, T>,
+    ) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(v)
+            .map_err(|e| cuda_err("device → host copy", e))
+    }
+
+    /// Per-partition f64 direction sums on the device, initialised from host sums (`K × dim`).
+    pub fn upload_sums(&self, host: &[f64], dim: usize) -> Result<DeviceSums> {
+        if dim == 0 || host.len() % dim != 0 {
+            return Err(Error::param(
+                "cuda launch",
+                format!("{} sums are not whole rows of width {dim}", host.len()),
+            ));
+        }
+        let rows = host.len() / dim;
+        let mut buf = self
+            .stream
+            .alloc_zeros::<f64>(rows.max(16) * dim)
+            .map_err(|e| cuda_err("alloc", e))?;
+        if rows > 0 {
+            self.stream
+                .memcpy_htod(host, &mut buf.slice_mut(0..rows * dim))
+                .map_err(|e| cuda_err("host → device copy", e))?;
+        }
+        Ok(DeviceSums { buf, rows, dim })
+    }
+
+    /// Grows `s` to `rows` partitions; the new ones start at zero (capacity at least doubles,
+    /// old sums move device to device).
+    pub fn grow_sums(&self, s: &mut DeviceSums, rows: usize) -> Result<()> {
+        let d = s.dim;
+        if rows <= s.rows {
+            return Ok(());
+        }
+        if rows * d > s.buf.len() {
+            let cap = rows.max(2 * s.buf.len() / d);
+            let mut grown = self
+                .stream
+                .alloc_zeros::<f64>(cap * d)
+                .map_err(|e| cuda_err("alloc", e))?;
+            if s.rows > 0 {
+                self.stream
+                    .memcpy_dtod(
+                        &s.buf.slice(0..s.rows * d),
+                        &mut grown.slice_mut(0..s.rows * d),
+                    )
+                    .map_err(|e| cuda_err("device → device copy", e))?;
+            }
+            s.buf = grown;
+        } else {
+            // Rows past the old count may hold sums of partitions since merged away.
+            self.stream
+                .memset_zeros(&mut s.buf.slice_mut(s.rows * d..rows * d))
+                .map_err(|e| cuda_err("memset", e))?;
+        }
+        s.rows = rows;
+        Ok(())
+    }
+
+    /// The sums of every partition in `s`, `rows × dim`.
+    pub fn download_sums(&self, s: &DeviceSums) -> Result<Vec<f64>> {
+        self.download_view(&s.buf.slice(0..s.rows * s.dim))
+    }
+
+    /// Adds one batch's member directions to `s`: the direction-sum half of
+    /// [`CudaDevice::stats_update`] (same kernel, same per-partition stream order, so the sums
+    /// are bit-identical to the CPU builder's). `memberships` are `(partition, row of u)` in
+    /// stream order; `u` holds whole rows of width `s`'s dim.
+    pub fn add_direction_sums(
+        &self,
+        u: &CudaView<'_, f32>,
+        memberships: &[(u32, u32)],
+        s: &mut DeviceSums,
+    ) -> Result<()> {
+        let d = s.dim;
+        let n_rows = u.len() / d;
+        if u.len() % d != 0 {
+            return Err(Error::param("cuda launch", "stats: rows are not n × d"));
+        }
+        if let Some(&(p, r)) = memberships
+            .iter()
+            .find(|(p, r)| *p as usize >= s.rows || *r as usize >= n_rows)
+        {
+            return Err(Error::param(
+                "cuda launch",
+                format!(
+                    "membership (partition {p}, row {r}) is outside K = {}, rows = {n_rows}",
+                    s.rows
+                ),
+            ));
+        }
+        if memberships.is_empty() {
+            return Ok(());
+        }
+        let (parts, offsets, order) = csr_by_partition(memberships.iter().map(|m| m.0));
+        let members: Vec<i32> = order.iter().map(|&i| memberships[i].1 as i32).collect();
+        check_i32("partitions", parts.len())?;
+        let di = check_i32("d", d)?;
+        let (dp, doff, dm) = (
+            self.upload(&parts)?,
+            self.upload(&offsets)?,
+            self.upload(&members)?,
+        );
+        // One partition per grid row, in launches of at most MAX_GRID_Y partitions.
+        for t0 in (0..parts.len()).step_by(MAX_GRID_Y) {
+            let cnt = MAX_GRID_Y.min(parts.len() - t0);
+            let cnt_i = cnt as i32;
+            let (pv, ov) = (dp.slice(t0..t0 + cnt), doff.slice(t0..t0 + cnt + 1));
+            let cfg = LaunchConfig {
+                grid_dim: ((d as u32).div_ceil(256), cnt as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(self.f("stats_direction_sums"));
+            b.arg(u)
+                .arg(&di)
+                .arg(&pv)
+                .arg(&ov)
+                .arg(&dm)
+                .arg(&cnt_i)
+                .arg(&mut s.buf);
+            // SAFETY: parts < s.rows and members < rows of u (checked above); this launch reads
+            // cnt parts and cnt + 1 offsets (absolute positions in members); s.buf holds at
+            // least s.rows·d.
+            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_direction_sums", e))?;
+        }
+        Ok(())
     }
 
     /// An empty [`GrowableRows`] of width `dim`.

@@ -5,10 +5,9 @@
 //! a batch, in stream order, run sequential leader clustering among themselves. A row within θ
 //! of an earlier leader follows the nearest (exact f64, lowest ordinal on ties); otherwise it
 //! becomes the next leader. [`nearest_prefix_cpu`] is the strict-order rule's question "which
-//! in-batch leader created before this row is nearest". Both compute what `build.rs` computes
-//! inline today (f32 GEMM screen, f64 decisions in the canonical order of
-//! [`crate::linalg::dot_f64`]), as standalone functions the builder and the GPU parity tests
-//! can call.
+//! in-batch leader created before this row is nearest". Both use an f32 GEMM screen and make
+//! f64 decisions in the canonical order of [`crate::linalg::dot_f64`]. The CPU builder
+//! (`build.rs`) calls them, and the GPU parity tests compare the CUDA kernels with them.
 
 use crate::geometry::distance_from_similarity;
 use crate::linalg::{dot_f64, exact_nearest, matmul_abt, screen_margin, top2_screen, Top2};
