@@ -309,6 +309,12 @@ mod torch {
         }
         let png = std::fs::read(d.join("sweep/quality_vs_compute.png")).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        // plot-sweep redraws the same figure from the report.
+        exemplar(d, &["plot-sweep", "sweep/report.json", "-o", "again.png"]).ok();
+        assert_eq!(std::fs::read(d.join("again.png")).unwrap(), png);
+        let e = exemplar(d, &["plot-sweep", "held.safetensors", "-o", "x.png"]).err();
+        assert_mentions(&e, &["held.safetensors"]);
+        assert!(!d.join("x.png").exists());
 
         // numpy: reconstruct with each artifact from its file and compare with the report.
         let Some(py) = python() else { return };

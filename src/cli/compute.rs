@@ -206,6 +206,32 @@ pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
 
 #[cfg(feature = "torch")]
 #[derive(Args, Debug)]
+pub struct PlotSweepArgs {
+    /// A `report.json` written by `exemplar budget-sweep`.
+    pub report: PathBuf,
+    /// Output PNG.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Redraws the PNG of a sweep from its report (e.g. after a change of the plot's layout).
+#[cfg(feature = "torch")]
+pub fn plot_sweep(a: PlotSweepArgs) -> Result<()> {
+    exemplar::output::check_writable(&a.out, a.force)?;
+    let text = std::fs::read_to_string(&a.report)
+        .with_context(|| format!("reading {}", a.report.display()))?;
+    let report: exemplar::eval::budget::SweepReport = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a budget-sweep report", a.report.display()))?;
+    exemplar::eval::budget::plot(&report, &a.out, a.force)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[cfg(feature = "torch")]
+#[derive(Args, Debug)]
 pub struct BudgetSweepArgs {
     #[command(flatten)]
     pub input: InputArgs,
@@ -256,7 +282,6 @@ pub struct BudgetSweepArgs {
 #[cfg(feature = "torch")]
 pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
     use exemplar::eval::budget::{run_sweep, EvalSet, SweepConfig};
-    use exemplar::eval::plot::{write_png, Panel, Series};
     if a.budgets.is_empty() || a.budgets.contains(&0) {
         bail!("--budgets: every budget must be a positive number of activations");
     }
@@ -355,72 +380,9 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
         );
     }
 
-    // Plot: quality against FLOPs, one panel per metric.
-    let ep_pts =
-        |f: &dyn Fn(&exemplar::eval::budget::Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
-            report
-                .ep
-                .iter()
-                .filter_map(|e| f(&e.quality).map(|y| (e.flops.max(1.0), y, short(e.budget))))
-                .collect()
-        };
-    let sae_pts =
-        |f: &dyn Fn(&exemplar::eval::budget::Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
-            report
-                .sae
-                .iter()
-                .filter_map(|s| {
-                    f(&s.quality).map(|y| (s.training.flops.max(1.0), y, short(s.budget)))
-                })
-                .collect()
-        };
-    let mut panels = vec![Panel {
-        title: "explained variance (held out)".into(),
-        x_label: "build / training FLOPs".into(),
-        y_label: "explained variance".into(),
-        series: vec![
-            Series {
-                name: "EP (k = 1)".into(),
-                points: ep_pts(&|q| Some(q.explained_variance)),
-            },
-            Series {
-                name: format!("TopK SAE (k = {})", report.sae_k),
-                points: sae_pts(&|q| Some(q.explained_variance)),
-            },
-        ],
-    }];
-    if report.ground_truth.is_some() {
-        panels.push(Panel {
-            title: "ground-truth features recovered (|cos| > 0.9)".into(),
-            x_label: "build / training FLOPs".into(),
-            y_label: "fraction recovered".into(),
-            series: vec![
-                Series {
-                    name: "EP exemplars".into(),
-                    points: ep_pts(&|q| q.feature_recovery_frac),
-                },
-                Series {
-                    name: "SAE decoder rows".into(),
-                    points: sae_pts(&|q| q.feature_recovery_frac),
-                },
-            ],
-        });
-    }
-    write_png(&png_path, &panels, a.force)?;
+    exemplar::eval::budget::plot(&report, &png_path, a.force)?;
     let json = serde_json::to_string_pretty(&report)?;
     exemplar::output::write_atomic(&report_path, json.as_bytes(), a.force)?;
     println!("wrote {} and {}", report_path.display(), png_path.display());
     Ok(())
-}
-
-/// 12000 → "12k", 3000000 → "3M".
-#[cfg(feature = "torch")]
-fn short(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
-        format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
-    }
 }

@@ -47,6 +47,9 @@ pub enum Command {
     /// compute (FLOPs, seconds) → report.json + quality_vs_compute.png.
     #[cfg(feature = "torch")]
     BudgetSweep(compute::BudgetSweepArgs),
+    /// Redraw the PNG of a budget sweep from its report.json.
+    #[cfg(feature = "torch")]
+    PlotSweep(compute::PlotSweepArgs),
     /// Linear probes on document features: raw activations vs EP codes (vs SAE codes).
     Probe(evaluate::ProbeArgs),
     /// Concept detection (AxBench latent track): region per concept, AUROC, hard negatives.
@@ -430,6 +433,8 @@ pub fn main() -> std::process::ExitCode {
         Command::TrainSae(a) => compute::train_sae(a),
         #[cfg(feature = "torch")]
         Command::BudgetSweep(a) => compute::budget_sweep(a),
+        #[cfg(feature = "torch")]
+        Command::PlotSweep(a) => compute::plot_sweep(a),
         Command::Probe(a) => evaluate::probe(a),
         Command::Detect(a) => evaluate::detect(a),
         Command::Ood(a) => evaluate::ood(a),

@@ -23,7 +23,7 @@ use crate::data::{ActivationStream, StreamOptions};
 use crate::dictionary::Basis;
 use crate::error::{Error, Result};
 use crate::pipeline::{build_stream, calibrate_stream, BuildPlan};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ pub struct SweepConfig {
 }
 
 /// Quality of one artifact on the held-out rows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
     pub explained_variance: f64,
     pub l0: f64,
@@ -53,7 +53,7 @@ pub struct Quality {
 }
 
 /// EP at one budget.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpPoint {
     pub budget: u64,
     /// Rows the build streamed (fewer than the budget when it saturated).
@@ -73,7 +73,7 @@ pub struct EpPoint {
 }
 
 /// The SAE at one budget.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaePoint {
     pub budget: u64,
     pub training: TrainRecord,
@@ -82,7 +82,7 @@ pub struct SaePoint {
 }
 
 /// The whole comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepReport {
     pub inputs: Vec<String>,
     pub eval_inputs: Vec<String>,
@@ -290,4 +290,68 @@ pub fn run_sweep(
         sae: saes,
         crate_version: env!("CARGO_PKG_VERSION").into(),
     })
+}
+
+/// Draws `report` as a PNG: explained variance against FLOPs, and with ground truth the fraction
+/// of true features recovered, EP and the SAE as two series labelled with their budgets.
+pub fn plot(report: &SweepReport, path: &Path, force: bool) -> Result<()> {
+    use super::plot::{write_png, Panel, Series};
+    let ep_pts = |f: &dyn Fn(&Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
+        report
+            .ep
+            .iter()
+            .filter_map(|e| f(&e.quality).map(|y| (e.flops.max(1.0), y, short(e.budget))))
+            .collect()
+    };
+    let sae_pts = |f: &dyn Fn(&Quality) -> Option<f64>| -> Vec<(f64, f64, String)> {
+        report
+            .sae
+            .iter()
+            .filter_map(|s| f(&s.quality).map(|y| (s.training.flops.max(1.0), y, short(s.budget))))
+            .collect()
+    };
+    let mut panels = vec![Panel {
+        title: "explained variance (held out)".into(),
+        x_label: "build / training FLOPs".into(),
+        y_label: "explained variance".into(),
+        series: vec![
+            Series {
+                name: "EP (k = 1)".into(),
+                points: ep_pts(&|q| Some(q.explained_variance)),
+            },
+            Series {
+                name: format!("TopK SAE (k = {})", report.sae_k),
+                points: sae_pts(&|q| Some(q.explained_variance)),
+            },
+        ],
+    }];
+    if report.ground_truth.is_some() {
+        panels.push(Panel {
+            title: "ground-truth features recovered (|cos| > 0.9)".into(),
+            x_label: "build / training FLOPs".into(),
+            y_label: "fraction recovered".into(),
+            series: vec![
+                Series {
+                    name: "EP exemplars".into(),
+                    points: ep_pts(&|q| q.feature_recovery_frac),
+                },
+                Series {
+                    name: "SAE decoder rows".into(),
+                    points: sae_pts(&|q| q.feature_recovery_frac),
+                },
+            ],
+        });
+    }
+    write_png(path, &panels, force)
+}
+
+/// 12000 → "12k", 3000000 → "3M".
+fn short(n: u64) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
 }

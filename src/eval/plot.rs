@@ -100,7 +100,15 @@ pub fn write_png(path: &Path, panels: &[Panel], force: bool) -> Result<()> {
                 .configure_mesh()
                 .x_desc(&panel.x_label)
                 .y_desc(&panel.y_label)
-                .x_label_formatter(&|v| format!("{v:.0e}"))
+                // Label the decades only: a log axis's in-between ticks crowd the axis.
+                .x_label_formatter(&|v| {
+                    let e = v.log10();
+                    if (e - e.round()).abs() < 1e-6 {
+                        format!("1e{}", e.round())
+                    } else {
+                        String::new()
+                    }
+                })
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(|e| plot_err(path, e))?;
