@@ -60,40 +60,6 @@ fn synth_writes_the_documented_tensors_and_refuses_bad_specs() {
 mod torch {
     use super::*;
     use std::path::{Path, PathBuf};
-    use std::process::Command;
-
-    fn python() -> Option<PathBuf> {
-        match std::env::var_os("EXEMPLAR_PYTHON") {
-            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-            _ => {
-                if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                    panic!(
-                        "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
-                    );
-                }
-                eprintln!(
-                    "skipping the numpy cross-check: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)"
-                );
-                None
-            }
-        }
-    }
-
-    fn run_python(py: &Path, dir: &Path, script: &str) -> String {
-        let out = Command::new(py)
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("running python");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "python failed\n--- stdout\n{stdout}\n--- stderr\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
 
     use exemplar::data::{ActivationStream, StreamOptions};
     use exemplar::eval::sae::{Sae, SaeActivation};
@@ -212,7 +178,7 @@ mod torch {
         let e = train_topk_sae(&mut stream(&train), &TrainConfig::new(8, 9))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("k"), "{e}");
+        assert!(e.contains("1..=width (8)") && e.contains("got 9"), "{e}");
     }
 
     #[test]
@@ -350,7 +316,7 @@ for p in rep["sae"]:
 print(json.dumps(out))
 "#;
         let got: serde_json::Value =
-            serde_json::from_str(run_python(&py, d, script).trim()).unwrap();
+            serde_json::from_str(run_python(&py, d, script, &[]).trim()).unwrap();
         for (side, points) in [("ep", ep), ("sae", sae)] {
             for p in points {
                 let key = format!("{side}{}", p["budget"]);
@@ -437,18 +403,10 @@ print(json.dumps(out))
     /// Activations of the small random Gemma-2 fixture through train-sae and budget-sweep.
     #[test]
     fn small_random_gemma2_activations_through_train_sae_and_the_sweep() {
-        let fx = match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
-            Some(p) => PathBuf::from(p).join("gqa"),
-            None if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") => {
-                panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
-            }
-            None => {
-                eprintln!(
-                    "skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes them)"
-                );
-                return;
-            }
+        let Some(fx) = gemma2_fixtures() else {
+            return;
         };
+        let fx = fx.join("gqa");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let docs: String = (0..40)

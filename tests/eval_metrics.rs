@@ -21,21 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
 
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                panic!(
-                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
-                );
-            }
-            eprintln!("skipping: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
 /// Runs `script` with `input` as JSON in `sys.argv[1]`; returns its stdout parsed as JSON.
 fn run_python_json(py: &Path, script: &str, input: &Value) -> Value {
     let dir = TempDir::new().unwrap();
@@ -1090,15 +1075,8 @@ fn concepts_from_parquet_equal_jsonl() {
 #[cfg(feature = "torch")]
 #[test]
 fn gemma2_text_mode_end_to_end() {
-    let fixtures = match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set")
-        }
-        None => {
-            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set");
-            return;
-        }
+    let Some(fixtures) = gemma2_fixtures() else {
+        return;
     };
     let model = fixtures.join("gqa");
     let model = model.to_str().unwrap();

@@ -4,23 +4,13 @@
 
 use exemplar::model::{Edit, Gemma2, HookKind, HookPoint, Intervention, Tokenizer};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 const CONFIGS: [&str; 2] = ["gqa", "sharded"];
 
-fn fixtures() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
-        }
-        None => {
-            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes the HF fixtures)");
-            None
-        }
-    }
-}
+mod common;
+
+use common::gemma2_fixtures as fixtures;
 
 fn expected(dir: &std::path::Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("expected.safetensors"))

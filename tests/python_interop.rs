@@ -10,45 +10,8 @@ mod common;
 
 use common::*;
 use exemplar::calibrate::{Calibration, PercentileMethod};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use tempfile::TempDir;
-
-/// The Python interpreter to use, or `None` (after saying so) when the tests should skip.
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                panic!(
-                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
-                );
-            }
-            eprintln!("skipping: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
-/// Runs `python -c script args...` in `dir`; panics with its output unless it exits 0.
-/// Returns its stdout.
-fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python script failed ({:?})\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status.code()
-    );
-    stdout
-}
 
 /// The first fenced ```python block of `docs/format.md`.
 fn format_doc_python_block() -> String {

@@ -11,23 +11,8 @@ use exemplar::dictionary::Basis;
 use exemplar::eval::assignment::linear_sum_assignment;
 use exemplar::eval::compare::{Accumulator, CompareConfig};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                panic!(
-                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
-                );
-            }
-            eprintln!("skipping: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
 
 /// Runs `python scripts/sae_fixtures.py args...` in `dir`; returns stdout (panics on failure).
 fn fixtures(py: &Path, dir: &Path, args: &[&str]) -> String {
@@ -1165,15 +1150,8 @@ fn bad_inputs_give_clear_errors_and_leave_nothing_behind() {
 #[cfg(feature = "torch")]
 #[test]
 fn small_random_gemma2_end_to_end() {
-    let root_fx = match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") => {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
-        }
-        None => {
-            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes them)");
-            return;
-        }
+    let Some(root_fx) = gemma2_fixtures() else {
+        return;
     };
     let model = root_fx.join("gqa");
     let tmp = tempfile::tempdir().unwrap();

@@ -14,16 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn fixture() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
-        Some(p) => Some(PathBuf::from(p).join("gqa")),
-        None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
-        }
-        None => {
-            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes the HF fixtures)");
-            None
-        }
-    }
+    common::gemma2_fixtures().map(|p| p.join("gqa"))
 }
 
 const WORDS: &[&str] = &[

@@ -10,6 +10,63 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 // ---------------------------------------------------------------------------------------------
+// The project's Python and the Gemma-2 fixtures (scripts/test.sh provides both)
+
+/// The Python interpreter of `EXEMPLAR_PYTHON`, or `None` (after saying so) when the Python-backed
+/// checks should skip — unless `EXEMPLAR_REQUIRE_PYTHON=1`, which turns the skip into a failure so
+/// CI can never skip them silently.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("EXEMPLAR_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            if std::env::var("EXEMPLAR_REQUIRE_PYTHON").as_deref() == Ok("1") {
+                panic!(
+                    "EXEMPLAR_REQUIRE_PYTHON=1 but EXEMPLAR_PYTHON is not set: run scripts/test.sh"
+                );
+            }
+            eprintln!("skipping: EXEMPLAR_PYTHON not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Runs `python -c script args...` in `dir`; panics with its output unless it exits 0.
+/// Returns its stdout.
+pub fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python script failed ({:?})\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.code()
+    );
+    stdout
+}
+
+/// The directory of the small random Gemma-2 checkpoints (`EXEMPLAR_GEMMA2_FIXTURES`, written by
+/// scripts/gemma2_fixtures.py), or `None` after saying why the test skips; a failure instead
+/// when `EXEMPLAR_REQUIRE_PYTHON` is set (as in scripts/test.sh).
+pub fn gemma2_fixtures() -> Option<PathBuf> {
+    match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
+            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
+        }
+        None => {
+            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes the HF fixtures)");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Running the binary
 
 /// The outcome of one run of the binary.
