@@ -316,10 +316,11 @@ impl Builder {
     }
 
     /// The batch's centered unit directions, on the device for CUDA (only the raw rows go
-    /// up). A row equal to the center is [`Error::ZeroNorm`] naming its stream row.
+    /// up, or none when they are already in a CUDA tensor). A row equal to the center is
+    /// [`Error::ZeroNorm`] naming its stream row.
     fn prepare(&mut self, batch: &ActivationBatch) -> Result<Prepared> {
-        let host = |center: &[f32]| {
-            geometry::directions(&batch.data, center).map_err(|z| Error::ZeroNorm {
+        let host = |data: &[f32], center: &[f32]| {
+            geometry::directions(data, center).map_err(|z| Error::ZeroNorm {
                 path: "<stream>".into(),
                 row: batch.stream_rows[z.index],
             })
@@ -329,17 +330,54 @@ impl Builder {
             self.sync_device()?;
             let st = self.device.as_ref().expect("synced above");
             let (n, d) = (batch.rows(), self.dict.dim);
-            let x = st.dev.upload(&batch.data)?;
-            return match st.dev.prepare_f32(&x, n, d, &st.center, None) {
+            let prepared = match self.prepare_in_place(batch)? {
+                Some(p) => p,
+                None => {
+                    let x = st.dev.upload(&batch.host_data())?;
+                    st.dev.prepare_f32(&x, n, d, &st.center, None)
+                }
+            };
+            return match prepared {
                 Ok(u) => Ok(Prepared::Device(u)),
                 Err(e) => {
                     // The same typed error as the CPU build when it is a zero-norm row.
-                    host(&self.dict.center)?;
+                    host(&batch.host_data(), &self.dict.center)?;
                     Err(e)
                 }
             };
         }
-        Ok(Prepared::Host(host(&self.dict.center)?))
+        Ok(Prepared::Host(host(&batch.host_data(), &self.dict.center)?))
+    }
+
+    /// The prepare kernel run on rows still in a CUDA tensor of this device, read in place
+    /// (`None`: the batch's rows are not there). The outer error is a bad tensor; the inner one
+    /// the kernel's.
+    #[cfg(feature = "cuda")]
+    fn prepare_in_place(
+        &self,
+        batch: &ActivationBatch,
+    ) -> Result<Option<Result<cudarc::driver::CudaSlice<f32>>>> {
+        #[cfg(feature = "torch")]
+        if let (Some(t), Some(st)) = (&batch.tensor_rows, &self.device) {
+            if t.tensor.device().is_cuda() {
+                use crate::backend::cuda_torch::TorchRows;
+                if t.index.len() != batch.rows() {
+                    return Err(Error::param(
+                        "tensor rows",
+                        format!(
+                            "{} indexed rows for a batch of {}",
+                            t.index.len(),
+                            batch.rows()
+                        ),
+                    ));
+                }
+                let view = TorchRows::new(&st.dev, &t.tensor)?;
+                let index = st.dev.upload(&t.index)?;
+                return Ok(Some(st.dev.prepare_torch(&view, &st.center, Some(&index))));
+            }
+        }
+        let _ = batch;
+        Ok(None)
     }
 
     /// With a CUDA backend: creates the device state, copies the exemplars created since the

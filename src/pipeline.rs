@@ -282,6 +282,12 @@ pub trait BatchSource {
     fn position(&self) -> serde_json::Value;
     /// Moves a freshly opened source to a recorded `position`.
     fn seek(&mut self, position: &serde_json::Value) -> Result<()>;
+    /// From the next batch on, leave the rows in the model's tensors
+    /// ([`ActivationBatch::tensor_rows`]) for the clustering to read in place, where the source
+    /// can; returns whether it will. The rows' values do not change.
+    fn keep_rows_in_tensors(&mut self) -> bool {
+        false
+    }
     /// Maps an error naming a stream row (`<stream>`) to one naming the input.
     fn locate(&self, e: Error) -> Error {
         e
@@ -505,6 +511,8 @@ impl BatchSource for DocumentBatches<'_> {
             documents: docs,
             new_tokens,
             skipped_nonfinite: skipped,
+            #[cfg(feature = "torch")]
+            tensor_rows: None,
         }))
     }
     fn position(&self) -> serde_json::Value {
@@ -585,7 +593,10 @@ fn calibrate_read(
     percentile: f64,
     method: PercentileMethod,
 ) -> Result<Calibration> {
-    let batches: Vec<Vec<f32>> = read.iter().map(|(b, _)| b[stream].data.clone()).collect();
+    let batches: Vec<Vec<f32>> = read
+        .iter()
+        .map(|(b, _)| b[stream].host_data().into_owned())
+        .collect();
     let largest = read
         .iter()
         .map(|(b, _)| b[stream].rows())
@@ -808,6 +819,11 @@ pub fn run_builds(
             replay.extend(read);
         }
     }
+    // The calibration's rows came to the host; from here on a GPU build reads the model's
+    // tensors in place.
+    if backend.is_cuda() {
+        source.keep_rows_in_tensors();
+    }
     for r in &runs {
         if source.dim() != r.cal.dim() {
             return Err(Error::DimensionMismatch {
@@ -970,7 +986,7 @@ fn resolve_merge_threshold(config: &mut BuildConfig, cal: &Calibration) {
 /// Keeps the first `n ≥ 1` rows of a batch. Documents left without a row go, with their
 /// tokens: they started in this batch, since rows are in stream order and the first row stays.
 fn truncate_batch(b: &mut ActivationBatch, n: usize) {
-    b.data.truncate(n * b.dim);
+    b.truncate_values(n);
     b.stream_rows.truncate(n);
     if let Some(t) = b.tokens.as_mut() {
         t.truncate(n);

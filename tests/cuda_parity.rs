@@ -797,3 +797,108 @@ fn whole_builds_on_the_gpu_equal_the_cpu_build_with_growth_merges_and_resume() {
         assert_same_but_backend(&cpu.out.dictionary, &g.out.dictionary, &what);
     }
 }
+
+/// A build from text on the GPU reads the hooked tensor in place after the calibration (no
+/// activation bytes cross to the host for those batches) and gives the dictionary the CPU
+/// backend builds from the same model's rows copied to the host.
+#[cfg(feature = "torch")]
+#[test]
+fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_build() {
+    use exemplar::build::BuildConfig;
+    use exemplar::calibrate::PercentileMethod;
+    use exemplar::data::corpus::{CorpusOptions, CorpusReader};
+    use exemplar::model::text::{TextOptions, TextSource};
+    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    use exemplar::pipeline::{self, BuildPlan, CalibrationSpec};
+    use std::sync::Arc;
+    use tch::{Device, Kind};
+    let Some(dev) = device() else { return };
+    if !tch::Cuda::is_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
+        }
+        eprintln!("skipping: this libtorch has no CUDA");
+        return;
+    }
+    let Some(fixtures) = std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") else {
+        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set");
+        }
+        eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set");
+        return;
+    };
+    let dir = std::path::PathBuf::from(fixtures).join("gqa");
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far",
+    ];
+    let mut rng = Rng(17);
+    let text: String = (0..200)
+        .map(|_| {
+            let n = 4 + (rng.f().abs() * 20.0) as usize;
+            let w: Vec<&str> = (0..n)
+                .map(|_| words[(rng.f().abs() * 97.0) as usize % words.len()])
+                .collect();
+            w.join(" ") + "\n"
+        })
+        .collect();
+    std::fs::write(&corpus, text).unwrap();
+    let gpu = Backend::Cuda(Arc::new(dev));
+    for kind in [Kind::BFloat16, Kind::Float] {
+        let model = Gemma2::load(&dir, kind, Device::Cuda(0)).unwrap();
+        let tok =
+            Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
+        let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+        let run = |backend: &Backend| {
+            let reader =
+                CorpusReader::open(std::slice::from_ref(&corpus), CorpusOptions::default())
+                    .unwrap();
+            let text = TextOptions {
+                ctx: 16,
+                batch_documents: 8,
+                min_tokens: 1,
+                final_position: false,
+            };
+            let mut src = TextSource::new(reader, &tok, &model, hook, text).unwrap();
+            let plan = BuildPlan {
+                config: BuildConfig {
+                    reservoir_size: 3,
+                    saturation_window: None,
+                    ..BuildConfig::default()
+                },
+                batch_size: 0,
+                max_activations: None,
+                max_tokens: None,
+                min_members: 1,
+                model: None,
+                hook: Some(hook.name()),
+                total_rows: None,
+            };
+            let cal = CalibrationSpec::Inline {
+                percentile: 10.0,
+                method: PercentileMethod::Linear,
+                activations: 200,
+            };
+            let out = pipeline::run_build(backend, &mut src, cal, &plan, None).unwrap();
+            (out.dictionary, src.transfer(), src.transfer_at_switch())
+        };
+        let (cpu, (cpu_d2h, batches), cpu_switch) = run(&Backend::Cpu);
+        assert!(cpu_switch.is_none(), "the CPU backend copies every batch");
+        assert!(
+            cpu_d2h > 0 && batches > 10,
+            "{cpu_d2h} bytes, {batches} batches"
+        );
+        let (g, (d2h, gb), switch) = run(&gpu);
+        let (at_d2h, at_batches) = switch.expect("a GPU build leaves the rows in the tensors");
+        assert_eq!(gb, batches);
+        assert!(at_batches >= 1 && at_batches < batches);
+        assert_eq!(
+            d2h, at_d2h,
+            "{kind:?}: activation bytes copied after the calibration"
+        );
+        assert_eq!(g.info().timings.activation_d2h_bytes, Some(d2h));
+        assert!(g.len() > 5, "K = {}", g.len());
+        assert_same_but_backend(&cpu, &g, &format!("text build, {kind:?}"));
+    }
+}

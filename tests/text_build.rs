@@ -814,3 +814,123 @@ fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
     assert_mentions(&e, &["--model"]);
     assert!(!dir.join("new").exists() && !dir.join("out2").exists());
 }
+
+/// The rows left in the model's tensors (the GPU hand-over's path, run here on the CPU, where
+/// the builder copies them out) give the same dictionary as rows copied to the host, whether
+/// the switch comes before the calibration or after it (as `run_builds` does on a GPU, so that
+/// the calibration's batches, replayed, are host rows and the rest are tensors); rows cut by an
+/// activation budget are cut from the tensor's index too.
+#[test]
+fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
+    use exemplar::backend::Backend;
+    use exemplar::build::BuildConfig;
+    use exemplar::calibrate::PercentileMethod;
+    use exemplar::data::corpus::{CorpusOptions, CorpusReader};
+    use exemplar::data::ActivationBatch;
+    use exemplar::model::text::{TextOptions, TextSource};
+    use exemplar::model::HookPoint;
+    use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
+
+    /// A text source that leaves its rows in the tensors once `switch_after` rows are read,
+    /// and checks that every batch holds its rows where it should.
+    struct Switching<'s, 'm> {
+        inner: &'s mut TextSource<'m>,
+        switch_after: u64,
+        read: u64,
+        in_tensors: bool,
+        tensor_batches: u64,
+    }
+    impl BatchSource for Switching<'_, '_> {
+        fn dim(&self) -> usize {
+            self.inner.dim()
+        }
+        fn next_batch(&mut self, n: usize) -> exemplar::Result<Option<ActivationBatch>> {
+            if self.read >= self.switch_after && !self.in_tensors {
+                assert!(self.inner.keep_rows_in_tensors());
+                self.in_tensors = true;
+            }
+            let Some(b) = self.inner.next_batch(n)? else {
+                return Ok(None);
+            };
+            assert_eq!(b.tensor_rows.is_some(), self.in_tensors, "rows in tensors");
+            assert_eq!(b.data.is_empty(), self.in_tensors, "rows in data");
+            assert_eq!(b.host_data().len(), b.rows() * b.dim);
+            self.tensor_batches += u64::from(self.in_tensors);
+            self.read += b.rows() as u64;
+            Ok(Some(b))
+        }
+        fn position(&self) -> serde_json::Value {
+            self.inner.position()
+        }
+        fn seek(&mut self, p: &serde_json::Value) -> exemplar::Result<()> {
+            self.inner.seek(p)
+        }
+        fn record(&self, info: &mut exemplar::dictionary::BuildInfo) {
+            self.inner.record(info)
+        }
+    }
+
+    let Some(dir) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(tmp.path(), 60);
+    let model = Gemma2::load(&dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
+    let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+    let build = |switch_after: u64, max_activations: Option<u64>| {
+        let options = CorpusOptions {
+            text_field: "body".into(),
+            ..CorpusOptions::default()
+        };
+        let reader = CorpusReader::open(std::slice::from_ref(&corpus), options).unwrap();
+        let text = TextOptions {
+            ctx: 12,
+            batch_documents: 5,
+            min_tokens: 3,
+            final_position: false,
+        };
+        let mut inner = TextSource::new(reader, &tok, &model, hook, text).unwrap();
+        let mut src = Switching {
+            inner: &mut inner,
+            switch_after,
+            read: 0,
+            in_tensors: false,
+            tensor_batches: 0,
+        };
+        let plan = BuildPlan {
+            config: BuildConfig {
+                reservoir_size: 4,
+                examples_per_partition: 3,
+                seed: 5,
+                saturation_window: None,
+                ..BuildConfig::default()
+            },
+            batch_size: 0,
+            max_activations,
+            max_tokens: None,
+            min_members: 1,
+            model: None,
+            hook: Some(hook.name()),
+            total_rows: None,
+        };
+        let cal = CalibrationSpec::Inline {
+            percentile: 20.0,
+            method: PercentileMethod::Linear,
+            activations: 100,
+        };
+        let out = pipeline::run_build(&Backend::Cpu, &mut src, cal, &plan, None).unwrap();
+        (out.dictionary, src.tensor_batches)
+    };
+    for budget in [None, Some(333)] {
+        let (copied, none) = build(u64::MAX, budget);
+        assert_eq!(none, 0);
+        assert!(copied.len() > 3, "K = {}", copied.len());
+        for switch_after in [0, 100] {
+            let (in_tensors, batches) = build(switch_after, budget);
+            assert!(batches > 2, "{batches} batches in tensors");
+            common::assert_same_dictionary(&copied, &in_tensors, true);
+        }
+        if let Some(b) = budget {
+            assert_eq!(copied.info().activations_streamed, b);
+        }
+    }
+}

@@ -21,7 +21,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The kernel sources, embedded so NVRTC can compile them on any machine.
@@ -175,6 +175,10 @@ pub struct CudaDevice {
     /// candidates (for benchmarks and diagnostics).
     last_ambiguous: AtomicUsize,
     last_rechecked: AtomicUsize,
+    /// Bytes copied by this device's host ↔ device transfers so far (for benchmarks: they
+    /// show what crosses the bus per batch).
+    h2d_bytes: AtomicU64,
+    d2h_bytes: AtomicU64,
 }
 
 /// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
@@ -388,8 +392,28 @@ impl CudaDevice {
             compute_capability: cc,
             origin,
             last_ambiguous: AtomicUsize::new(0),
+            h2d_bytes: AtomicU64::new(0),
+            d2h_bytes: AtomicU64::new(0),
             last_rechecked: AtomicUsize::new(0),
         })
+    }
+
+    /// Bytes copied host → device and device → host by this device's transfers so far.
+    pub fn transferred_bytes(&self) -> (u64, u64) {
+        (
+            self.h2d_bytes.load(Ordering::Relaxed),
+            self.d2h_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn count_h2d<T>(&self, n: usize) {
+        self.h2d_bytes
+            .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+    }
+
+    fn count_d2h<T>(&self, n: usize) {
+        self.d2h_bytes
+            .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
     }
 
     /// Rows of the last nearest search that its screen could not settle (resolved over their
@@ -434,6 +458,7 @@ impl CudaDevice {
 
     /// Copies a host slice to the device.
     pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.count_h2d::<T>(host.len());
         self.stream
             .clone_htod(host)
             .map_err(|e| cuda_err("host → device copy", e))
@@ -444,6 +469,7 @@ impl CudaDevice {
         &self,
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>> {
+        self.count_d2h::<T>(dev.len());
         self.stream
             .clone_dtoh(dev)
             .map_err(|e| cuda_err("device → host copy", e))
@@ -1350,6 +1376,7 @@ impl CudaDevice {
         &self,
         v: &CudaView<'_, T>,
     ) -> Result<Vec<T>> {
+        self.count_d2h::<T>(v.len());
         self.stream
             .clone_dtoh(v)
             .map_err(|e| cuda_err("device → host copy", e))
@@ -1369,6 +1396,7 @@ impl CudaDevice {
             .alloc_zeros::<f64>(rows.max(16) * dim)
             .map_err(|e| cuda_err("alloc", e))?;
         if rows > 0 {
+            self.count_h2d::<f64>(host.len());
             self.stream
                 .memcpy_htod(host, &mut buf.slice_mut(0..rows * dim))
                 .map_err(|e| cuda_err("host → device copy", e))?;
@@ -1521,6 +1549,7 @@ impl CudaDevice {
             g.buf = grown;
         }
         if !host.is_empty() {
+            self.count_h2d::<f32>(host.len());
             self.stream
                 .memcpy_htod(host, &mut g.buf.slice_mut(g.rows * d..need * d))
                 .map_err(|e| cuda_err("host → device copy", e))?;

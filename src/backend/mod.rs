@@ -97,6 +97,21 @@ impl Backend {
         }
     }
 
+    /// Bytes copied host → device and device → host by this backend so far (`None` on the
+    /// CPU).
+    pub fn transferred_bytes(&self) -> Option<(u64, u64)> {
+        match self {
+            Backend::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => Some(d.transferred_bytes()),
+        }
+    }
+
+    /// Whether this is a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        !matches!(self, Backend::Cpu)
+    }
+
     /// "cpu", or "cuda (device name, sm_XY)": recorded in the dictionary's metadata.
     pub fn describe(&self) -> String {
         match self {

@@ -8,8 +8,9 @@
 //!   copied to the host (and the f32 rows uploaded again for the clustering on a GPU).
 //!
 //! Next to them it prints the reference pipeline's cost model (ep-reference-spec.md §11.2) for
-//! the same token count. The build path still copies the hooked tensor to the host (the
-//! zero-copy kernel path is a later step), and its bytes are counted as such.
+//! the same token count. On a GPU the build path copies the hooked rows to the host only for the
+//! calibration; after it the clustering reads the hooked tensor in place, and the report counts
+//! the bytes that still cross per batch (activations, and the clustering's own transfers).
 
 use super::commands::model_device;
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,7 @@ use exemplar::backend::{Backend, DeviceChoice};
 use exemplar::build::BuildConfig;
 use exemplar::data::{ActivationBatch, Document, TokenRef};
 use exemplar::dictionary::BuildInfo;
-use exemplar::model::text::forward_rows;
+use exemplar::model::text::{forward_hooks, HookValues};
 use exemplar::model::{Gemma2, Gemma2Config, HookPoint};
 use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
 use std::path::PathBuf;
@@ -116,6 +117,10 @@ struct RandomTokens<'a> {
     d2h: u64,
     h2d: u64,
     batches: u64,
+    /// Leave the build path's rows in the hooked tensor (set by the pipeline on a GPU).
+    in_tensors: bool,
+    /// (d2h, batches) when the rows started to stay in the tensors.
+    switched_at: Option<(u64, u64)>,
 }
 
 impl RandomTokens<'_> {
@@ -153,7 +158,8 @@ impl BatchSource for RandomTokens<'_> {
         } else {
             2
         };
-        let (mut data, positions) = if self.full {
+        let mut tensor_rows = None;
+        let (data, positions) = if self.full {
             // The reference: every block and the unembedding, then the kept rows to the host.
             let c = &self.model.config;
             let t = self.ctx + 1;
@@ -188,12 +194,16 @@ impl BatchSource for RandomTokens<'_> {
             let positions: Vec<Vec<i64>> = docs.iter().map(|_| (1..t as i64).collect()).collect();
             (rows, positions)
         } else {
-            let (rows, positions, flops) = forward_rows(self.model, self.hook, &refs, false)?;
-            self.flops += flops;
-            if self.model.device() != Device::Cpu {
-                self.d2h += (docs.len() * (self.ctx + 1) * d * elem) as u64;
+            let f = forward_hooks(self.model, &[self.hook], &refs, false, self.in_tensors)?;
+            self.flops += f.flops;
+            self.d2h += f.d2h_bytes;
+            match f.values.into_iter().next().expect("one hook") {
+                HookValues::Host(rows) => (rows, f.positions),
+                HookValues::Tensor(t) => {
+                    tensor_rows = Some(t);
+                    (Vec::new(), f.positions)
+                }
             }
-            (rows, positions)
         };
         if self.model.device() != Device::Cpu {
             tch::Cuda::synchronize(0);
@@ -215,20 +225,31 @@ impl BatchSource for RandomTokens<'_> {
         }
         let n = tokens.len().min(max_rows);
         tokens.truncate(n);
-        data.truncate(n * d);
         let new_tokens = docs.iter().map(|d| d.len() as u64).sum();
         self.next_doc = end;
         let stream_rows = (self.rows..self.rows + n as u64).collect();
         self.rows += n as u64;
-        Ok(Some(ActivationBatch {
+        let mut batch = ActivationBatch {
             dim: d,
             data,
             stream_rows,
             tokens: Some(tokens),
             documents,
             new_tokens,
-            skipped_nonfinite: 0,
-        }))
+            tensor_rows,
+            ..Default::default()
+        };
+        // Whole documents are kept, so cutting rows here only trims the last document's.
+        batch.truncate_values(n);
+        Ok(Some(batch))
+    }
+    fn keep_rows_in_tensors(&mut self) -> bool {
+        // The harvest path is the reference's: its rows always come to the host.
+        if !self.full && !self.in_tensors {
+            self.in_tensors = true;
+            self.switched_at = Some((self.d2h, self.batches));
+        }
+        self.in_tensors
     }
     fn position(&self) -> serde_json::Value {
         serde_json::json!({ "next_doc": self.next_doc })
@@ -329,7 +350,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             activations: a.calibration_activations,
         };
         let t0 = Instant::now();
-        let (dict, d2h, h2d, batches) = match (&tok, full) {
+        let bus0 = backend.transferred_bytes().unwrap_or((0, 0));
+        let (dict, d2h, h2d, batches, switched) = match (&tok, full) {
             (Some(tok), false) => {
                 use exemplar::data::corpus::{CorpusOptions, CorpusReader};
                 use exemplar::model::text::{TextOptions, TextSource};
@@ -348,7 +370,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 )?;
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
                 let (d2h, b) = src.transfer();
-                (out.dictionary, d2h, 0, b)
+                (out.dictionary, d2h, 0, b, src.transfer_at_switch())
             }
             (Some(_), true) => continue, // the harvest path runs on random tokens only
             (None, _) => {
@@ -367,12 +389,29 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     d2h: 0,
                     h2d: 0,
                     batches: 0,
+                    in_tensors: false,
+                    switched_at: None,
                 };
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
-                (out.dictionary, src.d2h, src.h2d, src.batches)
+                (
+                    out.dictionary,
+                    src.d2h,
+                    src.h2d,
+                    src.batches,
+                    src.switched_at,
+                )
             }
         };
         let wall = t0.elapsed().as_secs_f64();
+        let bus1 = backend.transferred_bytes().unwrap_or((0, 0));
+        // After the calibration (whose rows come to the host once), per batch: what the
+        // hooked activations' copies moved, and what the clustering's own transfers moved
+        // (ids and similarities down, new exemplars down, gather indices up).
+        let (d2h_after, batches_after) = match switched {
+            Some((d, b)) => (d2h - d, batches - b),
+            None => (d2h, batches),
+        };
+        let cluster_batches = dict.info().batches.max(1) as f64;
         let info = dict.info();
         let mflops = info.model_flops.unwrap_or(0.0);
         let total = mflops + info.clustering_flops;
@@ -392,8 +431,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "tokens_per_second": info.tokens_streamed as f64 / wall,
             "device_seconds": wall,
             "mfu": peak.map(|p| total / wall / (p * 1e12)),
+            "clustering_over_forward": info.timings.forward_seconds.map(|f| info.timings.clustering_seconds / f.max(1e-12)),
+            "rows_in_place": switched.is_some(),
             "d2h_bytes_per_batch": d2h as f64 / batches.max(1) as f64,
             "h2d_bytes_per_batch": h2d as f64 / batches.max(1) as f64,
+            "activation_d2h_bytes_calibration": switched.map(|s| s.0),
+            "activation_d2h_bytes_per_batch_after_calibration": d2h_after as f64 / batches_after.max(1) as f64,
+            "clustering_h2d_bytes_per_batch": (bus1.0 - bus0.0) as f64 / cluster_batches,
+            "clustering_d2h_bytes_per_batch": (bus1.1 - bus0.1) as f64 / cluster_batches,
         }));
     }
     // The reference pipeline's cost model (ep-reference-spec.md §11.2) for the same tokens.
@@ -432,14 +477,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "ctx": a.ctx,
         "batch_documents": a.batch_documents,
         "percentile": a.percentile,
-        "note": "the build path copies the hooked [B, T, D] tensor to the host (the zero-copy kernel path is a later step); its d2h bytes count that copy",
+        "note": "on a GPU the build path copies the hooked rows to the host only for the calibration; afterwards the clustering reads the hooked tensor in place (activation_d2h_bytes_per_batch_after_calibration), and clustering_*_bytes_per_batch count every transfer of the clustering (gather indices up; ids, similarities, new exemplars and reservoir rows down). The harvest path copies every batch to the host and back (the reference)",
         "results": results,
         "reference_cost_model": reference,
     });
     let text = serde_json::to_string_pretty(&report)?;
     if !a.json {
         eprintln!(
-            "{:<8} {:>10} {:>10} {:>6} {:>12} {:>12} {:>9} {:>10} {:>8} {:>12}",
+            "{:<8} {:>10} {:>10} {:>6} {:>12} {:>12} {:>9} {:>10} {:>8} {:>9} {:>14} {:>14}",
             "path",
             "tokens",
             "acts",
@@ -449,11 +494,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "wall s",
             "tok/s",
             "MFU",
-            "D2H B/batch"
+            "clust/fwd",
+            "acts D2H B/b",
+            "clust D2H B/b"
         );
         for r in report["results"].as_array().expect("array") {
             eprintln!(
-                "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>12.0}",
+                "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>9} {:>14.0} {:>14.0}",
                 r["path"].as_str().unwrap_or(""),
                 r["tokens"],
                 r["activations"],
@@ -465,7 +512,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 r["mfu"]
                     .as_f64()
                     .map_or("-".to_string(), |m| format!("{:.2}%", 100.0 * m)),
-                r["d2h_bytes_per_batch"].as_f64().unwrap_or(0.0),
+                r["clustering_over_forward"]
+                    .as_f64()
+                    .map_or("-".to_string(), |m| format!("{:.1}%", 100.0 * m)),
+                r["activation_d2h_bytes_per_batch_after_calibration"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                r["clustering_d2h_bytes_per_batch"].as_f64().unwrap_or(0.0),
             );
         }
         eprintln!(

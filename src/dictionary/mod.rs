@@ -24,9 +24,10 @@ pub struct Example {
     pub token: Option<TokenRef>,
 }
 
-/// Wall-clock seconds of a build's phases: the forward passes (builds from text), the
-/// clustering (`add_batch`) and the calibration. Measurements, not settings: tests comparing two
-/// builds blank them (with `build_seconds` and `created_unix`).
+/// Measurements of a build run: wall-clock seconds of its phases (the forward passes of builds
+/// from text, the clustering (`add_batch`) and the calibration) and the hooked activations'
+/// device-to-host traffic. Measurements, not settings: tests comparing two builds blank them
+/// (with `build_seconds` and `created_unix`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     #[serde(default)]
@@ -35,6 +36,11 @@ pub struct Timings {
     pub clustering_seconds: f64,
     #[serde(default)]
     pub calibration_seconds: Option<f64>,
+    /// Bytes of hooked activations copied from the model's GPU to the host (builds from text
+    /// on a GPU): the calibration's rows, plus every batch's when the clustering does not read
+    /// them in place. `None` when the model ran on the CPU.
+    #[serde(default)]
+    pub activation_d2h_bytes: Option<u64>,
 }
 
 /// The build's settings and record, stored in the file's metadata.

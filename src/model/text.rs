@@ -14,12 +14,14 @@
 //! so the next batch's documents are ready when a forward ends; the batches do not depend on
 //! the timing.
 //!
-//! On CUDA the hooked tensor is still copied to the host here; feeding the device tensor to the
-//! clustering kernels without that copy (architecture.md §5) is a later step.
+//! After [`TextSource::keep_rows_in_tensors`] (which `pipeline::run_builds` calls for a CUDA
+//! build once the calibration's rows are read) the hooked tensors are not copied: each batch
+//! carries them ([`ActivationBatch::tensor_rows`]) with the index of every row, and the
+//! builder's prepare kernel reads them in place on the GPU (architecture.md §5).
 
 use super::{Gemma2, HookKind, HookPoint, Tokenizer};
 use crate::data::corpus::{CorpusOptions, CorpusReader, CorpusStats};
-use crate::data::{ActivationBatch, Document, TokenRef};
+use crate::data::{ActivationBatch, Document, TensorRows, TokenRef};
 use crate::dictionary::BuildInfo;
 use crate::error::{Error, Result};
 use crate::pipeline::BatchSource;
@@ -98,6 +100,55 @@ pub fn forward_rows_at(
     docs: &[&[i64]],
     final_position: bool,
 ) -> Result<HookRows> {
+    let f = forward_hooks(model, hooks, docs, final_position, false)?;
+    Ok(HookRows {
+        rows: f
+            .values
+            .into_iter()
+            .map(|v| match v {
+                HookValues::Host(rows) => rows,
+                HookValues::Tensor(t) => t.to_host(),
+            })
+            .collect(),
+        positions: f.positions,
+        flops: f.flops,
+    })
+}
+
+/// One hook's rows of a forward: copied to the host, or left in the hooked tensor.
+#[derive(Debug)]
+pub enum HookValues {
+    /// f32 rows, document by document.
+    Host(Vec<f32>),
+    /// The hooked `[B·T, D]` tensor on the model's device, in the model's dtype, with the
+    /// index of each row (document by document).
+    Tensor(TensorRows),
+}
+
+/// What [`forward_hooks`] returns.
+#[derive(Debug)]
+pub struct HookBatch {
+    /// Per hook, in the order asked.
+    pub values: Vec<HookValues>,
+    /// Per document, the positions of its rows (the same at every hook).
+    pub positions: Vec<Vec<i64>>,
+    /// FLOPs of the one forward.
+    pub flops: f64,
+    /// Bytes copied from a GPU to the host (0 on the CPU, or with the rows left in tensors).
+    pub d2h_bytes: u64,
+}
+
+/// One forward over `docs` (each `[BOS] + ids`, right-padded), stopping after the deepest
+/// hooked block, with every hook's rows either copied to the host (`in_tensors` false) or left
+/// in the hooked tensor for the clustering to read in place. Either way the rows are the
+/// same values in the same order.
+pub fn forward_hooks(
+    model: &Gemma2,
+    hooks: &[HookPoint],
+    docs: &[&[i64]],
+    final_position: bool,
+    in_tensors: bool,
+) -> Result<HookBatch> {
     if hooks.iter().any(|h| h.kind == HookKind::Z) {
         return Err(Error::param(
             "hook",
@@ -138,10 +189,31 @@ pub fn forward_rows_at(
         };
         positions.push((first..first + n).collect::<Vec<i64>>());
     }
-    let mut out = Vec::with_capacity(hooks.len());
+    let on_gpu = dev != Device::Cpu;
+    let mut d2h_bytes = 0u64;
+    let mut values = Vec::with_capacity(hooks.len());
     for hook in hooks {
-        // The copy to the host (see the module docs).
-        let acts = fwd.hooks[hook].to_kind(Kind::Float).to_device(Device::Cpu);
+        let acts = &fwd.hooks[hook];
+        if in_tensors {
+            let x = match acts.kind() {
+                Kind::Float | Kind::BFloat16 => acts.contiguous(),
+                _ => acts.to_kind(Kind::Float).contiguous(),
+            }
+            .view([b * ti, d as i64]);
+            let index = positions
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, pos)| pos.iter().map(move |&p| bi as i64 * ti + p))
+                .collect();
+            values.push(HookValues::Tensor(TensorRows::new(x, index, d)?));
+            continue;
+        }
+        // The whole [B, T, D] tensor comes to the host, in the model's dtype.
+        let acts = acts.to_device(Device::Cpu).to_kind(Kind::Float);
+        if on_gpu {
+            let elem = if model.kind() == Kind::Float { 4 } else { 2 };
+            d2h_bytes += (docs.len() * t * d * elem) as u64;
+        }
         let mut rows = Vec::new();
         for (bi, pos) in positions.iter().enumerate() {
             let (first, n) = (pos[0], pos.len() as i64);
@@ -151,12 +223,20 @@ pub fn forward_rows_at(
             rows.resize(start + len, 0.0f32);
             x.copy_data(&mut rows[start..], len);
         }
-        out.push(rows);
+        values.push(HookValues::Host(rows));
     }
-    Ok(HookRows {
-        rows: out,
+    if on_gpu && in_tensors {
+        // The forward is queued; wait for it so that its time is the forward's (the
+        // clustering's first launch would wait for it anyway).
+        if let Device::Cuda(i) = dev {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+    Ok(HookBatch {
+        values,
         positions,
         flops,
+        d2h_bytes,
     })
 }
 
@@ -241,6 +321,9 @@ pub struct TextSource<'a> {
     /// Device-to-host bytes of the hooked activations copied so far.
     d2h_bytes: u64,
     batches: u64,
+    /// Leave the rows in the hooked tensors (see [`TextSource::keep_rows_in_tensors`]).
+    in_tensors: bool,
+    switched_at: Option<(u64, u64)>,
 }
 
 impl<'a> TextSource<'a> {
@@ -307,6 +390,8 @@ impl<'a> TextSource<'a> {
             forward_seconds: 0.0,
             d2h_bytes: 0,
             batches: 0,
+            in_tensors: false,
+            switched_at: None,
         })
     }
 
@@ -336,6 +421,12 @@ impl<'a> TextSource<'a> {
     /// Device-to-host bytes of hooked activations so far, and batches.
     pub fn transfer(&self) -> (u64, u64) {
         (self.d2h_bytes, self.batches)
+    }
+
+    /// [`TextSource::transfer`] as of the switch to leaving rows in the tensors (`None`
+    /// before it).
+    pub fn transfer_at_switch(&self) -> Option<(u64, u64)> {
+        self.switched_at
     }
 
     /// The corpus reader's counters as of the last document consumed.
@@ -425,24 +516,22 @@ impl BatchSource for TextSource<'_> {
         }
         let t0 = Instant::now();
         let refs: Vec<&[i64]> = docs.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let HookRows {
-            rows: per_hook,
+        let HookBatch {
+            values: per_hook,
             positions,
             flops,
-        } = forward_rows_at(self.model, &self.hooks, &refs, self.options.final_position)?;
+            d2h_bytes,
+        } = forward_hooks(
+            self.model,
+            &self.hooks,
+            &refs,
+            self.options.final_position,
+            self.in_tensors,
+        )?;
         self.forward_seconds += t0.elapsed().as_secs_f64();
         self.model_flops += flops;
+        self.d2h_bytes += d2h_bytes;
         let d = self.dim();
-        let t = refs.iter().map(|r| r.len()).max().unwrap_or(0);
-        // What the hooked tensors' copies moved: [B, T, D] per hook in the model's dtype.
-        let elem = if self.model.kind() == Kind::Float {
-            4
-        } else {
-            2
-        };
-        if self.model.device() != Device::Cpu {
-            self.d2h_bytes += (self.hooks.len() * docs.len() * t * d * elem) as u64;
-        }
         self.batches += 1;
         let mut tokens = Vec::new();
         let mut documents = Vec::with_capacity(docs.len());
@@ -468,20 +557,35 @@ impl BatchSource for TextSource<'_> {
         Ok(Some(
             per_hook
                 .into_iter()
-                .map(|mut data| {
-                    data.truncate(n * d);
-                    ActivationBatch {
+                .map(|values| {
+                    let mut b = ActivationBatch {
                         dim: d,
-                        data,
                         stream_rows: stream_rows.clone(),
                         tokens: Some(tokens.clone()),
                         documents: documents.clone(),
                         new_tokens,
-                        skipped_nonfinite: 0,
+                        ..Default::default()
+                    };
+                    match values {
+                        HookValues::Host(data) => b.data = data,
+                        HookValues::Tensor(t) => b.tensor_rows = Some(t),
                     }
+                    b.truncate_values(n);
+                    b
                 })
                 .collect(),
         ))
+    }
+
+    /// From the next batch on, leaves the rows in the hooked tensors (on the model's device)
+    /// instead of copying them to the host: a CUDA build reads them in place, anything else
+    /// copies them when it needs them. The rows are the same either way.
+    fn keep_rows_in_tensors(&mut self) -> bool {
+        if !self.in_tensors {
+            self.in_tensors = true;
+            self.switched_at = Some(self.transfer());
+        }
+        true
     }
 
     fn position(&self) -> serde_json::Value {
@@ -553,6 +657,8 @@ impl BatchSource for TextSource<'_> {
         info.documents_skipped_tokens = Some(self.skipped_tokens);
         info.model_flops = Some(self.model_flops);
         info.timings.forward_seconds = Some(self.forward_seconds);
+        info.timings.activation_d2h_bytes =
+            (self.model.device() != Device::Cpu).then_some(self.d2h_bytes);
         if let Some((dir, hash)) = &self.model_record {
             info.model_path = Some(dir.clone());
             info.model_config_hash = Some(hash.clone());
