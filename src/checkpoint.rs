@@ -4,6 +4,14 @@
 //! identity of the run (flags and inputs), and, when recorded, the per-row assignments as the
 //! tensor `checkpoint_assignments`. Written atomically, so a build killed at any moment leaves
 //! either the previous checkpoint or the new one.
+//!
+//! A build of several dictionaries from one read of the input (several hooks and percentiles)
+//! checkpoints them together as a *set*: a directory holding one such file per dictionary and
+//! generation (`pair-<i>.g<generation>.safetensors`) and `manifest.json`, which names the
+//! current generation's files. The manifest is replaced (atomically) only after every file of
+//! its generation is written, and the files of the previous generation are removed after it, so
+//! a build killed at any moment leaves a manifest naming a complete set written at one point of
+//! the input.
 
 use crate::build::BuilderState;
 use crate::calibrate::{Calibration, PercentileMethod};
@@ -71,6 +79,10 @@ pub struct CheckpointRecord {
     pub tokens: u64,
     /// Seconds spent before this checkpoint (all runs so far).
     pub elapsed_seconds: f64,
+    /// In a set: this dictionary had stopped (saturated or reached its budget) before the last
+    /// batch read, and its record of the input was taken then.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 impl CheckpointRecord {
@@ -89,6 +101,7 @@ impl CheckpointRecord {
             activations: 0,
             tokens: 0,
             elapsed_seconds: 0.0,
+            stopped: false,
         }
     }
 }
@@ -136,6 +149,90 @@ pub fn load(path: &Path) -> Result<(Dictionary, CheckpointRecord, Option<Vec<i64
         None
     };
     Ok((dict, record, assignments))
+}
+
+/// The manifest of a checkpoint set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    generation: u64,
+    /// The checkpoint files of this generation, one per dictionary, in the build's order.
+    files: Vec<String>,
+}
+
+const MANIFEST: &str = "manifest.json";
+
+fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let p = dir.join(MANIFEST);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&p, e)),
+    };
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::format(&p, format!("invalid checkpoint manifest: {e}")))?;
+    if m.version != VERSION {
+        return Err(Error::format(
+            &p,
+            format!(
+                "checkpoint version {} (this build reads {VERSION})",
+                m.version
+            ),
+        ));
+    }
+    Ok(Some(m))
+}
+
+/// Writes a checkpoint set into the directory `dir` (created if missing): a new generation of
+/// files, then the manifest naming them, then the previous generation's files are removed.
+pub fn save_set(
+    dir: &Path,
+    items: &[(&Dictionary, &CheckpointRecord, Option<&[i64]>)],
+) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::param(
+            "checkpoint",
+            format!(
+                "{} is a file; a build of several dictionaries checkpoints into a directory",
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let old = read_manifest(dir)?;
+    let generation = old.as_ref().map_or(0, |m| m.generation + 1);
+    let mut files = Vec::with_capacity(items.len());
+    for (i, (dict, record, assignments)) in items.iter().enumerate() {
+        let name = format!("pair-{i}.g{generation}.safetensors");
+        save(&dir.join(&name), dict, record, *assignments)?;
+        files.push(name);
+    }
+    let manifest = Manifest {
+        version: VERSION,
+        generation,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+    crate::output::write_atomic(&dir.join(MANIFEST), &json, true)?;
+    if let Some(old) = old {
+        for f in old.files.iter().filter(|f| !manifest.files.contains(f)) {
+            // A file already gone (a kill between the manifest and this) is no loss.
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the checkpoint set in `dir`: each dictionary's [`load`], in the build's order.
+#[allow(clippy::type_complexity)]
+pub fn load_set(dir: &Path) -> Result<Vec<(Dictionary, CheckpointRecord, Option<Vec<i64>>)>> {
+    let m = read_manifest(dir)?.ok_or_else(|| {
+        Error::format(
+            dir,
+            format!("not a checkpoint set (no {MANIFEST}; a build of several dictionaries checkpoints into a directory)"),
+        )
+    })?;
+    m.files.iter().map(|f| load(&dir.join(f))).collect()
 }
 
 /// The keys whose values differ between the checkpoint's identity and this run's (both JSON

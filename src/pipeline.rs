@@ -685,8 +685,9 @@ struct Run {
 /// only what the source shares differs: a text source's model FLOPs and forward time are
 /// those of the shared forward (to the deepest hook). Inline calibrations are computed on the
 /// same first batches, so they must agree on the number of calibration activations, and
-/// calibrations are all inline or all fixed. Checkpoints hold one dictionary: with several
-/// pairs they are refused.
+/// calibrations are all inline or all fixed. With several pairs the checkpoint is a set (a
+/// directory, [`crate::checkpoint::save_set`]) holding every pair's dictionary at the same
+/// point of the source.
 pub fn run_builds(
     backend: &Backend,
     source: &mut dyn BatchSource,
@@ -702,16 +703,6 @@ pub fn run_builds(
     }
     if pairs.is_empty() {
         return Err(Error::param("hook/percentile", "nothing to build"));
-    }
-    if pairs.len() > 1 && checkpoint.is_some() {
-        return Err(Error::param(
-            "checkpoint",
-            format!(
-                "a checkpoint holds one dictionary; a build of {} (hook, percentile) pairs \
-                 cannot be checkpointed (build each pair on its own to checkpoint it)",
-                pairs.len()
-            ),
-        ));
     }
     if let Some(p) = pairs.iter().find(|p| p.stream >= source.streams()) {
         return Err(Error::param(
@@ -754,37 +745,64 @@ pub fn run_builds(
     let mut runs: Vec<Run> = Vec::with_capacity(pairs.len());
     match checkpoint.filter(|c| c.resume) {
         Some(c) => {
-            let pair = pairs.into_iter().next().expect("one pair");
-            let (dict, rec, assignments) = crate::checkpoint::load(&c.path)?;
-            let diffs = crate::checkpoint::identity_differences(&rec.identity, &c.identity);
-            if !diffs.is_empty() {
+            let saved = if pairs.len() == 1 {
+                vec![crate::checkpoint::load(&c.path)?]
+            } else {
+                crate::checkpoint::load_set(&c.path)?
+            };
+            if saved.len() != pairs.len() {
                 return Err(Error::param(
                     "resume",
                     format!(
-                        "{} was written by a build with other flags or inputs; refusing to \
-                         resume ({})",
+                        "{} holds {} dictionaries; this build makes {}",
                         c.path.display(),
-                        diffs.join("; ")
+                        saved.len(),
+                        pairs.len()
                     ),
                 ));
             }
-            let cal = rec.calibration.calibration(dict.center().to_vec())?;
-            resolve_merge_threshold(&mut config, &cal);
-            source.seek(&rec.position)?;
-            elapsed_before = rec.elapsed_seconds;
-            let mut b = Builder::restore(dict, rec.builder, assignments, config)?
-                .with_backend(backend.clone());
-            b.info_mut().resumed += 1;
-            runs.push(Run {
-                builder: b,
-                cal,
-                stream: pair.stream,
-                hook: pair.hook,
-                acts: rec.activations,
-                tokens: rec.tokens,
-                cluster_seconds: 0.0,
-                recorded: false,
-            });
+            let position = saved[0].1.position.clone();
+            elapsed_before = saved[0].1.elapsed_seconds;
+            for ((dict, rec, assignments), pair) in saved.into_iter().zip(pairs) {
+                let diffs = crate::checkpoint::identity_differences(&rec.identity, &c.identity);
+                if !diffs.is_empty() {
+                    return Err(Error::param(
+                        "resume",
+                        format!(
+                            "{} was written by a build with other flags or inputs; refusing to \
+                             resume ({})",
+                            c.path.display(),
+                            diffs.join("; ")
+                        ),
+                    ));
+                }
+                if rec.position != position {
+                    return Err(Error::param(
+                        "resume",
+                        format!(
+                            "{}: its dictionaries were saved at different points of the input",
+                            c.path.display()
+                        ),
+                    ));
+                }
+                let cal = rec.calibration.calibration(dict.center().to_vec())?;
+                let mut config = config.clone();
+                resolve_merge_threshold(&mut config, &cal);
+                let mut b = Builder::restore(dict, rec.builder, assignments, config)?
+                    .with_backend(backend.clone());
+                b.info_mut().resumed += 1;
+                runs.push(Run {
+                    builder: b,
+                    cal,
+                    stream: pair.stream,
+                    hook: pair.hook,
+                    acts: rec.activations,
+                    tokens: rec.tokens,
+                    cluster_seconds: 0.0,
+                    recorded: rec.stopped,
+                });
+            }
+            source.seek(&position)?;
         }
         None => {
             let read = match inline.first() {
@@ -833,23 +851,44 @@ pub fn run_builds(
             });
         }
     }
-    let save_checkpoint = |r: &Run, position: serde_json::Value| -> Result<()> {
+    let save_checkpoint = |runs: &[Run], position: serde_json::Value| -> Result<()> {
         let Some(c) = checkpoint else { return Ok(()) };
-        let mut rec = crate::checkpoint::CheckpointRecord::new(
-            c.identity.clone(),
-            r.builder.state(),
-            crate::checkpoint::CalibrationRecord::of(&r.cal),
-            position,
-        );
-        rec.activations = r.acts;
-        rec.tokens = r.tokens;
-        rec.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
-        crate::checkpoint::save(
-            &c.path,
-            r.builder.dictionary(),
-            &rec,
-            r.builder.recorded_assignments(),
-        )
+        let records: Vec<crate::checkpoint::CheckpointRecord> = runs
+            .iter()
+            .map(|r| {
+                let mut rec = crate::checkpoint::CheckpointRecord::new(
+                    c.identity.clone(),
+                    r.builder.state(),
+                    crate::checkpoint::CalibrationRecord::of(&r.cal),
+                    position.clone(),
+                );
+                rec.activations = r.acts;
+                rec.tokens = r.tokens;
+                rec.elapsed_seconds = elapsed_before + start.elapsed().as_secs_f64();
+                rec.stopped = r.recorded;
+                rec
+            })
+            .collect();
+        if let [r] = runs {
+            return crate::checkpoint::save(
+                &c.path,
+                r.builder.dictionary(),
+                &records[0],
+                r.builder.recorded_assignments(),
+            );
+        }
+        let items: Vec<_> = runs
+            .iter()
+            .zip(&records)
+            .map(|(r, rec)| {
+                (
+                    r.builder.dictionary(),
+                    rec,
+                    r.builder.recorded_assignments(),
+                )
+            })
+            .collect();
+        crate::checkpoint::save_set(&c.path, &items)
     };
     let pb = progress_bar(plan.max_activations.unwrap_or(0), "build");
     if plan.max_activations.is_none() {
@@ -932,7 +971,7 @@ pub fn run_builds(
         since_checkpoint += 1;
         if let Some(c) = checkpoint {
             if since_checkpoint >= c.every {
-                save_checkpoint(&runs[0], position.clone())?;
+                save_checkpoint(&runs, position.clone())?;
                 since_checkpoint = 0;
             }
             if let Some(d) = c.throttle {
@@ -948,7 +987,7 @@ pub fn run_builds(
         if position.is_null() {
             position = source.position();
         }
-        save_checkpoint(&runs[0], position)?;
+        save_checkpoint(&runs, position)?;
     }
     let mut outputs = Vec::with_capacity(runs.len());
     for mut r in runs {

@@ -80,6 +80,7 @@ fn assert_same_file(a: &Path, b: &Path, ignore: &[&str]) -> (Value, Value) {
 
 /// The wall-clock fields, which differ between any two runs.
 const TIMINGS: &[&str] = &[
+    "activation_d2h_bytes",
     "build_seconds",
     "created_unix",
     "forward_seconds",
@@ -262,6 +263,11 @@ fn text_build_equals_activations_then_build() {
 
 /// Spawns `exemplar args`, waits for `checkpoint` to appear, SIGKILLs the process.
 fn kill_after_checkpoint(dir: &Path, args: &[&str], checkpoint: &Path) {
+    kill_when(dir, args, || checkpoint.exists());
+}
+
+/// Spawns `exemplar args`, waits until `ready()`, SIGKILLs the process (after 300 ms more).
+fn kill_when(dir: &Path, args: &[&str], mut ready: impl FnMut() -> bool) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_exemplar"))
         .args(args)
         .current_dir(dir)
@@ -271,10 +277,10 @@ fn kill_after_checkpoint(dir: &Path, args: &[&str], checkpoint: &Path) {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while !checkpoint.exists() {
+    while !ready() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
+            "the checkpoint awaited did not appear"
         );
         if let Some(s) = child.try_wait().unwrap() {
             panic!("the build ended ({s}) before it could be killed");
@@ -801,11 +807,8 @@ fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
     assert_mentions(&exemplar(dir, &bad).err(), &["directory", "afile"]);
     let mut bad = flags.to_vec();
     bad.extend(["--hook", shallow, "--percentile", "5,60", "-o", "new"]);
-    bad.extend(["--checkpoint", "ck.safetensors"]);
-    assert_mentions(
-        &exemplar(dir, &bad).err(),
-        &["checkpoint", "one dictionary"],
-    );
+    bad.extend(["--checkpoint", "afile"]);
+    assert_mentions(&exemplar(dir, &bad).err(), &["directory", "afile"]);
     let e = exemplar(
         dir,
         &["build", "-a", "x.npy", "-p", "1", "-p", "2", "-o", "out2"],
@@ -933,4 +936,133 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             assert_eq!(copied.info().activations_streamed, b);
         }
     }
+}
+
+/// A build of several (hook, percentile) pairs checkpoints them as a set (a directory with a
+/// manifest). Killed once a pair has stopped (saturated) and another has not, and resumed, it
+/// writes every pair's uninterrupted dictionary: the stopped pair keeps its record of the
+/// corpus as of its own stop.
+#[test]
+fn a_killed_build_of_several_pairs_resumes_to_the_same_dictionaries() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let corpus = write_corpus(dir, 120);
+    let (m, c) = (model.to_str().unwrap(), corpus.to_str().unwrap());
+    let flags = [
+        "build",
+        "--model",
+        m,
+        "--corpus",
+        c,
+        "--text-field",
+        "body",
+        "--ctx",
+        "12",
+        "--min-tokens",
+        "3",
+        "--batch-documents",
+        "4",
+        "--calibration-activations",
+        "60",
+        "--device",
+        "cpu",
+        "--saturation-window",
+        "1",
+        "--seed",
+        "5",
+        "--reservoir",
+        "3",
+        "--hook",
+        "blocks.3.hook_resid_post",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--percentile",
+        "2,80",
+    ];
+    let mut full = flags.to_vec();
+    full.extend(["-o", "full"]);
+    exemplar(dir, &full).ok();
+    let mut killed = flags.to_vec();
+    killed.extend([
+        "-o",
+        "resumed",
+        "--checkpoint",
+        "ck",
+        "--checkpoint-every",
+        "1",
+        "--throttle-ms",
+        "200",
+    ]);
+    // The records of the set the manifest names (None while there is none).
+    let ck = dir.join("ck");
+    let records = || -> Option<Vec<Value>> {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(ck.join("manifest.json")).ok()?).ok()?;
+        m["files"]
+            .as_array()?
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(ck.join(f.as_str()?)).ok()?;
+                let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+                serde_json::from_str(&meta.metadata().as_ref()?["exemplar_checkpoint"]).ok()
+            })
+            .collect()
+    };
+    let stopped = |r: &[Value]| r.iter().filter(|r| r["stopped"] == true).count();
+    kill_when(dir, &killed, || {
+        records().is_some_and(|r| stopped(&r) >= 1 && stopped(&r) < r.len())
+    });
+    assert!(!dir.join("resumed").exists());
+    let at_kill = records().unwrap();
+    assert_eq!(at_kill.len(), 4);
+    assert!(stopped(&at_kill) >= 1, "no pair had stopped");
+    // One generation's files and the manifest, nothing else.
+    let mut names: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    let mut resume: Vec<&str> = killed
+        .iter()
+        .copied()
+        .filter(|a| *a != "--throttle-ms" && *a != "200")
+        .collect();
+    resume.push("--resume");
+    exemplar(dir, &resume).ok();
+    let mut ignore = TIMINGS.to_vec();
+    ignore.push("resumed");
+    for hook in ["blocks.3.hook_resid_post", "blocks.1.hook_resid_post"] {
+        for p in ["2", "80"] {
+            let name = format!("{hook}.p{p}.safetensors");
+            let (a, b) = assert_same_file(
+                &dir.join("full").join(&name),
+                &dir.join("resumed").join(&name),
+                &ignore,
+            );
+            assert_eq!(
+                (a["resumed"].as_u64(), b["resumed"].as_u64()),
+                (Some(0), Some(1))
+            );
+        }
+    }
+    // A set is resumed only by the same pairs.
+    let mut other: Vec<&str> = resume.clone();
+    let i = other.iter().position(|a| *a == "2,80").unwrap();
+    other[i] = "2,50";
+    let i = other.iter().position(|a| *a == "resumed").unwrap();
+    other[i] = "other";
+    assert_mentions(
+        &exemplar(dir, &other).err(),
+        &["refusing to resume", "percentile"],
+    );
+    // A resume needs the set's manifest.
+    let mut none = resume.clone();
+    let i = none.iter().position(|a| *a == "ck").unwrap();
+    none[i] = "nothing-here";
+    let i = none.iter().position(|a| *a == "resumed").unwrap();
+    none[i] = "other";
+    assert_mentions(&exemplar(dir, &none).err(), &["nothing-here"]);
+    assert!(!dir.join("other").exists());
 }

@@ -218,11 +218,6 @@ fn build_outputs(a: &BuildArgs) -> Result<Vec<PathBuf>> {
     if a.calibration.is_some() {
         bail!("several --hook values need --percentile (each hook is calibrated on its own activations), not --calibration");
     }
-    if a.checkpoint.is_some() {
-        bail!(
-            "--checkpoint holds one dictionary: a build of {pairs} (hook, percentile) pairs              cannot be checkpointed; build each pair on its own to checkpoint it"
-        );
-    }
     for (i, h) in a.hook.iter().enumerate() {
         if a.hook[..i].contains(h) {
             bail!("--hook {h} is given twice");
@@ -278,6 +273,18 @@ pub fn build(a: BuildArgs) -> Result<()> {
     if let Some(cp) = &a.checkpoint {
         if resolved(cp) == resolved(&a.out) {
             bail!("--checkpoint and --out name the same file");
+        }
+        if outs.len() > 1 && cp.is_file() {
+            bail!(
+                "a build of several (hook, percentile) pairs checkpoints into a directory; {} is a file",
+                cp.display()
+            );
+        }
+        if outs.len() > 1 && a.resume && !cp.join("manifest.json").exists() {
+            bail!(
+                "--resume: {} holds no checkpoint set (no manifest.json)",
+                cp.display()
+            );
         }
         if a.resume && !cp.exists() {
             bail!("--resume: the checkpoint {} does not exist", cp.display());

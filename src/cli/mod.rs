@@ -225,7 +225,8 @@ pub struct BuildArgs {
     /// Weight dtype with --model (default: f32 on cpu, bf16 on cuda).
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub dtype: Option<String>,
-    /// Write a checkpoint here every --checkpoint-every batches and at the end (atomically).
+    /// Write a checkpoint here every --checkpoint-every batches and at the end (atomically); with
+    /// several hooks or percentiles, a directory holding the set.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// Batches between checkpoints.
