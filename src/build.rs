@@ -231,22 +231,27 @@ impl Builder {
     }
 
     /// The dictionary so far. On CUDA its direction sums are copied back from the device at
-    /// the first call after a batch (`K × D` f64); a device that fails that copy is fatal,
-    /// and this panics with the driver's message.
+    /// the first call after a batch (`K × D` f64); a device that fails that copy panics with
+    /// the driver's message (see [`Builder::try_dictionary`]).
     pub fn dictionary(&self) -> &Dictionary {
+        self.try_dictionary()
+            .unwrap_or_else(|e| panic!("copying the direction sums back from the GPU failed: {e}"))
+    }
+
+    /// [`Builder::dictionary`], with a failed copy from the device as an error.
+    pub fn try_dictionary(&self) -> Result<&Dictionary> {
         #[cfg(feature = "cuda")]
         if let Some(st) = &self.device {
             if let Some(sums) = &st.sums {
-                return self.synced.get_or_init(|| {
-                    let mut dict = self.dict.clone();
-                    dict.direction_sums = st.dev.download_sums(sums).unwrap_or_else(|e| {
-                        panic!("copying the direction sums back from the GPU failed: {e}")
-                    });
-                    dict
-                });
+                if let Some(d) = self.synced.get() {
+                    return Ok(d);
+                }
+                let mut dict = self.dict.clone();
+                dict.direction_sums = st.dev.download_sums(sums)?;
+                return Ok(self.synced.get_or_init(|| dict));
             }
         }
-        &self.dict
+        Ok(&self.dict)
     }
 
     /// Whether the saturation window has been reached.
@@ -973,13 +978,17 @@ impl Builder {
 
     /// Ends the build: drops partitions below `min_members`, renumbers, and maps the recorded
     /// assignments to final ids.
-    /// On CUDA the direction sums are copied back first; a device that fails that copy is
-    /// fatal, and this panics with the driver's message.
-    pub fn finish(mut self, min_members: u64) -> BuildOutput {
+    /// On CUDA the direction sums are copied back first; a device that fails that copy panics
+    /// with the driver's message (see [`Builder::try_finish`]).
+    pub fn finish(self, min_members: u64) -> BuildOutput {
+        self.try_finish(min_members)
+            .unwrap_or_else(|e| panic!("copying the direction sums back from the GPU failed: {e}"))
+    }
+
+    /// [`Builder::finish`], with a failed copy from the device as an error.
+    pub fn try_finish(mut self, min_members: u64) -> Result<BuildOutput> {
         #[cfg(feature = "cuda")]
-        if let Err(e) = self.pull_device_sums() {
-            panic!("copying the direction sums back from the GPU failed: {e}");
-        }
+        self.pull_device_sums()?;
         let map = self.dict.finalize(min_members.max(1));
         self.dict.info.min_members = min_members.max(1);
         let assignments = self.assignments.map(|mut a| {
@@ -991,10 +1000,10 @@ impl Builder {
             }
             a
         });
-        BuildOutput {
+        Ok(BuildOutput {
             dictionary: self.dict,
             assignments,
-        }
+        })
     }
 
     /// Mutable access to the build record (the driver fills inputs, budgets, timings).

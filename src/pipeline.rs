@@ -206,7 +206,7 @@ pub fn build_stream(
     info.created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Ok(builder.finish(plan.min_members))
+    builder.try_finish(plan.min_members)
 }
 
 /// Nearest exemplar and distance of every row of `stream`, aligned with the input rows
@@ -872,22 +872,22 @@ pub fn run_builds(
         if let [r] = runs {
             return crate::checkpoint::save(
                 &c.path,
-                r.builder.dictionary(),
+                r.builder.try_dictionary()?,
                 &records[0],
                 r.builder.recorded_assignments(),
             );
         }
-        let items: Vec<_> = runs
+        let items = runs
             .iter()
             .zip(&records)
             .map(|(r, rec)| {
-                (
-                    r.builder.dictionary(),
+                Ok((
+                    r.builder.try_dictionary()?,
                     rec,
                     r.builder.recorded_assignments(),
-                )
+                ))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         crate::checkpoint::save_set(&c.path, &items)
     };
     let pb = progress_bar(plan.max_activations.unwrap_or(0), "build");
@@ -1010,7 +1010,7 @@ pub fn run_builds(
         info.created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        outputs.push(r.builder.finish(plan.min_members));
+        outputs.push(r.builder.try_finish(plan.min_members)?);
     }
     Ok(outputs)
 }
