@@ -6,9 +6,12 @@
 #                                 zero-copy view; Gemma-2 bf16 parity) and the benches
 #                                 (cuda_kernels, gemma2_forward), copies them with the HF
 #                                 fixtures into .gpu-bundle/ (git-ignored)
-#   scripts/gpu-run.sh pipeline   (on the GPU machine, a separate call) the end-to-end runs:
-#                                 `exemplar bench` at Gemma-2-2B's shape and an EP vs TopK SAE
-#                                 budget sweep at its width, into $OUT/pipeline.txt + JSON/PNG
+#   scripts/gpu-run.sh pipeline   (on the GPU machine, a separate call) `exemplar bench` at
+#                                 Gemma-2-2B's shape (build from text, zero-copy, vs harvest),
+#                                 into $OUT/pipeline.txt + gpu-text-build.json
+#   scripts/gpu-run.sh sweep      (on the GPU machine, a separate call) an EP vs TopK SAE
+#                                 budget sweep at Gemma-2-2B's width, into $OUT/sweep.txt +
+#                                 JSON/PNG
 #   scripts/gpu-run.sh run        (on the GPU machine, from the repository root, with
 #                                 .gpu-bundle carried over) runs the GPU tests and benches and
 #                                 writes their raw output under $OUT (or .gpu-bundle/out):
@@ -75,12 +78,12 @@ run)
         "$b" --bench 2>&1 | tee -a "$OUT/benches.txt"
     done
     ;;
-pipeline)
-    # The end-to-end GPU runs (a separate call: each may take minutes):
-    #  * issue 5: a build from text at Gemma-2-2B's shape (random weights), layer 12, ctx 128,
-    #    128 documents per batch, with the harvest path and the reference's cost model;
-    #  * issue 6: EP vs a TopK SAE at Gemma-2-2B's width (F = 16,384, k = 64) on synthetic
-    #    structured activations, both on the GPU.
+pipeline | sweep)
+    # The end-to-end GPU runs, one per call (each may take minutes; a call has 10):
+    #  * pipeline (issue 5): a build from text at Gemma-2-2B's shape (random weights), layer 12,
+    #    ctx 128, 128 documents per batch, with the harvest path and the reference's cost model;
+    #  * sweep (issue 6): EP vs a TopK SAE at Gemma-2-2B's width (F = 16,384, k = 64) on
+    #    synthetic structured activations, both on the GPU.
     OUT="${OUT:-$BUNDLE/out}"
     mkdir -p "$OUT"
     PY="${PYTHON:-python3}"
@@ -90,20 +93,24 @@ pipeline)
     E="$PWD/$BUNDLE/bin/exemplar"
     cp "$BUNDLE/commit.txt" "$OUT/commit.txt" 2>/dev/null || true
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/device.txt" 2>&1 || true
-    run_logged() { echo "\$ $*" | tee -a "$OUT/pipeline.txt"; "$@" 2>&1 | tee -a "$OUT/pipeline.txt"; }
-    run_logged "$E" bench --shape gemma-2-2b --hook blocks.12.hook_resid_post --documents 16384 \
-        --batch-documents 128 --percentile 1 --device cuda -o "$OUT/gpu-text-build.json" --force
-    W="$(mktemp -d)"
-    run_logged "$E" synth -o "$W/train.safetensors" --dim 2304 --rows 400000 --features 8192 --seed 1
-    run_logged "$E" synth -o "$W/held.safetensors" --dim 2304 --rows 10000 --features 8192 --seed 1 --row-seed 2
-    run_logged "$E" budget-sweep -a "$W/train.safetensors" --eval-activations "$W/held.safetensors" \
-        --ground-truth "$W/held.safetensors" --budgets 25000,100000,400000 -p 1 --device cuda \
-        --width 16384 -k 64 --sae-batch-size 4096 --sae-device cuda -o "$W/sweep" --force
-    cp "$W/sweep/report.json" "$OUT/sweep-report.json"
-    cp "$W/sweep/quality_vs_compute.png" "$OUT/sweep-quality_vs_compute.png"
+    LOG="$OUT/$1.txt"
+    run_logged() { echo "\$ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
+    if [[ "$1" == pipeline ]]; then
+        run_logged "$E" bench --shape gemma-2-2b --hook blocks.12.hook_resid_post --documents 16384 \
+            --batch-documents 128 --percentile 1 --device cuda -o "$OUT/gpu-text-build.json" --force
+    else
+        W="$(mktemp -d)"
+        run_logged "$E" synth -o "$W/train.safetensors" --dim 2304 --rows 400000 --features 8192 --seed 1
+        run_logged "$E" synth -o "$W/held.safetensors" --dim 2304 --rows 10000 --features 8192 --seed 1 --row-seed 2
+        run_logged "$E" budget-sweep -a "$W/train.safetensors" --eval-activations "$W/held.safetensors" \
+            --ground-truth "$W/held.safetensors" --budgets 25000,100000,400000 -p 1 --device cuda \
+            --width 16384 -k 64 --sae-batch-size 4096 --sae-device cuda -o "$W/sweep" --force
+        cp "$W/sweep/report.json" "$OUT/sweep-report.json"
+        cp "$W/sweep/quality_vs_compute.png" "$OUT/sweep-quality_vs_compute.png"
+    fi
     ;;
 *)
-    echo "usage: scripts/gpu-run.sh bundle|run|pipeline" >&2
+    echo "usage: scripts/gpu-run.sh bundle|run|pipeline|sweep" >&2
     exit 2
     ;;
 esac
