@@ -122,6 +122,23 @@ pub struct BuildPlan {
     pub total_rows: Option<u64>,
 }
 
+impl BuildPlan {
+    /// A plan with `config`, no budget, `min_members` 1, batches of whole documents or the
+    /// source's own size (`batch_size` 0) and nothing recorded about the model.
+    pub fn new(config: BuildConfig) -> Self {
+        BuildPlan {
+            config,
+            batch_size: 0,
+            max_activations: None,
+            max_tokens: None,
+            min_members: 1,
+            model: None,
+            hook: None,
+            total_rows: None,
+        }
+    }
+}
+
 /// Builds a dictionary from `stream` (from its current position) with `calibration`.
 pub fn build_stream(
     backend: &Backend,
@@ -1179,18 +1196,13 @@ mod tests {
                 .unwrap()
         };
         let plan = BuildPlan {
-            config: BuildConfig {
+            batch_size: 32,
+            max_activations: Some(250),
+            ..BuildPlan::new(BuildConfig {
                 reservoir_size: 3,
                 examples_per_partition: 2,
                 ..Default::default()
-            },
-            batch_size: 32,
-            max_activations: Some(250),
-            max_tokens: None,
-            min_members: 1,
-            model: None,
-            hook: None,
-            total_rows: None,
+            })
         };
         let inline = |p: f64| CalibrationSpec::Inline {
             percentile: p,

@@ -517,6 +517,19 @@ fn leaders_on_the_device_equal_the_cpu_twin_across_batches_and_growth() {
     assert!(gpu.leaders(&rows[..47], 48, 0.4).is_err());
 }
 
+/// Whether libtorch sees a CUDA device; says why not (or panics under EXEMPLAR_REQUIRE_CUDA).
+#[cfg(feature = "torch")]
+fn torch_sees_cuda() -> bool {
+    if tch::Cuda::is_available() {
+        return true;
+    }
+    if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
+        panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
+    }
+    eprintln!("skipping: this libtorch has no CUDA (the GPU bundle uses the GPU machine's torch)");
+    false
+}
+
 /// Zero-copy torch input: the prepare kernel reads a CUDA tensor in place.
 #[cfg(feature = "torch")]
 #[test]
@@ -524,13 +537,7 @@ fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
     use exemplar::backend::cuda_torch::{pointer_context, TorchDtype, TorchRows};
     use tch::{Device, Kind, Tensor};
     let Some(dev) = device() else { return };
-    if !tch::Cuda::is_available() {
-        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
-            panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
-        }
-        eprintln!(
-            "skipping: this libtorch has no CUDA (the GPU bundle uses the GPU machine's torch)"
-        );
+    if !torch_sees_cuda() {
         return;
     }
     let (n, d) = (8192, 2304);
@@ -813,11 +820,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     use std::sync::Arc;
     use tch::{Device, Kind};
     let Some(dev) = device() else { return };
-    if !tch::Cuda::is_available() {
-        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
-            panic!("EXEMPLAR_REQUIRE_CUDA is set but this libtorch sees no CUDA device");
-        }
-        eprintln!("skipping: this libtorch has no CUDA");
+    if !torch_sees_cuda() {
         return;
     }
     let Some(fixtures) = std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") else {
@@ -862,18 +865,12 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
             };
             let mut src = TextSource::new(reader, &tok, &model, hook, text).unwrap();
             let plan = BuildPlan {
-                config: BuildConfig {
+                hook: Some(hook.name()),
+                ..BuildPlan::new(BuildConfig {
                     reservoir_size: 3,
                     saturation_window: None,
                     ..BuildConfig::default()
-                },
-                batch_size: 0,
-                max_activations: None,
-                max_tokens: None,
-                min_members: 1,
-                model: None,
-                hook: Some(hook.name()),
-                total_rows: None,
+                })
             };
             let cal = CalibrationSpec::Inline {
                 percentile: 10.0,

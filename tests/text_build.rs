@@ -694,18 +694,10 @@ fn a_bad_corpus_is_an_error_naming_the_file_and_line_and_leaves_nothing() {
     common::assert_no_outputs(dir, &["d.safetensors"]);
 }
 
-/// `build --model` with two hooks and two percentiles runs one forward per batch (to the deepest
-/// hook) and writes, per (hook, percentile) pair, the dictionary the single build of that pair
-/// gives: same tensors and metadata, except timings and `model_flops`, which is the shared
-/// forward's over the batches that dictionary saw. Each pair saturates on its own.
-#[test]
-fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
-    let Some(model) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let corpus = write_corpus(dir, 60);
-    let (m, c) = (model.to_str().unwrap(), corpus.to_str().unwrap());
-    let flags = [
+/// The flags (hooks and percentiles aside) of the builds of several pairs: pairs saturate on
+/// their own (window 1).
+fn pair_flags<'a>(m: &'a str, c: &'a str) -> Vec<&'a str> {
+    vec![
         "build",
         "--model",
         m,
@@ -731,7 +723,21 @@ fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
         "4",
         "--examples",
         "3",
-    ];
+    ]
+}
+
+/// `build --model` with two hooks and two percentiles runs one forward per batch (to the deepest
+/// hook) and writes, per (hook, percentile) pair, the dictionary the single build of that pair
+/// gives: same tensors and metadata, except timings and `model_flops`, which is the shared
+/// forward's over the batches that dictionary saw. Each pair saturates on its own.
+#[test]
+fn several_hooks_and_percentiles_from_one_forward_equal_single_builds() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let corpus = write_corpus(dir, 60);
+    let (m, c) = (model.to_str().unwrap(), corpus.to_str().unwrap());
+    let flags = pair_flags(m, c);
     let (shallow, deep) = ("blocks.1.hook_resid_post", "blocks.3.hook_resid_post");
     let percentiles = ["5", "60"];
     let mut multi = flags.to_vec();
@@ -900,20 +906,15 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             tensor_batches: 0,
         };
         let plan = BuildPlan {
-            config: BuildConfig {
+            max_activations,
+            hook: Some(hook.name()),
+            ..BuildPlan::new(BuildConfig {
                 reservoir_size: 4,
                 examples_per_partition: 3,
                 seed: 5,
                 saturation_window: None,
                 ..BuildConfig::default()
-            },
-            batch_size: 0,
-            max_activations,
-            max_tokens: None,
-            min_members: 1,
-            model: None,
-            hook: Some(hook.name()),
-            total_rows: None,
+            })
         };
         let cal = CalibrationSpec::Inline {
             percentile: 20.0,
@@ -949,37 +950,15 @@ fn a_killed_build_of_several_pairs_resumes_to_the_same_dictionaries() {
     let dir = tmp.path();
     let corpus = write_corpus(dir, 120);
     let (m, c) = (model.to_str().unwrap(), corpus.to_str().unwrap());
-    let flags = [
-        "build",
-        "--model",
-        m,
-        "--corpus",
-        c,
-        "--text-field",
-        "body",
-        "--ctx",
-        "12",
-        "--min-tokens",
-        "3",
-        "--batch-documents",
-        "4",
-        "--calibration-activations",
-        "60",
-        "--device",
-        "cpu",
-        "--saturation-window",
-        "1",
-        "--seed",
-        "5",
-        "--reservoir",
-        "3",
+    let mut flags = pair_flags(m, c);
+    flags.extend([
         "--hook",
         "blocks.3.hook_resid_post",
         "--hook",
         "blocks.1.hook_resid_post",
         "--percentile",
         "2,80",
-    ];
+    ]);
     let mut full = flags.to_vec();
     full.extend(["-o", "full"]);
     exemplar(dir, &full).ok();

@@ -332,17 +332,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for (name, full) in paths {
         let plan = BuildPlan {
-            config: BuildConfig {
+            hook: Some(hook.name()),
+            ..BuildPlan::new(BuildConfig {
                 saturation_window: None,
                 ..BuildConfig::default()
-            },
-            batch_size: 0,
-            max_activations: None,
-            max_tokens: None,
-            min_members: 1,
-            model: None,
-            hook: Some(hook.name()),
-            total_rows: None,
+            })
         };
         let cal = CalibrationSpec::Inline {
             percentile: a.percentile,

@@ -636,17 +636,13 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     )?;
     stream.rewind()?;
     let plan = BuildPlan {
-        config: BuildConfig {
-            saturation_window: None,
-            ..BuildConfig::default()
-        },
         batch_size,
-        max_activations: None,
-        max_tokens: None,
-        min_members: 1,
         model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
         hook: Some("hidden_states[3] (residual stream after block 3 of 6)".into()),
-        total_rows: None,
+        ..BuildPlan::new(BuildConfig {
+            saturation_window: None,
+            ..BuildConfig::default()
+        })
     };
     let dict = pipeline::build_stream(&Backend::Cpu, &mut stream, &cal, &plan)?.dictionary;
     println!(

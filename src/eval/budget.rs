@@ -224,14 +224,9 @@ pub fn run_sweep(
         )?;
         stream.rewind()?;
         let plan = BuildPlan {
-            config: cfg.build.clone(),
             batch_size: cfg.batch_size,
             max_activations: Some(budget),
-            max_tokens: None,
-            min_members: 1,
-            model: None,
-            hook: None,
-            total_rows: None,
+            ..BuildPlan::new(cfg.build.clone())
         };
         let out = build_stream(backend, &mut stream, &cal, &plan)?;
         let seconds = start.elapsed().as_secs_f64();
