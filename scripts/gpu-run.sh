@@ -70,13 +70,21 @@ run)
         [[ "$(basename "$t")" == bench-* ]] && continue
         # The CLI test needs the exemplar binary at this checkout's build path; the CPU
         # machine's CI runs it, so it is skipped here.
+        # A hung binary must not eat the call's ten minutes: each gets a limit, and its exit
+        # status is logged.
         echo "==> $t --nocapture --skip activations_cli" | tee -a "$OUT/tests.txt"
-        "$t" --nocapture --skip activations_cli 2>&1 | tee -a "$OUT/tests.txt"
+        rc=0
+        timeout 200 "$t" --nocapture --skip activations_cli >>"$OUT/tests.txt" 2>&1 || rc=$?
+        echo "==> exit $rc" | tee -a "$OUT/tests.txt"
     done
+    grep -E "^test result|FAILED|panicked" "$OUT/tests.txt" || true
     for b in "$BUNDLE"/bin/bench-*; do
         echo "==> $b" | tee -a "$OUT/benches.txt"
-        "$b" --bench 2>&1 | tee -a "$OUT/benches.txt"
+        rc=0
+        timeout 150 "$b" --bench >>"$OUT/benches.txt" 2>&1 || rc=$?
+        echo "==> exit $rc" | tee -a "$OUT/benches.txt"
     done
+    tail -n 60 "$OUT/benches.txt"
     ;;
 pipeline | sweep)
     # The end-to-end GPU runs, one per call (each may take minutes; a call has 10):
