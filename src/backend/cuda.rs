@@ -179,6 +179,21 @@ pub struct CudaDevice {
     /// show what crosses the bus per batch).
     h2d_bytes: AtomicU64,
     d2h_bytes: AtomicU64,
+    /// Totals over every nearest search so far: rows searched, rows the screen left
+    /// ambiguous, and rows re-checked over all candidates.
+    nearest_totals: [AtomicU64; 3],
+}
+
+/// What the nearest searches of a [`CudaDevice`] did so far (see
+/// [`CudaDevice::nearest_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NearestTotals {
+    /// Rows searched.
+    pub rows: u64,
+    /// Rows whose screen's best and runner-up were within the screen's margin.
+    pub ambiguous: u64,
+    /// Rows re-checked in f64 over all candidates (too many contenders, or the FP32 screen).
+    pub rechecked: u64,
 }
 
 /// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
@@ -394,6 +409,7 @@ impl CudaDevice {
             last_ambiguous: AtomicUsize::new(0),
             h2d_bytes: AtomicU64::new(0),
             d2h_bytes: AtomicU64::new(0),
+            nearest_totals: Default::default(),
             last_rechecked: AtomicUsize::new(0),
         })
     }
@@ -414,6 +430,16 @@ impl CudaDevice {
     fn count_d2h<T>(&self, n: usize) {
         self.d2h_bytes
             .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+    }
+
+    /// Totals of every nearest search so far.
+    pub fn nearest_totals(&self) -> NearestTotals {
+        let t = &self.nearest_totals;
+        NearestTotals {
+            rows: t[0].load(Ordering::Relaxed),
+            ambiguous: t[1].load(Ordering::Relaxed),
+            rechecked: t[2].load(Ordering::Relaxed),
+        }
     }
 
     /// Rows of the last nearest search that its screen could not settle (resolved over their
@@ -685,6 +711,8 @@ impl CudaDevice {
         // the best) are listed by a second bf16 pass and only they are resolved in f64; rows
         // with too many contenders fall back to the full re-check.
         self.last_ambiguous.store(rows.len(), Ordering::Relaxed);
+        self.nearest_totals[0].fetch_add(n as u64, Ordering::Relaxed);
+        self.nearest_totals[1].fetch_add(rows.len() as u64, Ordering::Relaxed);
         let rows = if screen == ScreenKind::Bf16TensorCores && limits.is_none() && !rows.is_empty()
         {
             let best = self.download(&best)?;
@@ -693,6 +721,7 @@ impl CudaDevice {
             rows
         };
         self.last_rechecked.store(rows.len(), Ordering::Relaxed);
+        self.nearest_totals[2].fetch_add(rows.len() as u64, Ordering::Relaxed);
         if !rows.is_empty() {
             let r = self.upload(&rows)?;
             let nr = rows.len() as i32;

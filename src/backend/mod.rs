@@ -107,6 +107,19 @@ impl Backend {
         }
     }
 
+    /// What the GPU's nearest searches did so far: rows, rows the screen left ambiguous, rows
+    /// re-checked over all candidates (`None` on the CPU).
+    pub fn nearest_totals(&self) -> Option<(u64, u64, u64)> {
+        match self {
+            Backend::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let t = d.nearest_totals();
+                Some((t.rows, t.ambiguous, t.rechecked))
+            }
+        }
+    }
+
     /// Whether this is a CUDA device.
     pub fn is_cuda(&self) -> bool {
         !matches!(self, Backend::Cpu)

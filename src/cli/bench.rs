@@ -345,6 +345,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         };
         let t0 = Instant::now();
         let bus0 = backend.transferred_bytes().unwrap_or((0, 0));
+        let near0 = backend.nearest_totals().unwrap_or((0, 0, 0));
         let (dict, d2h, h2d, batches, switched) = match (&tok, full) {
             (Some(tok), false) => {
                 use exemplar::data::corpus::{CorpusOptions, CorpusReader};
@@ -398,6 +399,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         };
         let wall = t0.elapsed().as_secs_f64();
         let bus1 = backend.transferred_bytes().unwrap_or((0, 0));
+        let near1 = backend.nearest_totals().unwrap_or((0, 0, 0));
         // After the calibration (whose rows come to the host once), per batch: what the
         // hooked activations' copies moved, and what the clustering's own transfers moved
         // (ids and similarities down, new exemplars down, gather indices up).
@@ -433,6 +435,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "activation_d2h_bytes_per_batch_after_calibration": d2h_after as f64 / batches_after.max(1) as f64,
             "clustering_h2d_bytes_per_batch": (bus1.0 - bus0.0) as f64 / cluster_batches,
             "clustering_d2h_bytes_per_batch": (bus1.1 - bus0.1) as f64 / cluster_batches,
+            // The GPU nearest searches (phase A, strict order): rows searched, rows the screen
+            // could not settle, rows re-checked over every exemplar.
+            "nearest_rows": near1.0 - near0.0,
+            "nearest_ambiguous_rows": near1.1 - near0.1,
+            "nearest_rechecked_rows": near1.2 - near0.2,
         }));
     }
     // The reference pipeline's cost model (ep-reference-spec.md §11.2) for the same tokens.
@@ -496,9 +503,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             eprintln!(
                 "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>9} {:>14.0} {:>14.0}",
                 r["path"].as_str().unwrap_or(""),
-                r["tokens"],
-                r["activations"],
-                r["partitions"],
+                r["tokens"].as_u64().unwrap_or(0),
+                r["activations"].as_u64().unwrap_or(0),
+                r["partitions"].as_u64().unwrap_or(0),
                 r["model_flops"].as_f64().unwrap_or(0.0) / 1e12,
                 r["clustering_flops"].as_f64().unwrap_or(0.0) / 1e12,
                 r["wall_seconds"].as_f64().unwrap_or(0.0),
@@ -514,6 +521,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     .unwrap_or(0.0),
                 r["clustering_d2h_bytes_per_batch"].as_f64().unwrap_or(0.0),
             );
+        }
+        for r in report["results"].as_array().expect("array") {
+            let rows = r["nearest_rows"].as_u64().unwrap_or(0);
+            if rows > 0 {
+                let share = |k: &str| 100.0 * r[k].as_u64().unwrap_or(0) as f64 / rows as f64;
+                eprintln!(
+                    "{}: GPU nearest searched {rows} rows; the screen left {:.2}% ambiguous, {:.2}% were re-checked over every exemplar",
+                    r["path"].as_str().unwrap_or(""),
+                    share("nearest_ambiguous_rows"),
+                    share("nearest_rechecked_rows"),
+                );
+            }
         }
         eprintln!(
             "reference cost model: {:.4} TFLOP (blocks {:.4} + unembedding {:.4}) vs truncated forward {:.4} TFLOP ({:.0}% wasted); D2H {:.0} B + H2D {:.0} B + shard {:.0} B per batch",
