@@ -329,6 +329,34 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         )?),
         None => None,
     };
+    // Warm-up (not timed): the first forward pays for libtorch's lazy initialisation and the
+    // allocator's first requests, which would otherwise be charged to the first path.
+    {
+        let warm = RandomTokens {
+            model: &model,
+            hook,
+            documents: a.batch_documents.min(a.documents),
+            ctx: a.ctx,
+            batch: a.batch_documents,
+            seed: a.seed ^ 0x5741_524d,
+            full: false,
+            next_doc: 0,
+            rows: 0,
+            flops: 0.0,
+            forward_seconds: 0.0,
+            d2h: 0,
+            h2d: 0,
+            batches: 0,
+            in_tensors: false,
+            switched_at: None,
+        };
+        let docs: Vec<Vec<i64>> = (0..warm.documents).map(|i| warm.ids(i)).collect();
+        let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
+        forward_hooks(&model, &[hook], &refs, false, false)?;
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
     let mut results = Vec::new();
     for (name, full) in paths {
         let plan = BuildPlan {
