@@ -10,9 +10,11 @@
 //! deepest hooked block, gives every hook's rows ([`forward_rows_at`]), so a build of several
 //! hooks and percentiles (`pipeline::run_builds`) runs the model once per batch.
 //!
-//! Reading and tokenising run ahead on a thread (a bounded queue of two batches of documents),
-//! so the next batch's documents are ready when a forward ends; the batches do not depend on
-//! the timing.
+//! Reading and tokenising run ahead of the forward: a thread reads a batch's worth of documents
+//! at a time and tokenises them in parallel (rayon's pool; a document is tokenised whole before
+//! it is truncated, as HF tokenizers do, so long documents make this the costly host step), and
+//! queues them, in order, with their token strings (a bounded queue of two batches). The next
+//! batch's documents are ready when a forward ends, and the batches do not depend on the timing.
 //!
 //! After [`TextSource::keep_rows_in_tensors`] (which `pipeline::run_builds` calls for a CUDA
 //! build once the calibration's rows are read) the hooked tensors are not copied: each batch
@@ -240,11 +242,14 @@ pub fn forward_hooks(
     })
 }
 
+/// `[BOS] + ids` of a document and each id's token string.
+type Tokenized = (Vec<i64>, Vec<String>);
+
 /// A document read and tokenised ahead: `ids` is `None` when the token filter drops it.
 struct Prepared {
     index: u64,
     text: String,
-    ids: Option<Vec<i64>>,
+    ids: Option<Tokenized>,
     /// The reader's counters after this document.
     stats: CorpusStats,
 }
@@ -256,31 +261,60 @@ enum Ahead {
     Failed(Error),
 }
 
-/// The read-ahead thread's side: reads, tokenises and sends until the end, an error, or the
-/// receiver's drop.
+/// The read-ahead thread's side: reads documents a chunk at a time, tokenises each chunk in
+/// parallel (rayon; a long document is tokenised whole before truncation, as HF does, so this
+/// is the costly part), and sends them in order until the end, an error (after the documents
+/// read before it), or the receiver's drop.
 fn read_ahead(
     mut reader: CorpusReader,
     tokenizer: Tokenizer,
-    ctx: usize,
-    min_tokens: usize,
+    options: TextOptions,
     tx: std::sync::mpsc::SyncSender<Ahead>,
 ) {
+    use rayon::prelude::*;
+    let chunk = options.batch_documents.clamp(1, 1024);
     loop {
-        let item = match reader.next_document() {
-            Ok(Some(doc)) => match prepare_document(&tokenizer, &doc.text, ctx, min_tokens) {
+        let mut docs = Vec::with_capacity(chunk);
+        let mut last = None;
+        while docs.len() < chunk {
+            match reader.next_document() {
+                Ok(Some(doc)) => docs.push((doc, reader.stats())),
+                Ok(None) => {
+                    last = Some(Ahead::End);
+                    break;
+                }
+                Err(e) => {
+                    last = Some(Ahead::Failed(e));
+                    break;
+                }
+            }
+        }
+        let ids: Vec<Result<Option<Vec<i64>>>> = docs
+            .par_iter()
+            .map(|(doc, _)| {
+                prepare_document(&tokenizer, &doc.text, options.ctx, options.min_tokens)
+            })
+            .collect();
+        for ((doc, stats), ids) in docs.into_iter().zip(ids) {
+            let item = match ids {
                 Ok(ids) => Ahead::Doc(Prepared {
                     index: doc.index,
+                    ids: ids.map(|ids| {
+                        let tokens = tokenizer.token_strings(&ids);
+                        (ids, tokens)
+                    }),
                     text: doc.text,
-                    ids,
-                    stats: reader.stats(),
+                    stats,
                 }),
                 Err(e) => Ahead::Failed(e),
-            },
-            Ok(None) => Ahead::End,
-            Err(e) => Ahead::Failed(e),
-        };
-        let last = !matches!(item, Ahead::Doc(_));
-        if tx.send(item).is_err() || last {
+            };
+            let failed = matches!(item, Ahead::Failed(_));
+            if tx.send(item).is_err() || failed {
+                return;
+            }
+        }
+        if let Some(item) = last {
+            let _ = tx.send(item);
             return;
         }
     }
@@ -447,18 +481,19 @@ impl<'a> TextSource<'a> {
         self.stats = stats;
     }
 
-    /// The next document, tokenised (`None` ids: dropped by the token filter); `None` at the end.
-    fn next_prepared(&mut self) -> Result<Option<(u64, Option<Vec<i64>>)>> {
+    /// The next document, tokenised, with its token strings (`None`: dropped by the token
+    /// filter); `None` at the end.
+    fn next_prepared(&mut self) -> Result<Option<(u64, Option<Tokenized>)>> {
         if let Feed::Reader(_) = self.feed {
             let Feed::Reader(reader) = std::mem::replace(&mut self.feed, Feed::Done) else {
                 unreachable!()
             };
             let (tx, rx) = sync_channel(2 * self.options.batch_documents);
             let tok = self.tokenizer.clone();
-            let (ctx, min) = (self.options.ctx, self.options.min_tokens);
+            let options = self.options.clone();
             std::thread::Builder::new()
                 .name("exemplar-tokenize".into())
-                .spawn(move || read_ahead(*reader, tok, ctx, min, tx))
+                .spawn(move || read_ahead(*reader, tok, options, tx))
                 .map_err(|e| Error::param("tokenizer thread", e.to_string()))?;
             self.feed = Feed::Ahead(rx);
         }
@@ -501,7 +536,7 @@ impl BatchSource for TextSource<'_> {
     }
 
     fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
-        let mut docs: Vec<(i64, Vec<i64>)> = Vec::with_capacity(self.options.batch_documents);
+        let mut docs: Vec<(i64, Tokenized)> = Vec::with_capacity(self.options.batch_documents);
         while docs.len() < self.options.batch_documents {
             let Some((index, ids)) = self.next_prepared()? else {
                 break;
@@ -515,7 +550,7 @@ impl BatchSource for TextSource<'_> {
             return Ok(None);
         }
         let t0 = Instant::now();
-        let refs: Vec<&[i64]> = docs.iter().map(|(_, ids)| ids.as_slice()).collect();
+        let refs: Vec<&[i64]> = docs.iter().map(|(_, (ids, _))| ids.as_slice()).collect();
         let HookBatch {
             values: per_hook,
             positions,
@@ -536,17 +571,17 @@ impl BatchSource for TextSource<'_> {
         let mut tokens = Vec::new();
         let mut documents = Vec::with_capacity(docs.len());
         let mut new_tokens = 0u64;
-        for ((doc_id, ids), pos) in docs.iter().zip(&positions) {
+        for ((doc_id, (ids, strings)), pos) in docs.into_iter().zip(&positions) {
             if tokens.len() >= max_rows {
                 break;
             }
-            documents.push(Document {
-                doc_id: *doc_id,
-                tokens: self.tokenizer.token_strings(ids),
-            });
             new_tokens += ids.len() as u64;
+            documents.push(Document {
+                doc_id,
+                tokens: strings,
+            });
             tokens.extend(pos.iter().map(|&p| TokenRef {
-                doc_id: *doc_id,
+                doc_id,
                 position: p,
             }));
         }
