@@ -885,7 +885,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
     let model = Gemma2::load(&dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
     let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
-    let build = |switch_after: u64, max_activations: Option<u64>| {
+    let build = |final_position: bool, switch_after: u64, max_activations: Option<u64>| {
         let options = CorpusOptions {
             text_field: "body".into(),
             ..CorpusOptions::default()
@@ -895,7 +895,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             ctx: 12,
             batch_documents: 5,
             min_tokens: 3,
-            final_position: false,
+            final_position,
         };
         let mut inner = TextSource::new(reader, &tok, &model, hook, text).unwrap();
         let mut src = Switching {
@@ -924,17 +924,24 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
         let out = pipeline::run_build(&Backend::Cpu, &mut src, cal, &plan, None).unwrap();
         (out.dictionary, src.tensor_batches)
     };
-    for budget in [None, Some(333)] {
-        let (copied, none) = build(u64::MAX, budget);
-        assert_eq!(none, 0);
-        assert!(copied.len() > 3, "K = {}", copied.len());
-        for switch_after in [0, 100] {
-            let (in_tensors, batches) = build(switch_after, budget);
-            assert!(batches > 2, "{batches} batches in tensors");
-            common::assert_same_dictionary(&copied, &in_tensors, true);
-        }
-        if let Some(b) = budget {
-            assert_eq!(copied.info().activations_streamed, b);
+    // Every position (the switch after the calibration's 100 rows), and the last token of
+    // each document (one row per document: the switch comes within the calibration's reads).
+    for (final_position, budgets, switches) in [
+        (false, [None, Some(333)], [0, 100]),
+        (true, [None, Some(33)], [0, 20]),
+    ] {
+        for budget in budgets {
+            let (copied, none) = build(final_position, u64::MAX, budget);
+            assert_eq!(none, 0);
+            assert!(copied.len() > 3, "K = {}", copied.len());
+            for switch_after in switches {
+                let (in_tensors, batches) = build(final_position, switch_after, budget);
+                assert!(batches > 2, "{batches} batches in tensors");
+                common::assert_same_dictionary(&copied, &in_tensors, true);
+            }
+            if let Some(b) = budget {
+                assert_eq!(copied.info().activations_streamed, b);
+            }
         }
     }
 }
