@@ -62,8 +62,15 @@ pub fn extract_to_file(
     let d = model.config.hidden_size;
     let mut docs: Vec<(i64, Vec<i64>)> = Vec::new();
     let mut skipped = 0;
-    for (i, text) in documents {
-        match prepare_document(tokenizer, text, options.ctx, options.min_tokens)? {
+    // Tokenised in parallel (a document is tokenised whole before truncation); the first
+    // failure in document order is the error.
+    use rayon::prelude::*;
+    let prepared: Vec<Result<Option<Vec<i64>>>> = documents
+        .par_iter()
+        .map(|(_, text)| prepare_document(tokenizer, text, options.ctx, options.min_tokens))
+        .collect();
+    for ((i, _), ids) in documents.iter().zip(prepared) {
+        match ids? {
             Some(ids) => docs.push((*i, ids)),
             None => skipped += 1,
         }
