@@ -549,3 +549,36 @@ extern "C" __global__ void top2_merge_splits(int n, int splits, const int* __res
     best[r] = t.best;
     second[r] = t.second;
 }
+
+// Per row of a row-major t x k f32 similarity tile (the cuBLAS screen's GEMM output), the
+// top-2 over the first limits[row0 + r] candidates (all k without limits), lowest index on
+// ties; one warp per row. Writes rows row0 .. row0 + t of the outputs (index -1 and -inf
+// when a row has no candidate).
+extern "C" __global__ void top2_rows_f32(const float* __restrict__ C, int t, int k,
+                                         const int* __restrict__ limits, int row0,
+                                         int* __restrict__ best_index, float* __restrict__ best,
+                                         float* __restrict__ second) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    if (warp >= t) return;
+    const int row = row0 + warp;
+    const int lim = limits ? min(max(limits[row], 0), k) : k;
+    const float* c = C + (long long)warp * k;
+    Top2 m;
+    m.index = -1;
+    m.best = NEG_INF_F;
+    m.second = NEG_INF_F;
+    // Ascending j within a lane: the strict comparison keeps the lane's first maximum.
+    for (int j = lane; j < lim; j += 32) top2_offer(m, j, c[j]);
+    for (int off = 16; off > 0; off >>= 1) {
+        const int oj = __shfl_down_sync(0xffffffffu, m.index, off);
+        const float ob = __shfl_down_sync(0xffffffffu, m.best, off);
+        const float os = __shfl_down_sync(0xffffffffu, m.second, off);
+        top2_merge(m, oj, ob, os);
+    }
+    if (lane == 0) {
+        best_index[row] = m.index;
+        best[row] = m.best;
+        second[row] = m.second;
+    }
+}

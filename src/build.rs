@@ -505,7 +505,6 @@ impl Builder {
             }
             #[cfg(feature = "cuda")]
             Prepared::Device(u) => {
-                use crate::backend::cuda::ScreenKind;
                 let st = self.device.as_mut().expect("prepared on the device");
                 let dev = st.dev.clone();
                 if k0 == 0 {
@@ -518,7 +517,7 @@ impl Builder {
                 if n == start {
                     return Ok(Vec::new());
                 }
-                let screen = ScreenKind::auto(dev.compute_capability(), k, d);
+                let screen = dev.screen_for(k, d);
                 let (ids, sims) = dev.nearest_device(
                     screen,
                     &u.slice(start * d..),
@@ -598,7 +597,6 @@ impl Builder {
             ),
             #[cfg(feature = "cuda")]
             Prepared::Device(u) => {
-                use crate::backend::cuda::ScreenKind;
                 let st = self.device.as_ref().expect("prepared on the device");
                 let dev = &st.dev;
                 let idx: Vec<u32> = matched.iter().map(|&i| i as u32).collect();
@@ -610,7 +608,7 @@ impl Builder {
                 let first = self.dict.len() + first_b;
                 debug_assert_eq!(st.exemplars.rows(), first + l);
                 let leaders = st.exemplars.view().slice(first * d..(first + l) * d);
-                let screen = ScreenKind::auto(dev.compute_capability(), l, d);
+                let screen = dev.screen_for(l, d);
                 let (ids, sims) =
                     dev.nearest_with(screen, &w, idx.len(), &leaders, l, d, Some(&lim))?;
                 ids.into_iter()

@@ -99,3 +99,24 @@ fn prebuilt_ptx_is_chosen_for_the_highest_architecture_the_device_can_run() {
         }
     }
 }
+
+/// `EXEMPLAR_NEAREST_SCREEN` values: each screen by name, `auto`, and a clear error otherwise.
+#[test]
+fn screen_names_parse_and_a_bad_one_is_named() {
+    use exemplar::backend::cuda::ScreenKind;
+    assert_eq!(ScreenKind::parse("auto").unwrap(), None);
+    assert_eq!(ScreenKind::parse("f32").unwrap(), Some(ScreenKind::F32));
+    assert_eq!(
+        ScreenKind::parse("bf16-mma").unwrap(),
+        Some(ScreenKind::Bf16TensorCores)
+    );
+    assert_eq!(
+        ScreenKind::parse("cublas-bf16").unwrap(),
+        Some(ScreenKind::CublasBf16)
+    );
+    let e = ScreenKind::parse("tf32").unwrap_err().to_string();
+    assert!(
+        e.contains("EXEMPLAR_NEAREST_SCREEN") && e.contains("tf32"),
+        "{e}"
+    );
+}

@@ -402,7 +402,11 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
         let (n, k) = (u.len() / d, e.len() / d);
         let (want_ids, want_sims) = nearest_rows(u, e, *d);
         let (du, de) = (dev.upload(u).unwrap(), dev.upload(e).unwrap());
-        for screen in [ScreenKind::F32, ScreenKind::Bf16TensorCores] {
+        for screen in [
+            ScreenKind::F32,
+            ScreenKind::Bf16TensorCores,
+            ScreenKind::CublasBf16,
+        ] {
             let (ids, sims) = dev
                 .nearest_with(screen, &du, n, &de.slice(..), k, *d, None)
                 .unwrap();
@@ -416,13 +420,14 @@ fn both_screens_give_the_cpu_ids_and_exact_similarities() {
             }
             let (amb, full) = (dev.last_ambiguous_rows(), dev.last_rechecked_rows());
             eprintln!("{what} {screen:?}: {amb} rows ambiguous, {full} re-checked over all K");
-            if screen == ScreenKind::Bf16TensorCores && what.starts_with("duplicated") {
+            let bf16 = screen != ScreenKind::F32;
+            if bf16 && what.starts_with("duplicated") {
                 assert!(
                     amb >= 100 && full < amb,
                     "the contender path must settle them"
                 );
             }
-            if screen == ScreenKind::Bf16TensorCores && what.starts_with("near-identical") {
+            if bf16 && what.starts_with("near-identical") {
                 assert!(full > 0, "overflowing contender lists must fall back");
             }
         }
@@ -448,6 +453,34 @@ fn candidate_limits_give_the_cpu_prefix_search() {
                 "n={n} l={l}: row {i}, limit {}",
                 limits[i]
             );
+        }
+        // Every screen with limits (the backend picks one).
+        let Backend::Cuda(dev) = &gpu else {
+            unreachable!()
+        };
+        let lim: Vec<i32> = limits.iter().map(|&x| x.min(l as u32) as i32).collect();
+        let (du, de, dl) = (
+            dev.upload(&rows).unwrap(),
+            dev.upload(&leaders).unwrap(),
+            dev.upload(&lim).unwrap(),
+        );
+        for screen in [
+            ScreenKind::F32,
+            ScreenKind::Bf16TensorCores,
+            ScreenKind::CublasBf16,
+        ] {
+            let (ids, sims) = dev
+                .nearest_with(screen, &du, n, &de.slice(..), l, d, Some(&dl))
+                .unwrap();
+            for i in 0..n {
+                let got = (ids[i] >= 0).then(|| (ids[i] as u32, sims[i].to_bits()));
+                assert_eq!(
+                    got,
+                    want[i].map(|(j, s)| (j, s.to_bits())),
+                    "{screen:?} n={n} l={l}: row {i}, limit {}",
+                    limits[i]
+                );
+            }
         }
     }
 }

@@ -48,6 +48,7 @@ pub const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "contenders_bf16_mma",
             "contenders_f64",
             "top2_merge_splits",
+            "top2_rows_f32",
         ],
     ),
     (
@@ -182,6 +183,11 @@ pub struct CudaDevice {
     /// Totals over every nearest search so far: rows searched, rows the screen left
     /// ambiguous, and rows re-checked over all candidates.
     nearest_totals: [AtomicU64; 3],
+    /// The screen `EXEMPLAR_NEAREST_SCREEN` forces (`None`: [`ScreenKind::auto`]).
+    screen_override: Option<ScreenKind>,
+    /// cuBLAS on this device's stream, created at the first cuBLAS screen (or why it could
+    /// not be).
+    blas: std::sync::OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
 }
 
 /// What the nearest searches of a [`CudaDevice`] did so far (see
@@ -304,9 +310,27 @@ pub enum ScreenKind {
     F32,
     /// bf16 tensor-core MMA (sm_80+) with a fused top-2 (margin [`bf16_screen_margin`]).
     Bf16TensorCores,
+    /// cuBLAS bf16 GEMM (f32 output, sm_80+) over tiles of rows, then a top-2 pass over each
+    /// tile: the FAISS-style GEMM + k-selection baseline as a screen (same margin as the MMA
+    /// screen). Chosen only through `EXEMPLAR_NEAREST_SCREEN=cublas-bf16`.
+    CublasBf16,
 }
 
 impl ScreenKind {
+    /// Parses `EXEMPLAR_NEAREST_SCREEN`: `f32`, `bf16-mma`, `cublas-bf16`, or `auto` (`None`).
+    pub fn parse(s: &str) -> Result<Option<ScreenKind>> {
+        match s {
+            "auto" => Ok(None),
+            "f32" => Ok(Some(ScreenKind::F32)),
+            "bf16-mma" => Ok(Some(ScreenKind::Bf16TensorCores)),
+            "cublas-bf16" => Ok(Some(ScreenKind::CublasBf16)),
+            _ => Err(Error::param(
+                "EXEMPLAR_NEAREST_SCREEN",
+                format!("`{s}` is not auto, f32, bf16-mma or cublas-bf16"),
+            )),
+        }
+    }
+
     /// Tensor cores when the device has them and the GEMM is big enough to pay for the bf16
     /// copies and the wider margin (k ≥ 256 and k·d ≥ 2²⁰); the FP32 screen otherwise.
     pub fn auto(cc: (i32, i32), k: usize, d: usize) -> ScreenKind {
@@ -392,6 +416,11 @@ impl CudaDevice {
                 }
             }
         }
+        let screen_override = match std::env::var("EXEMPLAR_NEAREST_SCREEN") {
+            Ok(v) => ScreenKind::parse(v.trim())?,
+            Err(std::env::VarError::NotPresent) => None,
+            Err(e) => return Err(Error::param("EXEMPLAR_NEAREST_SCREEN", e.to_string())),
+        };
         if functions.is_empty() {
             let arch: &'static str =
                 Box::leak(format!("compute_{}{}", cc.0, cc.1).into_boxed_str());
@@ -411,7 +440,32 @@ impl CudaDevice {
             d2h_bytes: AtomicU64::new(0),
             nearest_totals: Default::default(),
             last_rechecked: AtomicUsize::new(0),
+            screen_override,
+            blas: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The screen for a nearest search against `k` candidates of width `d`: the one
+    /// `EXEMPLAR_NEAREST_SCREEN` forces, or [`ScreenKind::auto`]. Every screen gives the same
+    /// exact result; this only chooses the speed.
+    pub fn screen_for(&self, k: usize, d: usize) -> ScreenKind {
+        self.screen_override
+            .unwrap_or_else(|| ScreenKind::auto(self.compute_capability, k, d))
+    }
+
+    /// cuBLAS on this device's stream (created once; probed first, since cudarc panics on a
+    /// missing library).
+    fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
+        self.blas
+            .get_or_init(|| {
+                // SAFETY: a dlopen probe of libcublas by its candidate names.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err("libcublas cannot be loaded".into());
+                }
+                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Cuda(format!("cuBLAS: {e}")))
     }
 
     /// Bytes copied host → device and device → host by this device's transfers so far.
@@ -640,7 +694,7 @@ impl CudaDevice {
         k: usize,
         d: usize,
     ) -> Result<(Vec<i32>, Vec<f64>)> {
-        let screen = ScreenKind::auto(self.compute_capability, k, d);
+        let screen = self.screen_for(k, d);
         self.nearest_with(screen, u, n, e, k, d, None)
     }
 
@@ -713,8 +767,8 @@ impl CudaDevice {
         self.last_ambiguous.store(rows.len(), Ordering::Relaxed);
         self.nearest_totals[0].fetch_add(n as u64, Ordering::Relaxed);
         self.nearest_totals[1].fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let rows = if screen == ScreenKind::Bf16TensorCores && limits.is_none() && !rows.is_empty()
-        {
+        let bf16 = matches!(screen, ScreenKind::Bf16TensorCores | ScreenKind::CublasBf16);
+        let rows = if bf16 && limits.is_none() && !rows.is_empty() {
             let best = self.download(&best)?;
             self.resolve_contenders(u, e, k, d, &rows, &best, margin, &mut idx, &mut sim)?
         } else {
@@ -793,10 +847,10 @@ impl CudaDevice {
                 "nearest needs at least one candidate",
             ));
         }
-        if screen == ScreenKind::Bf16TensorCores && self.compute_capability.0 < 8 {
+        if screen != ScreenKind::F32 && self.compute_capability.0 < 8 {
             return Err(Error::param(
                 "cuda launch",
-                "the bf16 tensor-core screen needs compute capability 8.0 or later",
+                "the bf16 screens need compute capability 8.0 or later",
             ));
         }
         let (ni, ki, di) = (
@@ -872,6 +926,74 @@ impl CudaDevice {
                 // SAFETY: the partials hold splits·n, the outputs n (one thread per row).
                 unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }
                     .map_err(|e| cuda_err("top2_merge_splits", e))?;
+                bf16_screen_margin(d)
+            }
+            ScreenKind::CublasBf16 => {
+                use cudarc::cublas::sys::cudaDataType_t;
+                use cudarc::cublas::sys::{
+                    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t,
+                };
+                use cudarc::driver::{DevicePtr, DevicePtrMut};
+                let dp = d.next_multiple_of(32);
+                let dpi = check_i32("padded d", dp)?;
+                check_i32("padded rows", n.max(k) * dp)?;
+                let blas = self.blas()?;
+                let ub = self.to_bf16_padded(u, n, d, dp)?;
+                let eb = self.to_bf16_padded(e, k, d, dp)?;
+                // The similarity matrix a tile of rows at a time: at most 2^26 f32 (256 MiB).
+                let tile = ((1usize << 26) / k).clamp(1, n);
+                let mut c = alloc_f32(tile * k)?;
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                for r0 in (0..n).step_by(tile) {
+                    let t = tile.min(n - r0);
+                    let ti = t as i32; // t ≤ n, which fits i32
+                    {
+                        let ut = ub.slice(r0 * dp..(r0 + t) * dp);
+                        let (a_ptr, _a) = eb.device_ptr(s);
+                        let (b_ptr, _b) = ut.device_ptr(s);
+                        let (c_ptr, _c) = c.device_ptr_mut(s);
+                        // SAFETY: column-major C (k × t, ldc k) = Aᵀ·B with A = the bf16
+                        // candidates (dp × k, lda dp) and B = the tile's bf16 rows (dp × t, ldb
+                        // dp): eb holds k·dp, ut t·dp and c tile·k ≥ t·k elements; alpha and
+                        // beta are f32 as CUBLAS_COMPUTE_32F requires; cuBLAS runs on this
+                        // device's stream, ordered with the kernels around it.
+                        unsafe {
+                            cudarc::cublas::result::gemm_ex(
+                                *blas.handle(),
+                                cublasOperation_t::CUBLAS_OP_T,
+                                cublasOperation_t::CUBLAS_OP_N,
+                                ki,
+                                ti,
+                                dpi,
+                                (&alpha) as *const f32 as *const _,
+                                a_ptr as *const _,
+                                cudaDataType_t::CUDA_R_16BF,
+                                dpi,
+                                b_ptr as *const _,
+                                cudaDataType_t::CUDA_R_16BF,
+                                dpi,
+                                (&beta) as *const f32 as *const _,
+                                c_ptr as *mut _,
+                                cudaDataType_t::CUDA_R_32F,
+                                ki,
+                                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                            )
+                        }
+                        .map_err(|e| cuda_err("cublasGemmEx (bf16 screen)", e))?;
+                    }
+                    let r0i = r0 as i32;
+                    let mut b = s.launch_builder(self.f("top2_rows_f32"));
+                    b.arg(&c).arg(&ti).arg(&ki);
+                    match limits {
+                        Some(l) => b.arg(l),
+                        None => b.arg(&null),
+                    };
+                    b.arg(&r0i).arg(&mut idx).arg(&mut best).arg(&mut second);
+                    // SAFETY: c holds t·k similarities (row-major t × k), limits (if any) n;
+                    // the kernel writes rows r0 .. r0 + t ≤ n of idx, best and second (n each).
+                    unsafe { b.launch(warp_grid(t)) }.map_err(|e| cuda_err("top2_rows_f32", e))?;
+                }
                 bf16_screen_margin(d)
             }
         };
@@ -1248,7 +1370,7 @@ impl CudaDevice {
             // Earlier chunks' leaders: exact nearest (ordinal, f64 similarity) per row.
             let prev = if made > 0 {
                 let lv = g.buf.slice(first * d..(first + made) * d);
-                let screen = ScreenKind::auto(self.compute_capability, made, d);
+                let screen = self.screen_for(made, d);
                 Some(self.nearest_device(screen, &chunk, c, &lv, made, d, None)?)
             } else {
                 None

@@ -247,7 +247,7 @@ impl Backend {
                 let lim: Vec<i32> = limits.iter().map(|&x| x.min(l as u32) as i32).collect();
                 let (u, e, lim) = (dev.upload(rows)?, dev.upload(leaders)?, dev.upload(&lim)?);
                 let n = limits.len();
-                let screen = cuda::ScreenKind::auto(dev.compute_capability(), l, d);
+                let screen = dev.screen_for(l, d);
                 let (ids, sims) =
                     dev.nearest_with(screen, &u, n, &e.slice(..), l, d, Some(&lim))?;
                 Ok(ids
