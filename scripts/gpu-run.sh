@@ -106,6 +106,10 @@ pipeline | sweep)
     if [[ "$1" == pipeline ]]; then
         run_logged "$E" bench --shape gemma-2-2b --hook blocks.12.hook_resid_post --documents 16384 \
             --batch-documents 128 --percentile 1 --device cuda -o "$OUT/gpu-text-build.json" --force
+        # The same build with the cuBLAS screen (the harvest path is the same as above).
+        run_logged env EXEMPLAR_NEAREST_SCREEN=cublas-bf16 "$E" bench --shape gemma-2-2b \
+            --hook blocks.12.hook_resid_post --documents 16384 --batch-documents 128 --percentile 1 \
+            --device cuda --no-harvest -o "$OUT/gpu-text-build-cublas.json" --force
     else
         W="$(mktemp -d)"
         run_logged "$E" synth -o "$W/train.safetensors" --dim 2304 --rows 400000 --features 8192 --seed 1
