@@ -853,20 +853,28 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
         fn dim(&self) -> usize {
             self.inner.dim()
         }
+        fn streams(&self) -> usize {
+            self.inner.streams()
+        }
         fn next_batch(&mut self, n: usize) -> exemplar::Result<Option<ActivationBatch>> {
+            Ok(self.next_batches(n)?.map(|mut v| v.swap_remove(0)))
+        }
+        fn next_batches(&mut self, n: usize) -> exemplar::Result<Option<Vec<ActivationBatch>>> {
             if self.read >= self.switch_after && !self.in_tensors {
                 assert!(self.inner.keep_rows_in_tensors());
                 self.in_tensors = true;
             }
-            let Some(b) = self.inner.next_batch(n)? else {
+            let Some(batches) = self.inner.next_batches(n)? else {
                 return Ok(None);
             };
-            assert_eq!(b.tensor_rows.is_some(), self.in_tensors, "rows in tensors");
-            assert_eq!(b.data.is_empty(), self.in_tensors, "rows in data");
-            assert_eq!(b.host_data().len(), b.rows() * b.dim);
+            for b in &batches {
+                assert_eq!(b.tensor_rows.is_some(), self.in_tensors, "rows in tensors");
+                assert_eq!(b.data.is_empty(), self.in_tensors, "rows in data");
+                assert_eq!(b.host_data().len(), b.rows() * b.dim);
+            }
             self.tensor_batches += u64::from(self.in_tensors);
-            self.read += b.rows() as u64;
-            Ok(Some(b))
+            self.read += batches[0].rows() as u64;
+            Ok(Some(batches))
         }
         fn position(&self) -> serde_json::Value {
             self.inner.position()
@@ -885,6 +893,50 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
     let model = Gemma2::load(&dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
     let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+    let shallow = HookPoint::parse("blocks.0.hook_resid_mid").unwrap();
+    // One dictionary per hook, from one forward per batch.
+    let build_hooks = |hooks: &[HookPoint], switch_after: u64| {
+        let options = CorpusOptions {
+            text_field: "body".into(),
+            ..CorpusOptions::default()
+        };
+        let reader = CorpusReader::open(std::slice::from_ref(&corpus), options).unwrap();
+        let text = TextOptions {
+            ctx: 12,
+            batch_documents: 5,
+            min_tokens: 3,
+            final_position: false,
+        };
+        let mut inner = TextSource::with_hooks(reader, &tok, &model, hooks.to_vec(), text).unwrap();
+        let mut src = Switching {
+            inner: &mut inner,
+            switch_after,
+            read: 0,
+            in_tensors: false,
+            tensor_batches: 0,
+        };
+        let plan = BuildPlan::new(BuildConfig {
+            reservoir_size: 4,
+            saturation_window: None,
+            ..BuildConfig::default()
+        });
+        let pairs = (0..hooks.len())
+            .map(|stream| pipeline::BuildPair {
+                stream,
+                calibration: CalibrationSpec::Inline {
+                    percentile: 20.0,
+                    method: PercentileMethod::Linear,
+                    activations: 100,
+                },
+                hook: Some(hooks[stream].name()),
+            })
+            .collect();
+        let out = pipeline::run_builds(&Backend::Cpu, &mut src, pairs, &plan, None).unwrap();
+        (
+            out.into_iter().map(|o| o.dictionary).collect::<Vec<_>>(),
+            src.tensor_batches,
+        )
+    };
     let build = |final_position: bool, switch_after: u64, max_activations: Option<u64>| {
         let options = CorpusOptions {
             text_field: "body".into(),
@@ -943,6 +995,18 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
                 assert_eq!(copied.info().activations_streamed, b);
             }
         }
+    }
+    // Two hooks from one forward: each hook's own tensor feeds its own dictionary.
+    let (copied, _) = build_hooks(&[hook, shallow], u64::MAX);
+    let (in_tensors, batches) = build_hooks(&[hook, shallow], 100);
+    assert!(batches > 2, "{batches} batches in tensors");
+    assert_eq!(copied.len(), 2);
+    assert!(
+        copied[0].exemplars() != copied[1].exemplars(),
+        "the hooks differ"
+    );
+    for (a, b) in copied.iter().zip(&in_tensors) {
+        common::assert_same_dictionary(a, b, true);
     }
 }
 
