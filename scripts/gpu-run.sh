@@ -25,6 +25,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUNDLE=.gpu-bundle
 
+# The GPU machine's own torch: its lib/ and NVIDIA's cu13 libraries on the library path.
+torch_libs() {
+    PY="${PYTHON:-python3}"
+    TORCH_DIR="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+    NV="$(dirname "$TORCH_DIR")/nvidia/cu13/lib"
+    export LD_LIBRARY_PATH="$TORCH_DIR/lib:$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+
 case "${1:-}" in
 bundle)
     scripts/test.sh --no-run >/dev/null # venv, fixtures, and the test binaries
@@ -55,10 +63,7 @@ for line in sys.stdin:
 run)
     OUT="${OUT:-$BUNDLE/out}"
     mkdir -p "$OUT"
-    PY="${PYTHON:-python3}"
-    TORCH_DIR="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-    NV="$(dirname "$TORCH_DIR")/nvidia/cu13/lib"
-    export LD_LIBRARY_PATH="$TORCH_DIR/lib:$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    torch_libs
     export EXEMPLAR_GEMMA2_FIXTURES="$PWD/$BUNDLE/fixtures"
     export EXEMPLAR_REQUIRE_CUDA=1 EXEMPLAR_REQUIRE_NVRTC=1
     cp "$BUNDLE/commit.txt" "$OUT/commit.txt" 2>/dev/null || true
@@ -94,10 +99,7 @@ pipeline | sweep)
     #    synthetic structured activations, both on the GPU.
     OUT="${OUT:-$BUNDLE/out}"
     mkdir -p "$OUT"
-    PY="${PYTHON:-python3}"
-    TORCH_DIR="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-    NV="$(dirname "$TORCH_DIR")/nvidia/cu13/lib"
-    export LD_LIBRARY_PATH="$TORCH_DIR/lib:$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    torch_libs
     E="$PWD/$BUNDLE/bin/exemplar"
     cp "$BUNDLE/commit.txt" "$OUT/commit.txt" 2>/dev/null || true
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/device.txt" 2>&1 || true

@@ -204,13 +204,7 @@ pub fn build_stream(
         return Err(Error::EmptyInput("no rows to build from".into()));
     }
     let info = builder.info_mut();
-    info.percentile = Some(calibration.percentile);
-    info.percentile_method = Some(calibration.method.as_str().into());
-    info.calibration_activations = Some(calibration.n_activations);
-    info.calibration_batch_size = Some(calibration.batch_size as u64);
-    info.batch_size = plan.batch_size as u64;
-    info.max_activations = plan.max_activations;
-    info.max_tokens = plan.max_tokens;
+    record_plan(info, calibration, plan);
     info.inputs = stream
         .paths()
         .iter()
@@ -1014,13 +1008,7 @@ pub fn run_builds(
         let (cal, cluster_seconds) = (&r.cal, r.cluster_seconds);
         let info = r.builder.info_mut();
         info.timings.clustering_seconds += cluster_seconds;
-        info.percentile = Some(cal.percentile);
-        info.percentile_method = Some(cal.method.as_str().into());
-        info.calibration_activations = Some(cal.n_activations);
-        info.calibration_batch_size = Some(cal.batch_size as u64);
-        info.batch_size = plan.batch_size as u64;
-        info.max_activations = plan.max_activations;
-        info.max_tokens = plan.max_tokens;
+        record_plan(info, cal, plan);
         info.model = plan.model.clone();
         info.hook = r.hook.clone();
         info.build_seconds = elapsed_before + start.elapsed().as_secs_f64();
@@ -1030,6 +1018,17 @@ pub fn run_builds(
         outputs.push(r.builder.try_finish(plan.min_members)?);
     }
     Ok(outputs)
+}
+
+/// The calibration and the plan's batch size and budgets, into a build's record.
+fn record_plan(info: &mut crate::dictionary::BuildInfo, cal: &Calibration, plan: &BuildPlan) {
+    info.percentile = Some(cal.percentile);
+    info.percentile_method = Some(cal.method.as_str().into());
+    info.calibration_activations = Some(cal.n_activations);
+    info.calibration_batch_size = Some(cal.batch_size as u64);
+    info.batch_size = plan.batch_size as u64;
+    info.max_activations = plan.max_activations;
+    info.max_tokens = plan.max_tokens;
 }
 
 /// A merge threshold given as NaN means θ, known once calibrated.

@@ -919,8 +919,17 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
             cpu_d2h > 0 && batches > 10,
             "{cpu_d2h} bytes, {batches} batches"
         );
+        let in_place0 = gpu.rows_read_in_place().unwrap();
         let (g, (d2h, gb), switch) = run(&gpu);
+        let in_place = gpu.rows_read_in_place().unwrap() - in_place0;
         let (at_d2h, at_batches) = switch.expect("a GPU build leaves the rows in the tensors");
+        // Every row after the calibration's batches (at most 8 documents × 16 rows each) was
+        // prepared from the hooked tensor itself, not from a copy.
+        let rows = g.info().activations_streamed;
+        assert!(
+            in_place > 0 && in_place <= rows && rows - in_place <= at_batches * 8 * 16,
+            "{kind:?}: {in_place} of {rows} rows read in place"
+        );
         assert_eq!(gb, batches);
         assert!(at_batches >= 1 && at_batches < batches);
         assert_eq!(

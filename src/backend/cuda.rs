@@ -183,6 +183,8 @@ pub struct CudaDevice {
     /// Totals over every nearest search so far: rows searched, rows the screen left
     /// ambiguous, and rows re-checked over all candidates.
     nearest_totals: [AtomicU64; 3],
+    /// Rows prepared straight from torch memory ([`CudaDevice::prepare_torch`]) so far.
+    rows_read_in_place: AtomicU64,
     /// The screen `EXEMPLAR_NEAREST_SCREEN` forces (`None`: [`ScreenKind::auto`]).
     screen_override: Option<ScreenKind>,
     /// cuBLAS on this device's stream, created at the first cuBLAS screen (or why it could
@@ -439,6 +441,7 @@ impl CudaDevice {
             h2d_bytes: AtomicU64::new(0),
             d2h_bytes: AtomicU64::new(0),
             nearest_totals: Default::default(),
+            rows_read_in_place: AtomicU64::new(0),
             last_rechecked: AtomicUsize::new(0),
             screen_override,
             blas: std::sync::OnceLock::new(),
@@ -484,6 +487,18 @@ impl CudaDevice {
     fn count_d2h<T>(&self, n: usize) {
         self.d2h_bytes
             .fetch_add((n * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+    }
+
+    /// Rows prepared straight from torch memory so far: what shows that a build read the
+    /// hooked tensor in place rather than a copy of it.
+    pub fn rows_read_in_place(&self) -> u64 {
+        self.rows_read_in_place.load(Ordering::Relaxed)
+    }
+
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(crate) fn count_read_in_place(&self, rows: usize) {
+        self.rows_read_in_place
+            .fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     /// Totals of every nearest search so far.
@@ -1683,22 +1698,7 @@ impl CudaDevice {
             ));
         }
         let need = g.rows + host.len() / d;
-        if need * d > g.buf.len() {
-            let cap = need.max(2 * g.buf.len() / d).max(16);
-            let mut grown = self
-                .stream
-                .alloc_zeros::<f32>(cap * d)
-                .map_err(|e| cuda_err("alloc", e))?;
-            if g.rows > 0 {
-                self.stream
-                    .memcpy_dtod(
-                        &g.buf.slice(0..g.rows * d),
-                        &mut grown.slice_mut(0..g.rows * d),
-                    )
-                    .map_err(|e| cuda_err("device → device copy", e))?;
-            }
-            g.buf = grown;
-        }
+        self.reserve_rows(g, host.len() / d)?;
         if !host.is_empty() {
             self.count_h2d::<f32>(host.len());
             self.stream

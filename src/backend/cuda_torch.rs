@@ -134,29 +134,18 @@ impl CudaDevice {
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
         let n = rows.map_or(x.rows, |r| r.len());
-        let kernel = match x.dtype {
-            TorchDtype::F32 => "prepare_f32",
-            TorchDtype::Bf16 => "prepare_bf16",
-        };
-        match x.dtype {
-            TorchDtype::F32 => self.prepare::<f32>(
-                kernel,
-                PrepInput::Raw(x.ptr),
-                x.rows * x.dim,
-                n,
-                x.dim,
-                center,
-                rows,
-            ),
-            TorchDtype::Bf16 => self.prepare::<u16>(
-                kernel,
-                PrepInput::Raw(x.ptr),
-                x.rows * x.dim,
-                n,
-                x.dim,
-                center,
-                rows,
-            ),
-        }
+        let len = x.rows * x.dim;
+        let out = match x.dtype {
+            TorchDtype::F32 => {
+                let input = PrepInput::Raw(x.ptr);
+                self.prepare::<f32>("prepare_f32", input, len, n, x.dim, center, rows)
+            }
+            TorchDtype::Bf16 => {
+                let input = PrepInput::Raw(x.ptr);
+                self.prepare::<u16>("prepare_bf16", input, len, n, x.dim, center, rows)
+            }
+        }?;
+        self.count_read_in_place(n);
+        Ok(out)
     }
 }

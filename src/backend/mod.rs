@@ -120,6 +120,15 @@ impl Backend {
         }
     }
 
+    /// Rows the GPU prepared straight from torch memory so far (`None` on the CPU).
+    pub fn rows_read_in_place(&self) -> Option<u64> {
+        match self {
+            Backend::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => Some(d.rows_read_in_place()),
+        }
+    }
+
     /// Whether this is a CUDA device.
     pub fn is_cuda(&self) -> bool {
         !matches!(self, Backend::Cpu)

@@ -123,7 +123,38 @@ struct RandomTokens<'a> {
     switched_at: Option<(u64, u64)>,
 }
 
-impl RandomTokens<'_> {
+impl<'a> RandomTokens<'a> {
+    /// `documents` documents of `ctx` seeded random ids after the BOS, `batch` per forward
+    /// (the full forward with logits and host copies when `full`).
+    fn new(
+        model: &'a Gemma2,
+        hook: HookPoint,
+        documents: usize,
+        ctx: usize,
+        batch: usize,
+        seed: u64,
+        full: bool,
+    ) -> Self {
+        RandomTokens {
+            model,
+            hook,
+            documents,
+            ctx,
+            batch,
+            seed,
+            full,
+            next_doc: 0,
+            rows: 0,
+            flops: 0.0,
+            forward_seconds: 0.0,
+            d2h: 0,
+            h2d: 0,
+            batches: 0,
+            in_tensors: false,
+            switched_at: None,
+        }
+    }
+
     fn ids(&self, doc: usize) -> Vec<i64> {
         let v = self.model.config.vocab_size as u64;
         let bos = self.model.config.bos_token_id;
@@ -332,24 +363,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // Warm-up (not timed): the first forward pays for libtorch's lazy initialisation and the
     // allocator's first requests, which would otherwise be charged to the first path.
     {
-        let warm = RandomTokens {
-            model: &model,
+        let warm = RandomTokens::new(
+            &model,
             hook,
-            documents: a.batch_documents.min(a.documents),
-            ctx: a.ctx,
-            batch: a.batch_documents,
-            seed: a.seed ^ 0x5741_524d,
-            full: false,
-            next_doc: 0,
-            rows: 0,
-            flops: 0.0,
-            forward_seconds: 0.0,
-            d2h: 0,
-            h2d: 0,
-            batches: 0,
-            in_tensors: false,
-            switched_at: None,
-        };
+            a.batch_documents.min(a.documents),
+            a.ctx,
+            a.batch_documents,
+            a.seed ^ 0x5741_524d,
+            false,
+        );
         let docs: Vec<Vec<i64>> = (0..warm.documents).map(|i| warm.ids(i)).collect();
         let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
         forward_hooks(&model, &[hook], &refs, false, false)?;
@@ -374,6 +396,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let t0 = Instant::now();
         let bus0 = backend.transferred_bytes().unwrap_or((0, 0));
         let near0 = backend.nearest_totals().unwrap_or((0, 0, 0));
+        let in_place0 = backend.rows_read_in_place().unwrap_or(0);
         let (dict, d2h, h2d, batches, switched) = match (&tok, full) {
             (Some(tok), false) => {
                 use exemplar::data::corpus::{CorpusOptions, CorpusReader};
@@ -397,24 +420,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             }
             (Some(_), true) => continue, // the harvest path runs on random tokens only
             (None, _) => {
-                let mut src = RandomTokens {
-                    model: &model,
+                let mut src = RandomTokens::new(
+                    &model,
                     hook,
-                    documents: a.documents,
-                    ctx: a.ctx,
-                    batch: a.batch_documents,
-                    seed: a.seed,
+                    a.documents,
+                    a.ctx,
+                    a.batch_documents,
+                    a.seed,
                     full,
-                    next_doc: 0,
-                    rows: 0,
-                    flops: 0.0,
-                    forward_seconds: 0.0,
-                    d2h: 0,
-                    h2d: 0,
-                    batches: 0,
-                    in_tensors: false,
-                    switched_at: None,
-                };
+                );
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
                 (
                     out.dictionary,
@@ -429,8 +443,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let bus1 = backend.transferred_bytes().unwrap_or((0, 0));
         let near1 = backend.nearest_totals().unwrap_or((0, 0, 0));
         // After the calibration (whose rows come to the host once), per batch: what the
-        // hooked activations' copies moved, and what the clustering's own transfers moved
-        // (ids and similarities down, new exemplars down, gather indices up).
+        // hooked activations' copies moved; and the CUDA backend's own transfers over the
+        // whole run (calibration uploads included) per batch clustered.
         let (d2h_after, batches_after) = match switched {
             Some((d, b)) => (d2h - d, batches - b),
             None => (d2h, batches),
@@ -456,7 +470,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "device_seconds": wall,
             "mfu": peak.map(|p| total / wall / (p * 1e12)),
             "clustering_over_forward": info.timings.forward_seconds.map(|f| info.timings.clustering_seconds / f.max(1e-12)),
-            "rows_in_place": switched.is_some(),
+            // Rows the clustering read from the hooked tensor without a copy.
+            "rows_read_in_place": backend.rows_read_in_place().unwrap_or(0) - in_place0,
             "d2h_bytes_per_batch": d2h as f64 / batches.max(1) as f64,
             "h2d_bytes_per_batch": h2d as f64 / batches.max(1) as f64,
             "activation_d2h_bytes_calibration": switched.map(|s| s.0),
@@ -506,7 +521,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "ctx": a.ctx,
         "batch_documents": a.batch_documents,
         "percentile": a.percentile,
-        "note": "on a GPU the build path copies the hooked rows to the host only for the calibration; afterwards the clustering reads the hooked tensor in place (activation_d2h_bytes_per_batch_after_calibration), and clustering_*_bytes_per_batch count every transfer of the clustering (gather indices up; ids, similarities, new exemplars and reservoir rows down). The harvest path copies every batch to the host and back (the reference)",
+        "note": "on a GPU the build path copies the hooked rows to the host only for the calibration; afterwards the clustering reads the hooked tensor in place (activation_d2h_bytes_per_batch_after_calibration), and clustering_*_bytes_per_batch are every transfer the CUDA backend made during the run (the calibration's uploads included; per batch: gather indices up; ids, similarities, new exemplars and reservoir rows down), over the batches clustered. The harvest path copies every batch to the host and back (the reference)",
         "results": results,
         "reference_cost_model": reference,
     });

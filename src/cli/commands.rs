@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Checks an output before any work: it must not exist (unless `force`) and its directory must
 /// exist, so a long run never ends in an error that it could have reported at the start.
-fn check_writable(path: &Path, force: bool) -> Result<()> {
+pub(super) fn check_writable(path: &Path, force: bool) -> Result<()> {
     exemplar::output::check_writable(path, force)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -136,23 +136,6 @@ fn load_sae(path: &Path) -> Result<Sae> {
     Sae::load(path).with_context(|| format!("loading the SAE {}", path.display()))
 }
 
-/// Checks a single output file before any work (exists without --force, missing directory).
-fn check_out(path: &Path, force: bool) -> Result<()> {
-    exemplar::output::check_writable(path, force)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "cannot write {}: the directory {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 pub fn export_sae(a: ExportSaeArgs) -> Result<()> {
     for f in ["cfg.json", "sae_weights.safetensors"] {
         exemplar::output::check_writable(&a.out.join(f), a.force)?;
@@ -173,7 +156,7 @@ pub fn export_sae(a: ExportSaeArgs) -> Result<()> {
 }
 
 pub fn sae_encode(a: SaeEncodeArgs) -> Result<()> {
-    check_out(&a.out, a.force)?;
+    super::commands::check_writable(&a.out, a.force)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -237,7 +220,7 @@ fn stats_line(name: &str, s: &F1Stats) -> String {
 
 pub fn compare_sae(a: CompareSaeArgs) -> Result<()> {
     if let Some(out) = &a.out {
-        check_out(out, a.force)?;
+        super::commands::check_writable(out, a.force)?;
     }
     let device = EncodeDevice::parse(&a.device)?;
     device.check()?;

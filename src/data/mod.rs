@@ -114,16 +114,6 @@ impl TensorRows {
         }
         out
     }
-
-    /// Bytes of the indexed rows in the tensor's dtype.
-    pub fn bytes(&self) -> u64 {
-        let elem = if self.tensor.kind() == tch::Kind::Float {
-            4
-        } else {
-            2
-        };
-        (self.index.len() * self.tensor.size()[1] as usize * elem) as u64
-    }
 }
 
 impl ActivationBatch {
@@ -144,14 +134,6 @@ impl ActivationBatch {
             return t.to_host().into();
         }
         self.data.as_slice().into()
-    }
-
-    /// Moves rows still in a tensor into `data` (a no-op otherwise).
-    pub fn materialize(&mut self) {
-        #[cfg(feature = "torch")]
-        if let Some(t) = self.tensor_rows.take() {
-            self.data = t.to_host();
-        }
     }
 
     /// Keeps the first `n` rows' values (`data` or the tensor index); the caller trims the
@@ -195,10 +177,8 @@ mod tests {
             rows.to_host(),
             [9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 9.0, 10.0, 11.0]
         );
-        assert_eq!(rows.bytes(), 36);
         let bf = TensorRows::new(t.to_kind(Kind::BFloat16), vec![1], 3).unwrap();
         assert_eq!(bf.to_host(), [3.0, 4.0, 5.0]);
-        assert_eq!(bf.bytes(), 6);
         let mut b = ActivationBatch {
             dim: 3,
             stream_rows: vec![7, 8, 9],
@@ -208,9 +188,7 @@ mod tests {
         assert_eq!(b.host_data().len(), 9);
         b.truncate_values(2);
         b.stream_rows.truncate(2);
-        b.materialize();
-        assert!(b.tensor_rows.is_none());
-        assert_eq!(b.data, [9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
+        assert_eq!(&*b.host_data(), [9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
         let err = |r: crate::Result<TensorRows>| r.unwrap_err().to_string();
         assert!(err(TensorRows::new(t.shallow_clone(), vec![4], 3)).contains("index 4"));
         assert!(err(TensorRows::new(t.shallow_clone(), vec![-1], 3)).contains("index -1"));
