@@ -7,7 +7,7 @@
 //! Without one it runs a small f32 CPU smoke version (the numbers then mean little).
 //! Sizes: EXEMPLAR_FWD_PROMPTS (128), EXEMPLAR_FWD_CTX (128), EXEMPLAR_FWD_LAYERS ("12,20").
 
-use exemplar::model::{Gemma2, Gemma2Config, HookPoint};
+use exemplar::model::{Gemma, GemmaConfig, HookPoint};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -53,7 +53,7 @@ fn main() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     // google/gemma-2-2b's config.json.
-    let config = Gemma2Config::from_json(&serde_json::json!({
+    let config = GemmaConfig::from_json(&serde_json::json!({
         "model_type": "gemma2", "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
         "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "query_pre_attn_scalar": 256,
@@ -80,7 +80,7 @@ fn main() {
         "plain GEMM {n}×{n}×{n} ({kind:?}): {:.1} TFLOP/s",
         gemm_rate / 1e12
     );
-    let model = Gemma2::random(config, kind, device, 0);
+    let model = Gemma::random(config, kind, device, 0);
     let ids = Tensor::randint_low(3, 256000, [prompts, ctx], (Kind::Int64, device));
     let mask = Tensor::ones([prompts, ctx], (Kind::Int64, device));
     for &l in &layers {

@@ -7,5 +7,5 @@ export LIBTORCH_USE_PYTORCH=1
 _TORCH_LIB="$("$_EXEMPLAR_ROOT/.venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$_TORCH_LIB:$(dirname "$(dirname "$_TORCH_LIB")")/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export EXEMPLAR_PYTHON="$_EXEMPLAR_ROOT/.venv/bin/python"
-export EXEMPLAR_GEMMA2_FIXTURES="$_EXEMPLAR_ROOT/target/gemma2-fixtures"
+export EXEMPLAR_GEMMA_FIXTURES="$_EXEMPLAR_ROOT/target/gemma-fixtures"
 unset _EXEMPLAR_ROOT _TORCH_LIB

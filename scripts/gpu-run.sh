@@ -43,7 +43,7 @@ bundle)
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma2", "cuda_parity", "cuda_kernels"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma", "cuda_parity", "cuda_kernels"):
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/"; done
     cargo bench --features torch --no-run --bench gemma2_forward --bench cuda_kernels --message-format=json 2>/dev/null |
         "$PWD/.venv/bin/python" -c '
@@ -55,7 +55,7 @@ for line in sys.stdin:
     # The CLI itself, for the pipeline runs (build from text, EP vs SAE sweep).
     cargo build --release --features torch --bin exemplar 2>/dev/null
     cp target/release/exemplar "$BUNDLE/bin/exemplar"
-    cp -r target/gemma2-fixtures "$BUNDLE/fixtures"
+    cp -r target/gemma-fixtures "$BUNDLE/fixtures"
     { git rev-parse HEAD; git status --short | head -20; } >"$BUNDLE/commit.txt"
     strip "$BUNDLE"/bin/* 2>/dev/null || true
     du -sh "$BUNDLE"
@@ -64,14 +64,14 @@ run)
     OUT="${OUT:-$BUNDLE/out}"
     mkdir -p "$OUT"
     torch_libs
-    export EXEMPLAR_GEMMA2_FIXTURES="$PWD/$BUNDLE/fixtures"
+    export EXEMPLAR_GEMMA_FIXTURES="$PWD/$BUNDLE/fixtures"
     export EXEMPLAR_REQUIRE_CUDA=1 EXEMPLAR_REQUIRE_NVRTC=1
     cp "$BUNDLE/commit.txt" "$OUT/commit.txt" 2>/dev/null || true
     {
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
     } 2>&1 | tee "$OUT/device.txt"
-    for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/gemma2-*; do
+    for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/gemma-*; do
         [[ "$(basename "$t")" == bench-* ]] && continue
         # The CLI test needs the exemplar binary at this checkout's build path; the CPU
         # machine's CI runs it, so it is skipped here.

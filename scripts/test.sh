@@ -38,9 +38,9 @@ export LD_LIBRARY_PATH="$TORCH_LIB:$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 export EXEMPLAR_REQUIRE_NVRTC=1
 
 # Small random Gemma-2 checkpoints and HF transformers' outputs on them (cached by a stamp).
-export EXEMPLAR_GEMMA2_FIXTURES="$PWD/target/gemma2-fixtures"
-echo "==> $PY scripts/gemma2_fixtures.py $EXEMPLAR_GEMMA2_FIXTURES"
-"$PY" scripts/gemma2_fixtures.py "$EXEMPLAR_GEMMA2_FIXTURES"
+export EXEMPLAR_GEMMA_FIXTURES="$PWD/target/gemma-fixtures"
+echo "==> $PY scripts/gemma_fixtures.py $EXEMPLAR_GEMMA_FIXTURES"
+"$PY" scripts/gemma_fixtures.py "$EXEMPLAR_GEMMA_FIXTURES"
 
 export EXEMPLAR_PYTHON="$PY"
 export EXEMPLAR_REQUIRE_PYTHON=1

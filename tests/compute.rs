@@ -403,7 +403,7 @@ print(json.dumps(out))
     /// Activations of the small random Gemma-2 fixture through train-sae and budget-sweep.
     #[test]
     fn small_random_gemma2_activations_through_train_sae_and_the_sweep() {
-        let Some(fx) = gemma2_fixtures() else {
+        let Some(fx) = gemma_fixtures() else {
             return;
         };
         let fx = fx.join("gqa");

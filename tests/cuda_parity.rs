@@ -848,7 +848,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     use exemplar::calibrate::PercentileMethod;
     use exemplar::data::corpus::{CorpusOptions, CorpusReader};
     use exemplar::model::text::{TextOptions, TextSource};
-    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    use exemplar::model::{Gemma, HookPoint, Tokenizer};
     use exemplar::pipeline::{self, BuildPlan, CalibrationSpec};
     use std::sync::Arc;
     use tch::{Device, Kind};
@@ -856,11 +856,11 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     if !torch_sees_cuda() {
         return;
     }
-    let Some(fixtures) = std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") else {
+    let Some(fixtures) = std::env::var_os("EXEMPLAR_GEMMA_FIXTURES") else {
         if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set");
+            panic!("EXEMPLAR_GEMMA_FIXTURES is not set");
         }
-        eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set");
+        eprintln!("skipping: EXEMPLAR_GEMMA_FIXTURES not set");
         return;
     };
     let dir = std::path::PathBuf::from(fixtures).join("gqa");
@@ -882,7 +882,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     std::fs::write(&corpus, text).unwrap();
     let gpu = Backend::Cuda(Arc::new(dev));
     for kind in [Kind::BFloat16, Kind::Float] {
-        let model = Gemma2::load(&dir, kind, Device::Cuda(0)).unwrap();
+        let model = Gemma::load(&dir, kind, Device::Cuda(0)).unwrap();
         let tok =
             Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
         let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();

@@ -1075,7 +1075,7 @@ fn concepts_from_parquet_equal_jsonl() {
 #[cfg(feature = "torch")]
 #[test]
 fn gemma2_text_mode_end_to_end() {
-    let Some(fixtures) = gemma2_fixtures() else {
+    let Some(fixtures) = gemma_fixtures() else {
         return;
     };
     let model = fixtures.join("gqa");

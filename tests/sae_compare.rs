@@ -1145,12 +1145,12 @@ fn bad_inputs_give_clear_errors_and_leave_nothing_behind() {
 }
 
 /// Every subcommand on activations of a small random Gemma-2 (the HF fixture made by
-/// scripts/gemma2_fixtures.py): activations → two dictionaries → match, export-sae, sae-encode,
+/// scripts/gemma_fixtures.py): activations → two dictionaries → match, export-sae, sae-encode,
 /// compare-sae against the export and against a Gemma-Scope-style npz of the model's width.
 #[cfg(feature = "torch")]
 #[test]
 fn small_random_gemma2_end_to_end() {
-    let Some(root_fx) = gemma2_fixtures() else {
+    let Some(root_fx) = gemma_fixtures() else {
         return;
     };
     let model = root_fx.join("gqa");

@@ -8,13 +8,13 @@
 mod common;
 
 use common::{assert_mentions, exemplar};
-use exemplar::model::{Gemma2, Tokenizer};
+use exemplar::model::{Gemma, Tokenizer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn fixture() -> Option<PathBuf> {
-    common::gemma2_fixtures().map(|p| p.join("gqa"))
+    common::gemma_fixtures().map(|p| p.join("gqa"))
 }
 
 const WORDS: &[&str] = &[
@@ -217,10 +217,10 @@ fn text_build_equals_activations_then_build() {
     assert_eq!(text["model_config_hash"], h.as_str());
     assert!(text["documents_skipped_tokens"].as_u64().unwrap() > 0);
 
-    // model_flops = Σ over forward batches of Gemma2::forward_flops(B·T, T, layer), the batches
+    // model_flops = Σ over forward batches of Gemma::forward_flops(B·T, T, layer), the batches
     // being the corpus' kept documents (shuffled as recorded) in fives, T the longest of each.
     // Recomputed from the provenance sidecar of the activation file (same documents, in order).
-    let g = Gemma2::load(&model, tch::Kind::Float, tch::Device::Cpu).unwrap();
+    let g = Gemma::load(&model, tch::Kind::Float, tch::Device::Cpu).unwrap();
     let sidecar = std::fs::read_to_string(dir.join("acts.safetensors.provenance.jsonl")).unwrap();
     let lens: Vec<u64> = sidecar
         .lines()
@@ -890,7 +890,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
     let Some(dir) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let corpus = write_corpus(tmp.path(), 60);
-    let model = Gemma2::load(&dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
+    let model = Gemma::load(&dir, tch::Kind::Float, tch::Device::Cpu).unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
     let hook = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
     let shallow = HookPoint::parse("blocks.0.hook_resid_mid").unwrap();

@@ -20,7 +20,7 @@ use exemplar::build::BuildConfig;
 use exemplar::data::{ActivationBatch, Document, TokenRef};
 use exemplar::dictionary::BuildInfo;
 use exemplar::model::text::{forward_hooks, HookValues};
-use exemplar::model::{Gemma2, Gemma2Config, HookPoint};
+use exemplar::model::{Gemma, GemmaConfig, HookPoint};
 use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -82,7 +82,7 @@ pub struct BenchArgs {
 }
 
 /// The named shapes (Gemma-2 config.json fields).
-fn shape_config(name: &str) -> Result<Gemma2Config> {
+fn shape_config(name: &str) -> Result<GemmaConfig> {
     let (h, i, l, nh, nkv, hd, v) = match name {
         "tiny" => (64, 128, 4, 4, 2, 16, 512),
         "small" => (256, 1024, 8, 4, 2, 64, 4096),
@@ -97,13 +97,13 @@ fn shape_config(name: &str) -> Result<Gemma2Config> {
         "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
         "bos_token_id": 2, "pad_token_id": 0,
     });
-    Gemma2Config::from_json(&v).map_err(|e| anyhow::anyhow!("shape {name}: {e}"))
+    GemmaConfig::from_json(&v).map_err(|e| anyhow::anyhow!("shape {name}: {e}"))
 }
 
 /// Documents of seeded random token ids (BOS + ctx ids), run through the model at the hook.
 /// `full` runs the whole model with logits and counts the harvest's host round trip.
 struct RandomTokens<'a> {
-    model: &'a Gemma2,
+    model: &'a Gemma,
     hook: HookPoint,
     documents: usize,
     ctx: usize,
@@ -127,7 +127,7 @@ impl<'a> RandomTokens<'a> {
     /// `documents` documents of `ctx` seeded random ids after the BOS, `batch` per forward
     /// (the full forward with logits and host copies when `full`).
     fn new(
-        model: &'a Gemma2,
+        model: &'a Gemma,
         hook: HookPoint,
         documents: usize,
         ctx: usize,
@@ -331,8 +331,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     let hook = HookPoint::parse(&a.hook)?;
     let model = match &a.model {
-        Some(dir) => Gemma2::load(dir, kind, device)?,
-        None => Gemma2::random(shape_config(&a.shape)?, kind, device, a.seed as i64),
+        Some(dir) => Gemma::load(dir, kind, device)?,
+        None => Gemma::random(shape_config(&a.shape)?, kind, device, a.seed as i64),
     };
     if hook.layer >= model.config.num_hidden_layers {
         bail!(

@@ -701,7 +701,7 @@ fn text_build(
 ) -> Result<Vec<exemplar::build::BuildOutput>> {
     use exemplar::data::corpus::CorpusReader;
     use exemplar::model::text::{TextOptions, TextSource};
-    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    use exemplar::model::{Gemma, HookPoint, Tokenizer};
     let hooks = a
         .hook
         .iter()
@@ -709,7 +709,7 @@ fn text_build(
         .collect::<exemplar::Result<Vec<_>>>()?;
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     let reader = CorpusReader::open(&a.corpus.corpus, corpus_options(&a.corpus))?;
-    let model = Gemma2::load(dir, kind, device)?;
+    let model = Gemma::load(dir, kind, device)?;
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id)?;
     let mut src = TextSource::with_hooks(
         reader,
@@ -751,7 +751,7 @@ fn text_build(
 pub fn activations(a: ActivationsArgs) -> Result<()> {
     use exemplar::data::corpus::CorpusReader;
     use exemplar::model::extract::{extract_to_file, ExtractOptions};
-    use exemplar::model::{Gemma2, HookPoint, Tokenizer};
+    use exemplar::model::{Gemma, HookPoint, Tokenizer};
     let hook = HookPoint::parse(&a.hook)?;
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     check_writable(&a.out, a.force)?;
@@ -763,7 +763,7 @@ pub fn activations(a: ActivationsArgs) -> Result<()> {
     while let Some(d) = reader.next_document()? {
         docs.push((d.index as i64, d.text));
     }
-    let model = Gemma2::load(&a.model, kind, device)?;
+    let model = Gemma::load(&a.model, kind, device)?;
     if hook.layer >= model.config.num_hidden_layers {
         bail!(
             "{hook}: {} has {} blocks",

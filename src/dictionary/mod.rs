@@ -73,7 +73,7 @@ pub struct BuildInfo {
     pub crate_version: String,
     pub build_seconds: f64,
     pub created_unix: u64,
-    /// Forward FLOPs actually spent on the model (`Gemma2::forward_flops` of every forward,
+    /// Forward FLOPs actually spent on the model (`Gemma::forward_flops` of every forward,
     /// calibration included); `None` for builds from activation files.
     #[serde(default)]
     pub model_flops: Option<f64>,

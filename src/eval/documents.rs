@@ -71,9 +71,9 @@ pub fn texts_through_model(
     batch_prompts: usize,
 ) -> Result<DocumentActivations> {
     use crate::model::extract::{extract_to_file, ExtractOptions};
-    use crate::model::{Gemma2, HookPoint, Tokenizer};
+    use crate::model::{Gemma, HookPoint, Tokenizer};
     let hook = HookPoint::parse(hook)?;
-    let model = Gemma2::load(model_dir, tch::Kind::Float, tch::Device::Cpu)?;
+    let model = Gemma::load(model_dir, tch::Kind::Float, tch::Device::Cpu)?;
     if hook.layer >= model.config.num_hidden_layers {
         return Err(Error::param(
             "hook",

@@ -3,7 +3,7 @@
 //! `<file>.provenance.jsonl` sidecar (document id, token strings, positions).
 
 use super::text::{forward_rows, prepare_document};
-use super::{Gemma2, HookKind, HookPoint, Tokenizer};
+use super::{Gemma, HookKind, HookPoint, Tokenizer};
 use crate::error::{Error, Result};
 use crate::output::{check_writable, AtomicFile};
 use crate::tensorfile::{self, TensorOut};
@@ -39,7 +39,7 @@ pub struct ExtractSummary {
 /// skipped (counted). Tokenisation and the forward are those of a build from text
 /// ([`super::text`]). Writes `out` and `<out>.provenance.jsonl` atomically.
 pub fn extract_to_file(
-    model: &Gemma2,
+    model: &Gemma,
     tokenizer: &Tokenizer,
     hook: HookPoint,
     documents: &[(i64, String)],

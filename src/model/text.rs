@@ -21,7 +21,7 @@
 //! carries them ([`ActivationBatch::tensor_rows`]) with the index of every row, and the
 //! builder's prepare kernel reads them in place on the GPU (architecture.md §5).
 
-use super::{Gemma2, HookKind, HookPoint, Tokenizer};
+use super::{Gemma, HookKind, HookPoint, Tokenizer};
 use crate::data::corpus::{CorpusOptions, CorpusReader, CorpusStats};
 use crate::data::{ActivationBatch, Document, TensorRows, TokenRef};
 use crate::dictionary::BuildInfo;
@@ -74,7 +74,7 @@ pub fn prepare_document(
 /// per document, forward FLOPs)`. Rows are f32, document by document, positions `1..L` (or
 /// `L − 1` alone with `final_position`).
 pub fn forward_rows(
-    model: &Gemma2,
+    model: &Gemma,
     hook: HookPoint,
     docs: &[&[i64]],
     final_position: bool,
@@ -97,7 +97,7 @@ pub struct HookRows {
 /// [`forward_rows`] at several hooks from one forward (stopping after the deepest hooked
 /// block).
 pub fn forward_rows_at(
-    model: &Gemma2,
+    model: &Gemma,
     hooks: &[HookPoint],
     docs: &[&[i64]],
     final_position: bool,
@@ -145,7 +145,7 @@ pub struct HookBatch {
 /// in the hooked tensor for the clustering to read in place. Either way the rows are the
 /// same values in the same order.
 pub fn forward_hooks(
-    model: &Gemma2,
+    model: &Gemma,
     hooks: &[HookPoint],
     docs: &[&[i64]],
     final_position: bool,
@@ -343,7 +343,7 @@ pub struct TextSource<'a> {
     consumed: u64,
     stats: CorpusStats,
     tokenizer: &'a Tokenizer,
-    model: &'a Gemma2,
+    model: &'a Gemma,
     hooks: Vec<HookPoint>,
     options: TextOptions,
     /// The checkpoint directory and the SHA-256 of its config.json, recorded in the dictionary.
@@ -364,7 +364,7 @@ impl<'a> TextSource<'a> {
     pub fn new(
         reader: CorpusReader,
         tokenizer: &'a Tokenizer,
-        model: &'a Gemma2,
+        model: &'a Gemma,
         hook: HookPoint,
         options: TextOptions,
     ) -> Result<Self> {
@@ -376,7 +376,7 @@ impl<'a> TextSource<'a> {
     pub fn with_hooks(
         reader: CorpusReader,
         tokenizer: &'a Tokenizer,
-        model: &'a Gemma2,
+        model: &'a Gemma,
         hooks: Vec<HookPoint>,
         options: TextOptions,
     ) -> Result<Self> {

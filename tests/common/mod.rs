@@ -50,17 +50,19 @@ pub fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String 
     stdout
 }
 
-/// The directory of the small random Gemma-2 checkpoints (`EXEMPLAR_GEMMA2_FIXTURES`, written by
-/// scripts/gemma2_fixtures.py), or `None` after saying why the test skips; a failure instead
+/// The directory of the small random Gemma-2 checkpoints (`EXEMPLAR_GEMMA_FIXTURES`, written by
+/// scripts/gemma_fixtures.py), or `None` after saying why the test skips; a failure instead
 /// when `EXEMPLAR_REQUIRE_PYTHON` is set (as in scripts/test.sh).
-pub fn gemma2_fixtures() -> Option<PathBuf> {
-    match std::env::var_os("EXEMPLAR_GEMMA2_FIXTURES") {
+pub fn gemma_fixtures() -> Option<PathBuf> {
+    match std::env::var_os("EXEMPLAR_GEMMA_FIXTURES") {
         Some(p) => Some(PathBuf::from(p)),
         None if std::env::var_os("EXEMPLAR_REQUIRE_PYTHON").is_some() => {
-            panic!("EXEMPLAR_GEMMA2_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
+            panic!("EXEMPLAR_GEMMA_FIXTURES is not set but EXEMPLAR_REQUIRE_PYTHON is")
         }
         None => {
-            eprintln!("skipping: EXEMPLAR_GEMMA2_FIXTURES not set (scripts/test.sh makes the HF fixtures)");
+            eprintln!(
+                "skipping: EXEMPLAR_GEMMA_FIXTURES not set (scripts/test.sh makes the HF fixtures)"
+            );
             None
         }
     }

@@ -1,16 +1,18 @@
-//! Gemma-2 in tch against Hugging Face transformers, on small random checkpoints written by
-//! `scripts/gemma2_fixtures.py` (scripts/test.sh runs it and sets EXEMPLAR_GEMMA2_FIXTURES).
+//! Gemma-2 and Gemma 3 in tch against Hugging Face transformers, on small random checkpoints
+//! written by `scripts/gemma_fixtures.py` (scripts/test.sh runs it and sets
+//! EXEMPLAR_GEMMA_FIXTURES). The real Gemma 3 270M is checked in `tests/gemma3_real.rs`.
 #![cfg(feature = "torch")]
 
-use exemplar::model::{Edit, Gemma2, HookKind, HookPoint, Intervention, Tokenizer};
+use exemplar::model::{Edit, Gemma, HookKind, HookPoint, Intervention, Tokenizer};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-const CONFIGS: [&str; 2] = ["gqa", "sharded"];
+/// Two Gemma-2 configs and one Gemma 3 (docs/gemma-fixtures.md).
+const CONFIGS: [&str; 3] = ["gqa", "sharded", "gemma3"];
 
 mod common;
 
-use common::gemma2_fixtures as fixtures;
+use common::gemma_fixtures as fixtures;
 
 fn expected(dir: &std::path::Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("expected.safetensors"))
@@ -24,25 +26,63 @@ fn rel_err(got: &Tensor, want: &Tensor, mask: &Tensor) -> f64 {
     let extra = got.dim() - 2;
     let mut shape = mask.size();
     shape.extend(std::iter::repeat_n(1, extra));
-    let m = mask.to_kind(Kind::Float).view(shape.as_slice());
+    masked_rel_err(got, want, &mask.view(shape.as_slice()).expand_as(want))
+}
+
+/// [`rel_err`] of an attention map `[B, H, T, T]`: at valid query rows and at the keys a query
+/// may see (hidden scores hold f32::MIN on both sides).
+fn rel_err_map(got: &Tensor, want: &Tensor, mask: &Tensor) -> f64 {
+    let (b, t) = (mask.size()[0], mask.size()[1]);
+    let rows = mask.view([b, 1, t, 1]).expand_as(want).to_kind(Kind::Bool);
+    let visible = want.gt(f64::from(f32::MIN) / 2.0);
+    masked_rel_err(got, want, &rows.logical_and(&visible))
+}
+
+fn masked_rel_err(got: &Tensor, want: &Tensor, keep: &Tensor) -> f64 {
+    let keep = keep.to_kind(Kind::Bool);
     let g = got.to_kind(Kind::Float).to_device(Device::Cpu);
-    let diff = ((&g - want) * &m).abs().max().double_value(&[]);
-    let scale = (want * &m).abs().max().double_value(&[]);
-    diff / scale
+    let zero = Tensor::zeros_like(want);
+    let (g, w) = (g.where_self(&keep, &zero), want.where_self(&keep, &zero));
+    (&g - &w).abs().max().double_value(&[]) / w.abs().max().double_value(&[])
+}
+
+/// [`rel_err`] or [`rel_err_map`], by the hook's kind.
+fn hook_err(hp: &HookPoint, got: &Tensor, want: &Tensor, mask: &Tensor) -> f64 {
+    if hp.kind.is_attention_map() {
+        rel_err_map(got, want, mask)
+    } else {
+        rel_err(got, want, mask)
+    }
 }
 
 fn all_hooks(layers: usize) -> Vec<HookPoint> {
-    let kinds = [
-        HookKind::ResidPre,
-        HookKind::Z,
-        HookKind::AttnOut,
-        HookKind::ResidMid,
-        HookKind::MlpOut,
-        HookKind::ResidPost,
-    ];
     (0..layers)
-        .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
+        .flat_map(|layer| {
+            HookKind::ALL
+                .iter()
+                .map(move |&kind| HookPoint { layer, kind })
+        })
         .collect()
+}
+
+/// The fixture's name of a hook's tensor.
+fn key(hp: &HookPoint) -> String {
+    let k = match hp.kind {
+        HookKind::ResidPre => "resid_pre",
+        HookKind::Q => "q",
+        HookKind::K => "k",
+        HookKind::V => "v",
+        HookKind::RotQ => "rot_q",
+        HookKind::RotK => "rot_k",
+        HookKind::AttnScores => "attn_scores",
+        HookKind::Pattern => "pattern",
+        HookKind::Z => "z",
+        HookKind::AttnOut => "attn_out",
+        HookKind::ResidMid => "resid_mid",
+        HookKind::MlpOut => "mlp_out",
+        HookKind::ResidPost => "resid_post",
+    };
+    format!("{k}.{}", hp.layer)
 }
 
 #[test]
@@ -51,20 +91,14 @@ fn every_hook_and_the_logits_equal_hf_transformers() {
     for name in CONFIGS {
         let dir = root.join(name);
         let exp = expected(&dir);
-        let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
         let l = model.config.num_hidden_layers;
         let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
         let out = model.forward(ids, mask, &all_hooks(l), &[], true).unwrap();
         for (hp, t) in &out.hooks {
-            let key = match hp.kind {
-                HookKind::ResidPre => format!("resid_pre.{}", hp.layer),
-                HookKind::Z => format!("z.{}", hp.layer),
-                HookKind::AttnOut => format!("attn_out.{}", hp.layer),
-                HookKind::ResidMid => format!("resid_mid.{}", hp.layer),
-                HookKind::MlpOut => format!("mlp_out.{}", hp.layer),
-                HookKind::ResidPost => format!("resid_post.{}", hp.layer),
-            };
-            let e = rel_err(t, &exp[&key], mask);
+            let want = &exp[&key(hp)];
+            assert_eq!(t.size(), want.size(), "{name} {hp}: shape");
+            let e = hook_err(hp, t, want, mask);
             assert!(e < 1e-4, "{name} {hp}: relative error {e:e}");
             if hp.kind == HookKind::ResidPost && hp.layer + 1 < l {
                 // blocks.L.hook_resid_post is HF hidden_states[L+1] (the last entry is normed).
@@ -72,31 +106,15 @@ fn every_hook_and_the_logits_equal_hf_transformers() {
                 assert!(e < 1e-4, "{name} {hp} vs hidden_states: {e:e}");
             }
         }
-        assert_eq!(out.hooks.len(), 6 * l);
+        let n = HookKind::ALL.len() * l;
+        assert_eq!(out.hooks.len(), n);
         let worst = out
             .hooks
             .iter()
-            .map(|(hp, t)| {
-                let key = format!(
-                    "{}.{}",
-                    match hp.kind {
-                        HookKind::ResidPre => "resid_pre",
-                        HookKind::Z => "z",
-                        HookKind::AttnOut => "attn_out",
-                        HookKind::ResidMid => "resid_mid",
-                        HookKind::MlpOut => "mlp_out",
-                        HookKind::ResidPost => "resid_post",
-                    },
-                    hp.layer
-                );
-                rel_err(t, &exp[&key], mask)
-            })
+            .map(|(hp, t)| hook_err(hp, t, &exp[&key(hp)], mask))
             .fold(0.0, f64::max);
         let e = rel_err(out.logits.as_ref().unwrap(), &exp["logits"], mask);
-        eprintln!(
-            "{name}: worst relative error over {} hooks {worst:.2e}, logits {e:.2e}",
-            6 * l
-        );
+        eprintln!("{name}: worst relative error over {n} hooks {worst:.2e}, logits {e:.2e}");
         assert!(e < 1e-4, "{name} logits: relative error {e:e}");
     }
 }
@@ -106,7 +124,7 @@ fn a_forward_that_stops_early_gives_the_same_activations() {
     let Some(root) = fixtures() else { return };
     let dir = root.join("gqa");
     let exp = expected(&dir);
-    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
     let hp = HookPoint::parse("blocks.1.hook_resid_post").unwrap();
     let out = model
         .forward(&exp["input_ids"], &exp["attention_mask"], &[hp], &[], false)
@@ -127,7 +145,7 @@ fn tokenizer_and_greedy_generation_equal_python() {
     let Some(root) = fixtures() else { return };
     for name in CONFIGS {
         let dir = root.join(name);
-        let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
         let tok =
             Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
         let cases: Vec<serde_json::Value> = serde_json::from_str(
@@ -179,7 +197,7 @@ fn interventions_do_their_algebra_and_change_what_follows() {
     let Some(root) = fixtures() else { return };
     let dir = root.join("gqa");
     let exp = expected(&dir);
-    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
     let d = model.config.hidden_size;
     let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
     let at = HookPoint::parse("blocks.1.hook_resid_post").unwrap();
@@ -190,19 +208,9 @@ fn interventions_do_their_algebra_and_change_what_follows() {
     let e = unit(seeded(d, 1));
     let c = Tensor::from_slice(&seeded(d, 2)) * 3.0;
     let run = |edit: Edit, positions: Option<Vec<i64>>| {
-        model
-            .forward(
-                ids,
-                mask,
-                &hooks,
-                &[Intervention {
-                    hook: at,
-                    edit,
-                    positions,
-                }],
-                true,
-            )
-            .unwrap()
+        let mut iv = Intervention::new(at, edit);
+        iv.positions = positions;
+        model.forward(ids, mask, &hooks, &[iv], true).unwrap()
     };
     let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
 
@@ -295,15 +303,152 @@ fn interventions_do_their_algebra_and_change_what_follows() {
     );
     // Generation under steering differs from plain generation.
     let gen: Vec<i64> = Vec::<i64>::try_from(exp["generated_ids"].view([-1])).unwrap();
-    let steer = [Intervention {
-        hook: HookPoint::parse("blocks.0.hook_resid_post").unwrap(),
-        edit: Edit::Add {
+    let steer = [Intervention::new(
+        HookPoint::parse("blocks.0.hook_resid_post").unwrap(),
+        Edit::Add {
             direction: e.shallow_clone(),
             alpha: 50.0,
         },
-        positions: None,
-    }];
+    )];
     assert_ne!(model.generate_greedy(&gen[..7], 6, &steer).unwrap(), gen);
+}
+
+#[test]
+fn interventions_equal_the_same_edits_done_with_pytorch_forward_hooks() {
+    let Some(root) = fixtures() else { return };
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let exp = expected(&dir);
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
+        // α·e added to blocks.1.hook_resid_post (the decoder layer's output in HF).
+        let add = Intervention::new(
+            HookPoint::parse("blocks.1.hook_resid_post").unwrap(),
+            Edit::Add {
+                direction: exp["iv.add.direction"].shallow_clone(),
+                alpha: 3.0,
+            },
+        );
+        let out = model.forward(ids, mask, &[], &[add], true).unwrap();
+        let e = rel_err(out.logits.as_ref().unwrap(), &exp["iv.add.logits"], mask);
+        assert!(e < 1e-4, "{name} add: relative error {e:e}");
+        // Head 1's z at block 1 patched from a run on another input (o_proj's input in HF).
+        let z = HookPoint::parse("blocks.1.attn.hook_z").unwrap();
+        let src = model
+            .forward(&exp["iv.patch.input_ids"], mask, &[z], &[], false)
+            .unwrap();
+        let patch = Intervention::new(
+            z,
+            Edit::Replace {
+                value: src.hooks[&z].shallow_clone(),
+            },
+        )
+        .on_heads(vec![1]);
+        let out = model.forward(ids, mask, &[z], &[patch], true).unwrap();
+        let e = rel_err(out.logits.as_ref().unwrap(), &exp["iv.patch.logits"], mask);
+        assert!(e < 1e-4, "{name} z patch: relative error {e:e}");
+        // Only head 1 changed at the hook.
+        let base = model.forward(ids, mask, &[z], &[], false).unwrap();
+        let changed = (&out.hooks[&z] - &base.hooks[&z])
+            .abs()
+            .amax([0, 1, 3].as_slice(), false);
+        for h in 0..changed.size()[0] {
+            let c = changed.double_value(&[h]);
+            assert_eq!(c > 0.0, h == 1, "{name}: head {h} changed by {c}");
+        }
+    }
+}
+
+#[test]
+fn bad_interventions_are_refused_before_any_work() {
+    let Some(root) = fixtures() else { return };
+    let model = Gemma::load(&root.join("gemma3"), Kind::Float, Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(&[2i64, 5, 6, 7]).view([1, 4]);
+    let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
+    let err = |iv: Intervention| {
+        model
+            .forward(&ids, &mask, &[], &[iv], true)
+            .err()
+            .expect("must be refused")
+            .to_string()
+    };
+    let z = HookPoint::parse("blocks.1.attn.hook_z").unwrap();
+    let d = Tensor::zeros([32], (Kind::Float, Device::Cpu));
+    let e = err(Intervention::new(
+        z,
+        Edit::Add {
+            direction: d.shallow_clone(),
+            alpha: 1.0,
+        },
+    )
+    .on_heads(vec![4]));
+    assert!(e.contains("head 4") && e.contains("4 heads"), "{e}");
+    let e = err(Intervention::new(
+        HookPoint::parse("blocks.1.hook_resid_post").unwrap(),
+        Edit::Add {
+            direction: d.shallow_clone(),
+            alpha: 1.0,
+        },
+    ));
+    assert!(e.contains("[32]") && e.contains("[64]"), "{e}");
+    let e = err(Intervention::new(
+        z,
+        Edit::Add {
+            direction: d.shallow_clone(),
+            alpha: f64::NAN,
+        },
+    ));
+    assert!(e.contains("not finite"), "{e}");
+    let e = err(Intervention::new(
+        HookPoint::parse("blocks.1.hook_resid_post").unwrap(),
+        Edit::Add {
+            direction: Tensor::zeros([64], (Kind::Float, Device::Cpu)),
+            alpha: 1.0,
+        },
+    )
+    .on_heads(vec![0]));
+    assert!(e.contains("per-head hooks"), "{e}");
+    let e = err(Intervention::new(
+        HookPoint::parse("blocks.1.attn.hook_pattern").unwrap(),
+        Edit::Replace {
+            value: Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+        },
+    ));
+    assert!(
+        e.contains("cannot be edited") || e.contains("not edited"),
+        "{e}"
+    );
+    let e = err(Intervention::new(
+        HookPoint::parse("blocks.9.hook_resid_post").unwrap(),
+        Edit::Add {
+            direction: Tensor::zeros([64], (Kind::Float, Device::Cpu)),
+            alpha: 1.0,
+        },
+    ));
+    assert!(e.contains("blocks.9") && e.contains("5 blocks"), "{e}");
+}
+
+#[test]
+fn a_forward_that_stops_inside_a_block_gives_the_same_activations() {
+    let Some(root) = fixtures() else { return };
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let exp = expected(&dir);
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        for h in [
+            "blocks.1.hook_resid_pre",
+            "blocks.1.attn.hook_z",
+            "blocks.1.hook_resid_mid",
+        ] {
+            let hp = HookPoint::parse(h).unwrap();
+            let out = model
+                .forward(&exp["input_ids"], &exp["attention_mask"], &[hp], &[], false)
+                .unwrap();
+            assert_eq!(out.hooks.len(), 1);
+            let e = rel_err(&out.hooks[&hp], &exp[&key(&hp)], &exp["attention_mask"]);
+            assert!(e < 1e-4, "{name} {hp}: {e:e}");
+        }
+    }
 }
 
 #[test]
@@ -324,7 +469,7 @@ fn bad_checkpoints_are_errors_naming_the_tensor_or_field() {
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     Tensor::write_safetensors(&missing, dir.join("model.safetensors")).unwrap();
-    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+    let err = Gemma::load(dir, Kind::Float, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -347,7 +492,7 @@ fn bad_checkpoints_are_errors_naming_the_tensor_or_field() {
         })
         .collect();
     Tensor::write_safetensors(&bad, dir.join("model.safetensors")).unwrap();
-    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+    let err = Gemma::load(dir, Kind::Float, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -360,7 +505,7 @@ fn bad_checkpoints_are_errors_naming_the_tensor_or_field() {
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("num_key_value_heads");
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+    let err = Gemma::load(dir, Kind::Float, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -372,7 +517,7 @@ fn bad_checkpoints_are_errors_naming_the_tensor_or_field() {
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let err = Gemma2::load(dir, Kind::Float, Device::Cpu)
+    let err = Gemma::load(dir, Kind::Float, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -388,6 +533,13 @@ fn hook_names_round_trip_and_bad_names_are_rejected() {
         "blocks.7.hook_mlp_out",
         "blocks.2.hook_attn_out",
         "blocks.1.hook_resid_mid",
+        "blocks.4.attn.hook_q",
+        "blocks.4.attn.hook_k",
+        "blocks.4.attn.hook_v",
+        "blocks.4.attn.hook_rot_q",
+        "blocks.4.attn.hook_rot_k",
+        "blocks.4.attn.hook_attn_scores",
+        "blocks.4.attn.hook_pattern",
     ] {
         assert_eq!(HookPoint::parse(n).unwrap().name(), n);
     }
@@ -428,7 +580,7 @@ fn activations_cli_writes_rows_the_build_reads() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Rows = Σ min(len, ctx) over the 3 documents, and they equal a direct forward.
-    let model = Gemma2::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), model.config.bos_token_id).unwrap();
     let docs = [
         "the cat sat on the mat and looked at the dog",
@@ -522,7 +674,7 @@ fn bf16_on_a_gpu_is_within_bf16_tolerance_of_hf() {
     for name in CONFIGS {
         let dir = root.join(name);
         let exp = expected(&dir);
-        let model = Gemma2::load(&dir, Kind::BFloat16, Device::Cuda(0)).unwrap();
+        let model = Gemma::load(&dir, Kind::BFloat16, Device::Cuda(0)).unwrap();
         let l = model.config.num_hidden_layers;
         let mask = &exp["attention_mask"];
         let out = model

@@ -1,13 +1,16 @@
-//! Gemma-2 in tch: weights from (sharded) safetensors, a forward pass over a padded batch that
-//! stops after the last requested hook, hooks and interventions, greedy generation.
+//! Gemma-2 and Gemma 3 (text) in tch: weights from (sharded) safetensors, a forward pass over a
+//! padded batch that stops after the last requested hook, hooks and interventions, greedy
+//! generation.
 //!
-//! Follows HF transformers' `Gemma2` (eager attention): embedding × √hidden in the model dtype;
-//! RMSNorm in f32 with weight `(1 + w)`; four norms per block; GQA; RoPE; attention scale
-//! `query_pre_attn_scalar^-0.5`; logit soft-capping `cap·tanh(x/cap)`; sliding window on the
-//! layers `layer_types` marks (a query at i sees keys j with `0 ≤ i − j < window`); GeGLU with
-//! tanh GELU; tied LM head with final soft-capping, only when logits are asked for.
+//! Follows HF transformers' `Gemma` and `Gemma3` (eager attention): embedding × √hidden in the
+//! model dtype; RMSNorm in f32 with weight `(1 + w)`; four norms per block; GQA; q/k norms over
+//! `head_dim` before RoPE (Gemma 3); RoPE with one base per attention type; attention scale
+//! `query_pre_attn_scalar^-0.5`; logit soft-capping `cap·tanh(x/cap)` where the config sets it;
+//! sliding window on the layers `layer_types` marks (a query at i sees keys j with
+//! `0 ≤ i − j < window`); GeGLU with tanh GELU; tied LM head with final soft-capping, only when
+//! logits are asked for.
 
-use super::config::{AttentionKind, Gemma2Config};
+use super::config::{AttentionKind, GemmaConfig, Rope};
 use super::hooks::{HookKind, HookPoint, Intervention};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -24,14 +27,17 @@ struct Block {
     k: Tensor,
     v: Tensor,
     o: Tensor,
+    /// Gemma 3's RMSNorm of each head's query / key (`None` for Gemma-2).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     gate: Tensor,
     up: Tensor,
     down: Tensor,
 }
 
-/// A Gemma-2 model with its weights on a device.
-pub struct Gemma2 {
-    pub config: Gemma2Config,
+/// A Gemma-2 or Gemma 3 (text) model with its weights on a device.
+pub struct Gemma {
+    pub config: GemmaConfig,
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Tensor,
@@ -40,12 +46,23 @@ pub struct Gemma2 {
     device: Device,
 }
 
+/// Which logits a forward computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None: the forward stops after the deepest hook.
+    None,
+    /// `[B, T, V]` at every position.
+    All,
+    /// `[B, V]` at each sequence's last token (the last position its mask keeps).
+    Last,
+}
+
 /// What one forward pass returns.
 #[derive(Debug, Default)]
 pub struct ForwardOutput {
     /// Activations at the requested hooks (after any intervention at that hook).
     pub hooks: BTreeMap<HookPoint, Tensor>,
-    /// `[B, T, V]` logits, when asked for.
+    /// Logits, when asked for (`[B, T, V]`, or `[B, V]` with [`Logits::Last`]).
     pub logits: Option<Tensor>,
 }
 
@@ -86,11 +103,43 @@ fn read_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-impl Gemma2 {
+/// How far the forward runs in its last block: no further than its entry (`resid_pre`), through
+/// its attention half (up to `resid_mid`), or through its MLP too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    Entry,
+    Attention,
+    Mlp,
+}
+
+impl Part {
+    fn of(kind: HookKind) -> Part {
+        if kind == HookKind::ResidPre {
+            Part::Entry
+        } else if kind.in_attention() {
+            Part::Attention
+        } else {
+            Part::Mlp
+        }
+    }
+}
+
+impl Gemma {
     /// Loads `config.json` and the weights of a Hugging Face checkpoint directory, converting
-    /// them to `kind` on `device`. Missing or mis-shaped tensors are errors naming the tensor.
+    /// them to `kind` on `device`. A missing, mis-shaped or unexpected tensor is an error naming
+    /// the tensor.
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
-        let config = Gemma2Config::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::io(
+                &config_path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not found: is this a Hugging Face snapshot directory?",
+                ),
+            ));
+        }
+        let config = GemmaConfig::from_file(&config_path)?;
         let mut w = read_weights(dir)?;
         let c = &config;
         let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
@@ -99,11 +148,12 @@ impl Gemma2 {
             c.num_key_value_heads as i64,
             c.head_dim as i64,
         );
+        let model_type = c.family.model_type();
         let mut take = |name: &str, shape: &[i64]| -> Result<Tensor> {
             let t = w.remove(name).ok_or_else(|| {
                 Error::format(
                     dir,
-                    format!("missing weight `{name}` (expected shape {shape:?})"),
+                    format!("missing weight `{name}` (expected shape {shape:?} for {model_type})"),
                 )
             })?;
             if t.size() != shape {
@@ -115,12 +165,32 @@ impl Gemma2 {
                     ),
                 ));
             }
+            if !matches!(
+                t.kind(),
+                Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+            ) {
+                return Err(Error::format(
+                    dir,
+                    format!(
+                        "weight `{name}` has dtype {:?}; float weights are needed",
+                        t.kind()
+                    ),
+                ));
+            }
             Ok(t.to_kind(kind).to_device(device))
         };
         let embed = take("model.embed_tokens.weight", &[c.vocab_size as i64, h])?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(take(&p("self_attn.q_norm.weight"), &[hd])?),
+                    Some(take(&p("self_attn.k_norm.weight"), &[hd])?),
+                )
+            } else {
+                (None, None)
+            };
             blocks.push(Block {
                 input_norm: take(&p("input_layernorm.weight"), &[h])?,
                 post_attn_norm: take(&p("post_attention_layernorm.weight"), &[h])?,
@@ -130,6 +200,8 @@ impl Gemma2 {
                 k: take(&p("self_attn.k_proj.weight"), &[nkv * hd, h])?,
                 v: take(&p("self_attn.v_proj.weight"), &[nkv * hd, h])?,
                 o: take(&p("self_attn.o_proj.weight"), &[h, nh * hd])?,
+                q_norm,
+                k_norm,
                 gate: take(&p("mlp.gate_proj.weight"), &[i, h])?,
                 up: take(&p("mlp.up_proj.weight"), &[i, h])?,
                 down: take(&p("mlp.down_proj.weight"), &[h, i])?,
@@ -137,11 +209,25 @@ impl Gemma2 {
         }
         let final_norm = take("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings {
+            // A tied head may still be stored; it is the embedding.
+            w.remove("lm_head.weight");
             None
         } else {
             Some(take("lm_head.weight", &[c.vocab_size as i64, h])?)
         };
-        Ok(Gemma2 {
+        if !w.is_empty() {
+            let mut extra: Vec<&String> = w.keys().collect();
+            extra.sort();
+            return Err(Error::format(
+                dir,
+                format!(
+                    "unexpected weight `{}` ({} in all) for model_type {model_type}: is config.json the checkpoint's own?",
+                    extra[0],
+                    extra.len()
+                ),
+            ));
+        }
+        Ok(Gemma {
             config,
             embed,
             blocks,
@@ -154,7 +240,7 @@ impl Gemma2 {
 
     /// A model with random weights (for throughput measurements): N(0, 0.02²) matrices and
     /// embeddings, zero norm weights (so every norm is the identity scale 1 + 0).
-    pub fn random(config: Gemma2Config, kind: Kind, device: Device, seed: i64) -> Self {
+    pub fn random(config: GemmaConfig, kind: Kind, device: Device, seed: i64) -> Self {
         tch::manual_seed(seed);
         let c = &config;
         let (h, i) = (c.hidden_size as i64, c.intermediate_size as i64);
@@ -175,12 +261,14 @@ impl Gemma2 {
                 k: r(&[nkv * hd, h]),
                 v: r(&[nkv * hd, h]),
                 o: r(&[h, nh * hd]),
+                q_norm: c.qk_norm.then(|| z(hd)),
+                k_norm: c.qk_norm.then(|| z(hd)),
                 gate: r(&[i, h]),
                 up: r(&[i, h]),
                 down: r(&[h, i]),
             })
             .collect();
-        Gemma2 {
+        Gemma {
             embed: r(&[c.vocab_size as i64, h]),
             blocks,
             final_norm: z(h),
@@ -218,6 +306,27 @@ impl Gemma2 {
         self.kind
     }
 
+    /// The width of a hook's last dimension, and its number of heads at a per-head hook.
+    pub fn hook_shape(&self, hook: HookPoint) -> (usize, Option<usize>) {
+        let c = &self.config;
+        match hook.kind {
+            HookKind::Q | HookKind::RotQ | HookKind::Z => (c.head_dim, Some(c.num_attention_heads)),
+            HookKind::K | HookKind::V | HookKind::RotK => (c.head_dim, Some(c.num_key_value_heads)),
+            HookKind::AttnScores | HookKind::Pattern => (0, Some(c.num_attention_heads)),
+            _ => (c.hidden_size, None),
+        }
+    }
+
+    /// The final norm's weight (`model.norm.weight`, as stored: the norm scales by `1 + w`).
+    pub fn final_norm_weight(&self) -> &Tensor {
+        &self.final_norm
+    }
+
+    /// The unembedding matrix `[V, D]` (the embedding when tied).
+    pub fn unembedding(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
     /// RMSNorm in f32 with weight `(1 + w)`, back to the input's kind.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let xf = x.to_kind(Kind::Float);
@@ -226,26 +335,59 @@ impl Gemma2 {
         (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(x.kind())
     }
 
-    /// `cos`, `sin` of RoPE for positions `0..t`, `[t, head_dim]`, in the model's kind.
-    fn rope(&self, t: i64) -> (Tensor, Tensor) {
+    /// The final norm then the unembedding (and final soft-capping) of `x` `[..., D]`.
+    pub fn logits_of(&self, x: &Tensor) -> Tensor {
+        let h = self.rms_norm(x, &self.final_norm);
+        let mut lg = h.matmul(&self.unembedding().tr());
+        if let Some(cap) = self.config.final_logit_softcapping {
+            lg = (lg / cap).tanh() * cap;
+        }
+        lg
+    }
+
+    /// `cos`, `sin` of RoPE for positions `0..t`, `[t, head_dim]`, in the model's kind, as HF
+    /// computes them: `inv_freq = 1 / θ^(2i/d) / factor` in f32, angles `pos · inv_freq`.
+    fn rope(&self, rope: Rope, t: i64) -> (Tensor, Tensor) {
         let hd = self.config.head_dim as i64;
-        let opts = (Kind::Float, self.device);
-        let inv_freq = (Tensor::arange_start_step(0, hd, 2, (Kind::Int64, self.device))
+        let exponents = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, self.device))
             .to_kind(Kind::Float)
-            / hd as f64
-            * self.config.rope_theta.ln())
-        .exp()
-        .reciprocal();
-        let pos = Tensor::arange(t, opts);
+            / hd as f64;
+        let mut inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
+        if rope.linear_factor != 1.0 {
+            inv_freq = inv_freq / rope.linear_factor;
+        }
+        let pos = Tensor::arange(t, (Kind::Float, self.device));
         let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
     }
 
+    /// Checks hooks and interventions against the model before any work.
+    fn check_request(&self, hooks: &[HookPoint], interventions: &[Intervention]) -> Result<()> {
+        let c = &self.config;
+        for hp in hooks.iter().chain(interventions.iter().map(|i| &i.hook)) {
+            if hp.layer >= c.num_hidden_layers {
+                return Err(Error::param(
+                    "hook",
+                    format!(
+                        "{hp}: the model has {} blocks (0..{})",
+                        c.num_hidden_layers,
+                        c.num_hidden_layers - 1
+                    ),
+                ));
+            }
+        }
+        for iv in interventions {
+            let (d, heads) = self.hook_shape(iv.hook);
+            iv.check(d as i64, heads.map(|h| h as i64))?;
+        }
+        Ok(())
+    }
+
     /// Forward over `input_ids` `[B, T]` (i64) with `attention_mask` `[B, T]` (1 = token,
     /// 0 = padding; right padding). Runs blocks up to the last requested hook (all blocks when
     /// logits are asked for), applies `interventions` at their hooks, and returns the requested
-    /// activations (`[B, T, D]`; `[B, T, heads, head_dim]` for `attn.hook_z`) and logits.
+    /// activations and, with `logits`, `[B, T, V]` logits.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -253,6 +395,20 @@ impl Gemma2 {
         hooks: &[HookPoint],
         interventions: &[Intervention],
         logits: bool,
+    ) -> Result<ForwardOutput> {
+        let mode = if logits { Logits::All } else { Logits::None };
+        self.forward_with(input_ids, attention_mask, hooks, interventions, mode)
+    }
+
+    /// [`Gemma::forward`] with a choice of logits ([`Logits::Last`]: only each sequence's last
+    /// token goes through the final norm and the unembedding).
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &[HookPoint],
+        interventions: &[Intervention],
+        logits: Logits,
     ) -> Result<ForwardOutput> {
         let c = &self.config;
         let size = input_ids.size();
@@ -266,34 +422,14 @@ impl Gemma2 {
                 ),
             ));
         }
+        self.check_request(hooks, interventions)?;
         let (b, t) = (size[0], size[1]);
-        for hp in hooks.iter().chain(interventions.iter().map(|i| &i.hook)) {
-            if hp.layer >= c.num_hidden_layers {
-                return Err(Error::param(
-                    "hook",
-                    format!("{hp}: the model has {} blocks", c.num_hidden_layers),
-                ));
-            }
-        }
-        for iv in interventions {
-            let d = if iv.hook.kind == HookKind::Z {
-                c.head_dim
-            } else {
-                c.hidden_size
-            };
-            if iv.hook.kind == HookKind::Z {
-                return Err(Error::param(
-                    "intervention",
-                    "interventions at attn.hook_z are not supported",
-                ));
-            }
-            iv.check(d as i64)?;
-        }
-        let last = if logits {
-            c.num_hidden_layers - 1
+        // Where the work ends: the last block, or the deepest hook's part of its block.
+        let (last, last_part) = if logits != Logits::None {
+            (c.num_hidden_layers - 1, Part::Mlp)
         } else {
-            match hooks.iter().map(|h| h.layer).max() {
-                Some(l) => l,
+            match hooks.iter().max() {
+                Some(deepest) => (deepest.layer, Part::of(deepest.kind)),
                 None => return Ok(ForwardOutput::default()),
             }
         };
@@ -302,11 +438,11 @@ impl Gemma2 {
         let mask = attention_mask.to_device(self.device).to_kind(Kind::Bool);
         let mut out = ForwardOutput::default();
         let want = |hp: HookPoint| hooks.contains(&hp);
-        let edit = |hp: HookPoint, x: Tensor| -> Tensor {
+        let edit = |hp: HookPoint, x: Tensor| -> Result<Tensor> {
             interventions
                 .iter()
                 .filter(|iv| iv.hook == hp)
-                .fold(x, |x, iv| iv.apply(&x))
+                .try_fold(x, |x, iv| iv.apply(&x))
         };
         let record = |hp: HookPoint, x: &Tensor, out: &mut ForwardOutput| {
             if want(hp) {
@@ -314,12 +450,18 @@ impl Gemma2 {
             }
         };
         // Embedding × √hidden, the scale rounded to the model's kind as HF does.
-        let normalizer = Tensor::from((c.hidden_size as f64).sqrt())
+        let normalizer = Tensor::from((c.hidden_size as f64).sqrt() as f32)
             .to_kind(self.kind)
             .to_device(self.device);
         let mut x = self.embed.index_select(0, &ids.view([-1])).view([b, t, -1]) * &normalizer;
-        let (cos, sin) = self.rope(t);
-        let (cos, sin) = (cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1]));
+        // RoPE tables per attention type used.
+        let mut ropes: HashMap<AttentionKind, (Tensor, Tensor)> = HashMap::new();
+        for &kind in c.layer_types.iter().take(last + 1) {
+            ropes.entry(kind).or_insert_with(|| {
+                let (cos, sin) = self.rope(c.rope(kind), t);
+                (cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1]))
+            });
+        }
         // Masks: causal, sliding window, key padding. [B, 1, T, T] booleans (true = attend).
         let i_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([t, 1]);
         let j_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([1, t]);
@@ -336,21 +478,39 @@ impl Gemma2 {
         let scale = c.query_pre_attn_scalar.powf(-0.5);
         for (l, blk) in self.blocks.iter().enumerate().take(last + 1) {
             let hp = |kind| HookPoint { layer: l, kind };
-            x = edit(hp(HookKind::ResidPre), x);
+            x = edit(hp(HookKind::ResidPre), x)?;
             record(hp(HookKind::ResidPre), &x, &mut out);
-            // Attention.
+            if l == last && last_part == Part::Entry {
+                break;
+            }
+            // Attention. Per-head hooks see [B, T, heads, head_dim].
             let h = self.rms_norm(&x, &blk.input_norm);
-            let q = h.matmul(&blk.q.tr()).view([b, t, nh, hd]).transpose(1, 2);
-            let k = h.matmul(&blk.k.tr()).view([b, t, nkv, hd]).transpose(1, 2);
-            let v = h.matmul(&blk.v.tr()).view([b, t, nkv, hd]).transpose(1, 2);
+            let q = edit(hp(HookKind::Q), h.matmul(&blk.q.tr()).view([b, t, nh, hd]))?;
+            record(hp(HookKind::Q), &q, &mut out);
+            let k = edit(hp(HookKind::K), h.matmul(&blk.k.tr()).view([b, t, nkv, hd]))?;
+            record(hp(HookKind::K), &k, &mut out);
+            let v = edit(hp(HookKind::V), h.matmul(&blk.v.tr()).view([b, t, nkv, hd]))?;
+            record(hp(HookKind::V), &v, &mut out);
+            let (q, k) = match (&blk.q_norm, &blk.k_norm) {
+                (Some(qn), Some(kn)) => (self.rms_norm(&q, qn), self.rms_norm(&k, kn)),
+                _ => (q, k),
+            };
+            let (cos, sin) = &ropes[&c.layer_types[l]];
             let rot = |z: &Tensor| {
                 let half = hd / 2;
                 let z1 = z.narrow(-1, 0, half);
                 let z2 = z.narrow(-1, half, hd - half);
                 Tensor::cat(&[z2.neg(), z1], -1)
             };
-            let q = &q * &cos + rot(&q) * &sin;
-            let k = &k * &cos + rot(&k) * &sin;
+            // [B, heads, T, head_dim] for the products.
+            let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+            let q = &q * cos + rot(&q) * sin;
+            let k = &k * cos + rot(&k) * sin;
+            let q = edit(hp(HookKind::RotQ), q.transpose(1, 2))?;
+            record(hp(HookKind::RotQ), &q, &mut out);
+            let k = edit(hp(HookKind::RotK), k.transpose(1, 2))?;
+            record(hp(HookKind::RotK), &k, &mut out);
+            let (q, k) = (q.transpose(1, 2), k.transpose(1, 2));
             let rep = nh / nkv;
             let (k, v) = if rep > 1 {
                 (
@@ -371,34 +531,47 @@ impl Gemma2 {
             // A finite fill, like HF's finfo.min: a query with no visible key (padding) gets a
             // uniform row instead of NaN; such rows are never read.
             let scores = scores.masked_fill(&allowed.logical_not(), f64::from(f32::MIN));
+            record(hp(HookKind::AttnScores), &scores, &mut out);
             let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+            record(hp(HookKind::Pattern), &probs, &mut out);
             let z = probs.matmul(&v).transpose(1, 2).contiguous(); // [B, T, nh, hd]
+            let z = edit(hp(HookKind::Z), z)?;
             record(hp(HookKind::Z), &z, &mut out);
-            let attn = z.view([b, t, nh * hd]).matmul(&blk.o.tr());
+            let attn = z.reshape([b, t, nh * hd]).matmul(&blk.o.tr());
             let attn_out = edit(
                 hp(HookKind::AttnOut),
                 self.rms_norm(&attn, &blk.post_attn_norm),
-            );
+            )?;
             record(hp(HookKind::AttnOut), &attn_out, &mut out);
-            x = edit(hp(HookKind::ResidMid), &x + &attn_out);
+            x = edit(hp(HookKind::ResidMid), &x + &attn_out)?;
             record(hp(HookKind::ResidMid), &x, &mut out);
+            if l == last && last_part == Part::Attention {
+                break;
+            }
             // MLP (GeGLU, tanh GELU).
             let h = self.rms_norm(&x, &blk.pre_ff_norm);
             let g = h.matmul(&blk.gate.tr()).gelu("tanh");
             let mlp = (g * h.matmul(&blk.up.tr())).matmul(&blk.down.tr());
-            let mlp_out = edit(hp(HookKind::MlpOut), self.rms_norm(&mlp, &blk.post_ff_norm));
+            let mlp_out = edit(hp(HookKind::MlpOut), self.rms_norm(&mlp, &blk.post_ff_norm))?;
             record(hp(HookKind::MlpOut), &mlp_out, &mut out);
-            x = edit(hp(HookKind::ResidPost), &x + &mlp_out);
+            x = edit(hp(HookKind::ResidPost), &x + &mlp_out)?;
             record(hp(HookKind::ResidPost), &x, &mut out);
         }
-        if logits {
-            let h = self.rms_norm(&x, &self.final_norm);
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            let mut lg = h.matmul(&head.tr());
-            if let Some(cap) = c.final_logit_softcapping {
-                lg = (lg / cap).tanh() * cap;
+        match logits {
+            Logits::None => {}
+            Logits::All => out.logits = Some(self.logits_of(&x)),
+            Logits::Last => {
+                let last = mask
+                    .to_kind(Kind::Int64)
+                    .sum_dim_intlist(1, false, Kind::Int64)
+                    - 1;
+                let last = last
+                    .clamp_min(0)
+                    .view([b, 1, 1])
+                    .expand([b, 1, x.size()[2]], false);
+                let xl = x.gather(1, &last, false).squeeze_dim(1);
+                out.logits = Some(self.logits_of(&xl));
             }
-            out.logits = Some(lg);
         }
         Ok(out)
     }
@@ -417,9 +590,9 @@ impl Gemma2 {
             let t = ids.len() as i64;
             let input = Tensor::from_slice(&ids).view([1, t]);
             let mask = Tensor::ones([1, t], (Kind::Int64, Device::Cpu));
-            let out = self.forward(&input, &mask, &[], interventions, true)?;
+            let out = self.forward_with(&input, &mask, &[], interventions, Logits::Last)?;
             let lg = out.logits.expect("logits were asked for");
-            let next = lg.get(0).get(t - 1).argmax(0, false).int64_value(&[]);
+            let next = lg.get(0).argmax(0, false).int64_value(&[]);
             ids.push(next);
         }
         Ok(ids)

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Write tiny random Gemma-2 checkpoints plus Hugging Face transformers' outputs on them.
+"""Write tiny random Gemma-2 and Gemma 3 (text) checkpoints plus Hugging Face transformers' outputs
+on them.
 
-Ground truth for the Rust (tch) Gemma-2 implementation (feature `torch`). Layout, tensor names and
-the semantics they pin down: docs/gemma2-fixtures.md.
+Ground truth for the Rust (tch) Gemma implementation (feature `torch`) on configs no package ships
+(the real Gemma 3 270M is checked by scripts/real_model_fixtures.py). Layout, tensor names and the
+semantics they pin down: docs/gemma-fixtures.md.
 
-    .venv/bin/python scripts/gemma2_fixtures.py OUT_DIR
+    .venv/bin/python scripts/gemma_fixtures.py OUT_DIR
 
 Deterministic (fixed seeds, CPU, float32, eager attention) and idempotent: the finished tree
 carries OUT_DIR/STAMP = "sha256:<hash of this file>"; when it exists and matches, the script exits
@@ -33,6 +35,7 @@ SCRIPT_HASH = "sha256:" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest(
 CONFIGS = [
     {
         "name": "gqa",
+        "family": "gemma2",
         "seed": 1234,
         "T": 13,  # > sliding_window
         "qk_std": 0.3,  # std of q_proj / k_proj weights: makes attention soft-capping active
@@ -61,6 +64,7 @@ CONFIGS = [
     },
     {
         "name": "sharded",
+        "family": "gemma2",
         "seed": 5678,
         "T": 11,
         "qk_std": 0.4,
@@ -87,7 +91,48 @@ CONFIGS = [
             bos_token_id=2,
         ),
     },
+    {
+        # Gemma 3 text: q/k norms, one RoPE base per attention type (linear scaling on the global
+        # layers, as the 4B+ checkpoints have), no soft-capping, 4 query heads on 1 KV head like
+        # gemma-3-270m, heads * head_dim != hidden.
+        "name": "gemma3",
+        "family": "gemma3",
+        "seed": 9012,
+        "T": 13,  # > sliding_window
+        "qk_std": 0.3,
+        "max_shard_size": None,
+        "hf": dict(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            sliding_window=5,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            query_pre_attn_scalar=32,
+            attn_logit_softcapping=None,
+            final_logit_softcapping=None,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            rms_norm_eps=1e-6,
+            hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+        ),
+    },
 ]
+
+# Interventions checked against PyTorch forward hooks on the HF model (both families).
+IV_LAYER = 1  # block of the edits
+IV_ALPHA = 3.0  # add IV_ALPHA * e (unit e) at blocks.IV_LAYER.hook_resid_post
+IV_HEAD = 1  # attn.hook_z of this head is patched from a second input
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, Gemma's convention
@@ -223,7 +268,12 @@ class Recorder:
         self.handles = []
         cfg = model.config
         self.n_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.n_kv = cfg.num_key_value_heads
         for l, layer in enumerate(model.model.layers):
+            att = layer.self_attn
+            self._hook(att.q_proj, "post", f"q.{l}", lambda o: o.reshape(*o.shape[:-1], self.n_heads, self.head_dim))
+            self._hook(att.k_proj, "post", f"k.{l}", lambda o: o.reshape(*o.shape[:-1], self.n_kv, self.head_dim))
+            self._hook(att.v_proj, "post", f"v.{l}", lambda o: o.reshape(*o.shape[:-1], self.n_kv, self.head_dim))
             self._hook(layer, "pre", f"resid_pre.{l}", lambda a, kw: a[0] if a else kw["hidden_states"])
             self._hook(layer, "post", f"resid_post.{l}", lambda o: o[0] if isinstance(o, tuple) else o)
             self._hook(layer.post_attention_layernorm, "post", f"attn_out.{l}", lambda o: o)
@@ -252,11 +302,22 @@ class Recorder:
 
     def _eager(self, module, query, key, value, attention_mask, **kw):
         torch = self.torch
+        l = module.layer_idx
+        # query/key arrive after the q/k norms and RoPE, [B, heads, T, head_dim].
+        self.t[f"rot_q.{l}"] = query.transpose(1, 2).detach().clone()
+        self.t[f"rot_k.{l}"] = key.transpose(1, 2).detach().clone()
         k = self.mg.repeat_kv(key, module.num_key_value_groups)
         s = torch.matmul(query, k.transpose(2, 3)) * kw["scaling"]
         allowed = (attention_mask == 0).expand_as(s) if attention_mask is not None else torch.ones_like(s, dtype=bool)
         a = s.abs()[allowed]
-        self.score_stats.append((module.layer_idx, a.max().item(), int((a > 10).sum()), a.numel()))
+        self.score_stats.append((l, a.max().item(), int((a > 10).sum()), a.numel()))
+        # The scores as eager attention forms them: scaled, soft-capped, plus the additive mask.
+        cap = kw.get("softcap")
+        if cap is not None:
+            s = torch.tanh(s / cap) * cap
+        if attention_mask is not None:
+            s = s + attention_mask[:, :, :, : k.shape[-2]]
+        self.t[f"attn_scores.{l}"] = s.detach().clone()
         return self.orig_eager(module, query, key, value, attention_mask, **kw)
 
     def close(self):
@@ -271,18 +332,26 @@ def softcap(x, cap, torch):
 
 def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: bool):
     import numpy as np
-    import transformers.models.gemma2.modeling_gemma2 as mg
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    if cfg["family"] == "gemma2":
+        import transformers.models.gemma2.modeling_gemma2 as mg
+        from transformers import Gemma2Config as Config, Gemma2ForCausalLM as ForCausalLM
+    else:
+        import transformers.models.gemma3.modeling_gemma3 as mg
+        from transformers import Gemma3TextConfig as Config, Gemma3ForCausalLM as ForCausalLM
 
     name = cfg["name"]
     d = root / name
     d.mkdir(parents=True)
     torch.manual_seed(cfg["seed"])
 
-    config = Gemma2Config(**cfg["hf"], dtype="float32", attn_implementation="eager")
+    config = Config(**cfg["hf"], dtype="float32", attn_implementation="eager")
     L, T, V = config.num_hidden_layers, cfg["T"], config.vocab_size
-    assert config.layer_types == ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]
-    model = Gemma2ForCausalLM(config).eval()
+    if cfg["family"] == "gemma2":
+        assert config.layer_types == ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]
+    else:
+        assert config.layer_types == cfg["hf"]["layer_types"]
+    model = ForCausalLM(config).eval()
     assert model.config._attn_implementation == "eager"
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
     init_weights(model, cfg, torch)
@@ -293,7 +362,8 @@ def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: b
         save_kw["max_shard_size"] = cfg["max_shard_size"]
     model.save_pretrained(d, **save_kw)
     cj = json.loads((d / "config.json").read_text())
-    assert cj["model_type"] == "gemma2" and cj["dtype"] == "float32", cj
+    assert cj["model_type"] == {"gemma2": "gemma2", "gemma3": "gemma3_text"}[cfg["family"]], cj
+    assert cj["dtype"] == "float32", cj
 
     # ---- tokenizer ----
     tok, tok_expected = build_tokenizer(V)
@@ -332,10 +402,11 @@ def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: b
     for i, h in enumerate(hs):
         exp[f"hidden_states.{i}"] = h
     for l in range(L):
-        for k in ("resid_pre", "attn_out", "mlp_out", "resid_post", "z"):
+        for k in ("resid_pre", "attn_out", "mlp_out", "resid_post", "z", "q", "k", "v", "rot_q", "rot_k", "attn_scores"):
             exp[f"{k}.{l}"] = t[f"{k}.{l}"]
         exp[f"resid_mid.{l}"] = t[f"resid_pre.{l}"] + t[f"attn_out.{l}"]
         exp[f"pattern.{l}"] = out.attentions[l]
+        assert torch.allclose(exp[f"pattern.{l}"], torch.softmax(t[f"attn_scores.{l}"], dim=-1), atol=1e-6), l
 
     # ---- consistency checks (exact: same float ops as HF) ----
     with torch.no_grad():
@@ -352,7 +423,10 @@ def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: b
         normed = model.model.norm(t[f"resid_post.{L - 1}"])
     assert torch.equal(hs[L], normed), "last hidden_states entry is model.norm(resid_post[L-1])"
     uncapped = hs[L] @ E.T
-    assert torch.allclose(out.logits, softcap(uncapped, config.final_logit_softcapping, torch), atol=1e-5)
+    if config.final_logit_softcapping is not None:
+        assert torch.allclose(out.logits, softcap(uncapped, config.final_logit_softcapping, torch), atol=1e-5)
+    else:
+        assert torch.allclose(out.logits, uncapped, atol=1e-5)
     for l in range(L):  # z matches (T, H, hd) and o_proj(z) -> post_attention_layernorm -> attn_out
         with torch.no_grad():
             lay = model.model.layers[l]
@@ -385,23 +459,71 @@ def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: b
     assert not any(int(x) in (PAD, EOS) for x in gen[0, GEN_PROMPT_LEN:]), "pick another seed: EOS/PAD generated"
     exp["generated_ids"] = gen
 
-    # ---- soft-capping effects ----
+    # ---- soft-capping effects (Gemma-2) ----
     final_cap_diff = (out.logits - uncapped).abs().max().item()
+    attn_cap_diff = float("nan")
+    if config.attn_logit_softcapping is not None:
+        with torch.no_grad():
+            for lay in model.model.layers:
+                lay.self_attn.attn_logit_softcapping = None
+            nocap = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            for lay in model.model.layers:
+                lay.self_attn.attn_logit_softcapping = config.attn_logit_softcapping
+        valid = mask.bool()
+        attn_cap_diff = (nocap - out.logits)[valid].abs().max().item()
+
+    # ---- interventions with PyTorch forward hooks (the Rust edits must give the same logits) ----
+    g = torch.Generator().manual_seed(cfg["seed"] + 77)
+    e = torch.randn(config.hidden_size, generator=g)
+    e = e / e.norm()
+    layer = model.model.layers[IV_LAYER]
+
+    def add_hook(mod, args, output):
+        return output + IV_ALPHA * e
+
+    h = layer.register_forward_hook(add_hook)
+    try:
+        with torch.no_grad():
+            iv_add = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        h.remove()
+    assert (iv_add - out.logits)[mask.bool()].abs().max().item() > 1e-3, "the edit must change the logits"
+    exp["iv.add.direction"] = e
+    exp["iv.add.logits"] = iv_add
+    # Patch one head's z (the o_proj input) from a second input of the same shape and mask.
+    patch_ids, _, _ = make_inputs(cfg, torch, 1000)
+    patch_ids = torch.where(mask.bool(), patch_ids, ids)
     with torch.no_grad():
-        for lay in model.model.layers:
-            lay.self_attn.attn_logit_softcapping = None
-        nocap = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        for lay in model.model.layers:
-            lay.self_attn.attn_logit_softcapping = config.attn_logit_softcapping
-    valid = mask.bool()
-    attn_cap_diff = (nocap - out.logits)[valid].abs().max().item()
+        rec_src = {}
+        hsrc = layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: rec_src.__setitem__("z", a[0].clone()))
+        try:
+            model(input_ids=patch_ids, attention_mask=mask, use_cache=False)
+        finally:
+            hsrc.remove()
+    hd, H = config.head_dim, config.num_attention_heads
+
+    def patch_hook(mod, args):
+        x = args[0].clone().view(*args[0].shape[:-1], H, hd)
+        src = rec_src["z"].view(*args[0].shape[:-1], H, hd)
+        x[:, :, IV_HEAD, :] = src[:, :, IV_HEAD, :]
+        return (x.view(args[0].shape),)
+
+    h = layer.self_attn.o_proj.register_forward_pre_hook(patch_hook)
+    try:
+        with torch.no_grad():
+            iv_patch = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        h.remove()
+    assert (iv_patch - out.logits)[mask.bool()].abs().max().item() > 1e-3, "the patch must change the logits"
+    exp["iv.patch.input_ids"] = patch_ids
+    exp["iv.patch.logits"] = iv_patch
 
     # ---- write expected.safetensors ----
     exp = {k: v.detach().contiguous() for k, v in sorted(exp.items())}
     for k, v in exp.items():
         assert v.dtype in (torch.float32, torch.int64), (k, v.dtype)
         assert torch.isfinite(v.float()).all(), k
-    st_torch.save_file(exp, str(d / "expected.safetensors"), metadata={"generator": "scripts/gemma2_fixtures.py"})
+    st_torch.save_file(exp, str(d / "expected.safetensors"), metadata={"generator": "scripts/gemma_fixtures.py"})
 
     # ---- reload checks ----
     back = st_numpy.load_file(str(d / "expected.safetensors"))
@@ -431,7 +553,7 @@ def build_one(cfg, root: Path, torch, transformers, st_torch, st_numpy, first: b
     for wn in names:
         assert np.array_equal(written[wn], sd[wn].numpy()), wn
         assert written[wn].dtype == np.float32
-    re = Gemma2ForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+    re = ForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
     with torch.no_grad():
         relog = re(input_ids=ids, attention_mask=mask, use_cache=False).logits
     assert torch.equal(relog, out.logits), "reloaded checkpoint reproduces logits"
@@ -479,7 +601,7 @@ def remove_dead_leftovers(out_dir: Path) -> None:
 
 def main(argv):
     if len(argv) != 2:
-        print("usage: .venv/bin/python scripts/gemma2_fixtures.py OUT_DIR", file=sys.stderr)
+        print("usage: .venv/bin/python scripts/gemma_fixtures.py OUT_DIR", file=sys.stderr)
         return 2
     out_dir = Path(argv[1]).absolute()
     if read_stamp(out_dir) == SCRIPT_HASH:
