@@ -21,6 +21,7 @@ pub mod linalg;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod progress;
 pub mod tensorfile;
 
 pub use build::{BuildConfig, Builder, Semantics};

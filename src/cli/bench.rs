@@ -19,7 +19,7 @@ use exemplar::backend::{Backend, DeviceChoice};
 use exemplar::build::BuildConfig;
 use exemplar::data::{ActivationBatch, Document, TokenRef};
 use exemplar::dictionary::BuildInfo;
-use exemplar::model::text::{forward_hooks, HookValues};
+use exemplar::model::rows::{forward_hooks, HookValues};
 use exemplar::model::{Gemma, GemmaConfig, HookPoint};
 use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
 use std::path::PathBuf;
@@ -400,7 +400,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let (dict, d2h, h2d, batches, switched) = match (&tok, full) {
             (Some(tok), false) => {
                 use exemplar::data::corpus::{CorpusOptions, CorpusReader};
-                use exemplar::model::text::{TextOptions, TextSource};
+                use exemplar::pipeline::text::{TextOptions, TextSource};
                 let reader = CorpusReader::open(&a.corpus, CorpusOptions::default())?;
                 let mut src = TextSource::new(
                     reader,

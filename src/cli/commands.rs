@@ -700,8 +700,8 @@ fn text_build(
     ckpt: Option<&pipeline::CheckpointPlan>,
 ) -> Result<Vec<exemplar::build::BuildOutput>> {
     use exemplar::data::corpus::CorpusReader;
-    use exemplar::model::text::{TextOptions, TextSource};
     use exemplar::model::{Gemma, HookPoint, Tokenizer};
+    use exemplar::pipeline::text::{TextOptions, TextSource};
     let hooks = a
         .hook
         .iter()

@@ -663,7 +663,7 @@ pub fn compare(
     let mut acc = Accumulator::new(config.clone(), sae.d_sae, dict.len())?;
     let limit = max_rows.unwrap_or(u64::MAX);
     let total = stream.total_rows().min(limit);
-    let pb = crate::pipeline::progress_bar(total, "compare");
+    let pb = crate::progress::progress_bar(total, "compare");
     while acc.samples() < limit {
         let want = (limit - acc.samples()).min(batch_size as u64) as usize;
         let Some(batch) = stream.next_batch(want)? else {

@@ -144,7 +144,7 @@ pub fn train_topk_sae(
     .build(&vs, lr)
     .map_err(tch_err)?;
 
-    let pb = crate::pipeline::progress_bar(
+    let pb = crate::progress::progress_bar(
         cfg.max_rows.unwrap_or(u64::MAX).min(stream.total_rows()),
         "train-sae",
     );

@@ -2,7 +2,8 @@
 //! `activations` tensor `(N, D)` (f32) with one row per non-BOS, non-pad token, and its
 //! `<file>.provenance.jsonl` sidecar (document id, token strings, positions).
 
-use super::text::{forward_rows, prepare_document};
+use super::rows::forward_rows;
+use super::windows::prepare_document;
 use super::{Gemma, HookKind, HookPoint, Tokenizer};
 use crate::error::{Error, Result};
 use crate::output::{check_writable, AtomicFile};
@@ -80,7 +81,7 @@ pub fn extract_to_file(
             "no document has enough tokens after the BOS".into(),
         ));
     }
-    let pb = crate::pipeline::progress_bar(docs.len() as u64, "forward");
+    let pb = crate::progress::progress_bar(docs.len() as u64, "forward");
     let mut rows: Vec<f32> = Vec::new();
     let mut lines = Vec::with_capacity(docs.len());
     let mut tokens = 0usize;

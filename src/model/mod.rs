@@ -6,8 +6,9 @@ pub mod config;
 pub mod extract;
 pub mod gemma;
 pub mod hooks;
-pub mod text;
+pub mod rows;
 pub mod tokenizer;
+pub mod windows;
 
 pub use config::{AttentionKind, GemmaConfig, GemmaFamily, Rope};
 pub use gemma::{ForwardOutput, Gemma, Logits};
