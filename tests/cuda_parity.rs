@@ -847,8 +847,8 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     use exemplar::build::BuildConfig;
     use exemplar::calibrate::PercentileMethod;
     use exemplar::data::corpus::{CorpusOptions, CorpusReader};
-    use exemplar::model::text::{TextOptions, TextSource};
     use exemplar::model::{Gemma, HookPoint, Tokenizer};
+    use exemplar::pipeline::text::{TextOptions, TextSource};
     use exemplar::pipeline::{self, BuildPlan, CalibrationSpec};
     use std::sync::Arc;
     use tch::{Device, Kind};
@@ -895,6 +895,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
                 batch_documents: 8,
                 min_tokens: 1,
                 final_position: false,
+                pack: false,
             };
             let mut src = TextSource::new(reader, &tok, &model, hook, text).unwrap();
             let plan = BuildPlan {

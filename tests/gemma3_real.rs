@@ -318,3 +318,87 @@ fn a_bad_snapshot_is_an_error_naming_the_file_and_field() {
         .to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
 }
+
+/// `exemplar activations --pack` cuts the same windows as SAELens's own packing
+/// (`concat_and_batch_sequences` with its defaults: a BOS begins each context and separates
+/// documents) and its rows equal HF transformers' hidden states on those windows.
+#[test]
+fn packed_rows_equal_hf_on_the_windows_saelens_cuts() {
+    let Some((snapshot, _)) = common::real_gemma3() else {
+        return;
+    };
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gemma3-270m-texts.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut corpus = String::new();
+    for t in spec["texts"].as_array().unwrap() {
+        corpus.push_str(&serde_json::json!({ "text": t["text"] }).to_string());
+        corpus.push('\n');
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    let snap = snapshot.to_str().unwrap();
+    common::exemplar(
+        dir,
+        &[
+            "activations",
+            "--model",
+            snap,
+            "--hook",
+            "blocks.6.hook_resid_post",
+            "--corpus",
+            "corpus.jsonl",
+            "--ctx",
+            "63",
+            "--pack",
+            "--batch-prompts",
+            "8",
+            "-o",
+            "acts.safetensors",
+        ],
+    )
+    .ok();
+    let script = r#"
+import json, sys
+import numpy as np, torch
+from safetensors.numpy import load_file
+from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+from transformers import AutoModelForCausalLM, AutoTokenizer
+snap, ctx, layer = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(snap)
+docs = [json.loads(l)["text"] for l in open("corpus.jsonl")]
+seqs = [torch.tensor(tok(d)["input_ids"]) for d in docs]
+bos = tok.bos_token_id
+windows = list(concat_and_batch_sequences(iter(seqs), context_size=ctx + 1,
+    begin_batch_token_id=bos, sequence_separator_token_id=bos))
+side = [json.loads(l) for l in open("acts.safetensors.provenance.jsonl")]
+assert len(side) == len(windows), (len(side), len(windows))
+for w, s in zip(windows, side):
+    assert tok.convert_ids_to_tokens(w.tolist()) == s["tokens"], (w, s["tokens"])
+model = AutoModelForCausalLM.from_pretrained(snap, dtype=torch.float32).eval()
+with torch.no_grad():
+    hs = model(torch.stack(windows), output_hidden_states=True).hidden_states[layer + 1]
+special = {bos, tok.eos_token_id, tok.pad_token_id}
+rows = [[p for p in range(1, len(w)) if int(w[p]) not in special] for w in windows]
+for r, s in zip(rows, side):
+    assert r == s["positions"], (r, s["positions"])
+want = torch.cat([hs[i, r] for i, r in enumerate(rows)]).numpy()
+got = load_file("acts.safetensors")["activations"]
+assert got.shape == want.shape, (got.shape, want.shape)
+err = float(np.abs(got - want).max() / np.abs(want).max())
+print(f"windows {len(windows)} rows {got.shape[0]} separators {sum(len(w) - 1 - len(r) for w, r in zip(windows, rows))} max relative error {err:.2e}")
+assert err < 1e-4, err
+"#;
+    let out = common::run_python(&py, dir, script, &[snap, "63", "6"]);
+    eprintln!("{}", out.trim());
+    assert!(
+        out.contains("separators") && !out.contains("separators 0 "),
+        "{out}"
+    );
+}

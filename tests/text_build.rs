@@ -836,8 +836,8 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
     use exemplar::calibrate::PercentileMethod;
     use exemplar::data::corpus::{CorpusOptions, CorpusReader};
     use exemplar::data::ActivationBatch;
-    use exemplar::model::text::{TextOptions, TextSource};
     use exemplar::model::HookPoint;
+    use exemplar::pipeline::text::{TextOptions, TextSource};
     use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
 
     /// A text source that leaves its rows in the tensors once `switch_after` rows are read,
@@ -906,6 +906,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             batch_documents: 5,
             min_tokens: 3,
             final_position: false,
+            pack: false,
         };
         let mut inner = TextSource::with_hooks(reader, &tok, &model, hooks.to_vec(), text).unwrap();
         let mut src = Switching {
@@ -948,6 +949,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             batch_documents: 5,
             min_tokens: 3,
             final_position,
+            pack: false,
         };
         let mut inner = TextSource::new(reader, &tok, &model, hook, text).unwrap();
         let mut src = Switching {
@@ -1115,4 +1117,122 @@ fn a_killed_build_of_several_pairs_resumes_to_the_same_dictionaries() {
     none[i] = "other";
     assert_mentions(&exemplar(dir, &none).err(), &["nothing-here"]);
     assert!(!dir.join("other").exists());
+}
+
+#[test]
+fn a_packed_text_build_equals_packed_activations_then_build_and_resumes() {
+    let Some(model) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let corpus = write_corpus(dir, 80);
+    let m = model.to_str().unwrap();
+    let c = corpus.to_str().unwrap();
+    let hook = "blocks.1.hook_resid_post";
+    let corpus_flags = [
+        "--corpus",
+        c,
+        "--text-field",
+        "body",
+        "--ctx",
+        "9",
+        "--pack",
+    ];
+    let build_flags = [
+        "--percentile",
+        "20",
+        "--calibration-activations",
+        "60",
+        "--device",
+        "cpu",
+        "--no-saturation",
+        "--seed",
+        "3",
+    ];
+    let mut args = vec![
+        "build",
+        "--model",
+        m,
+        "--hook",
+        hook,
+        "--batch-documents",
+        "4",
+    ];
+    args.extend(corpus_flags);
+    args.extend(build_flags);
+    args.extend(["-o", "text.safetensors"]);
+    exemplar(dir, &args).ok();
+    let mut args = vec![
+        "activations",
+        "--model",
+        m,
+        "--hook",
+        hook,
+        "--batch-prompts",
+        "4",
+    ];
+    args.extend(corpus_flags);
+    args.extend(["-o", "acts.safetensors"]);
+    exemplar(dir, &args).ok();
+    let mut args = vec![
+        "build",
+        "-a",
+        "acts.safetensors",
+        "--batch-documents",
+        "4",
+        "--hook",
+        hook,
+        "--model-name",
+        m,
+    ];
+    args.extend(build_flags);
+    args.extend(["-o", "files.safetensors"]);
+    exemplar(dir, &args).ok();
+    let mut ignore: Vec<&str> = TIMINGS.to_vec();
+    ignore.extend([
+        "inputs",
+        "input_fingerprint",
+        "corpus",
+        "corpus_fingerprint",
+        "model_path",
+        "model_config_hash",
+        "model_flops",
+        "ctx",
+        "min_chars",
+        "min_tokens",
+        "packed",
+        "documents_read",
+        "documents_skipped_tokens",
+    ]);
+    let (text, _) = assert_same_file(
+        &dir.join("text.safetensors"),
+        &dir.join("files.safetensors"),
+        &ignore,
+    );
+    assert_eq!(text["packed"], true);
+    // Every window is BOS + 9 tokens, and every position but a BOS is a row.
+    let sidecar = std::fs::read_to_string(dir.join("acts.safetensors.provenance.jsonl")).unwrap();
+    let mut windows = 0;
+    for (i, line) in sidecar.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["doc_id"], i as i64, "windows are numbered in order");
+        let tokens = v["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 10);
+        assert_eq!(tokens[0], "<bos>");
+        let rows: Vec<i64> = v["positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        let want: Vec<i64> = (1..10).filter(|&p| tokens[p as usize] != "<bos>").collect();
+        assert_eq!(rows, want);
+        windows += 1;
+    }
+    assert!(windows > 20, "{windows} windows");
+    // A killed packed build resumes (the windows are cut again) to the same dictionary.
+    let mut flags = vec!["--model", m, "--hook", hook, "--batch-documents", "4"];
+    flags.extend(corpus_flags);
+    flags.extend(build_flags);
+    flags.extend(["--reservoir", "3"]);
+    check_kill_and_resume(dir, &flags, &[]);
 }

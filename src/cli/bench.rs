@@ -19,7 +19,7 @@ use exemplar::backend::{Backend, DeviceChoice};
 use exemplar::build::BuildConfig;
 use exemplar::data::{ActivationBatch, Document, TokenRef};
 use exemplar::dictionary::BuildInfo;
-use exemplar::model::rows::{forward_hooks, HookValues};
+use exemplar::model::rows::{forward_hooks, HookValues, RowSelection};
 use exemplar::model::{Gemma, GemmaConfig, HookPoint};
 use exemplar::pipeline::{self, BatchSource, BuildPlan, CalibrationSpec};
 use std::path::PathBuf;
@@ -225,7 +225,13 @@ impl BatchSource for RandomTokens<'_> {
             let positions: Vec<Vec<i64>> = docs.iter().map(|_| (1..t as i64).collect()).collect();
             (rows, positions)
         } else {
-            let f = forward_hooks(self.model, &[self.hook], &refs, false, self.in_tensors)?;
+            let f = forward_hooks(
+                self.model,
+                &[self.hook],
+                &refs,
+                &RowSelection::AfterBos,
+                self.in_tensors,
+            )?;
             self.flops += f.flops;
             self.d2h += f.d2h_bytes;
             match f.values.into_iter().next().expect("one hook") {
@@ -374,7 +380,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         );
         let docs: Vec<Vec<i64>> = (0..warm.documents).map(|i| warm.ids(i)).collect();
         let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
-        forward_hooks(&model, &[hook], &refs, false, false)?;
+        forward_hooks(&model, &[hook], &refs, &RowSelection::AfterBos, false)?;
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
@@ -412,6 +418,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                         batch_documents: a.batch_documents,
                         min_tokens: 1,
                         final_position: false,
+                        pack: false,
                     },
                 )?;
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;

@@ -167,6 +167,7 @@ fn build_identity(a: &BuildArgs) -> serde_json::Value {
         "skip_invalid": c.skip_invalid,
         "ctx": c.ctx,
         "final_position": c.final_position,
+        "pack": c.pack,
         "batch_documents": a.batch_documents,
         "dtype": a.dtype,
         "calibration": a.calibration.as_ref().map(|p| file_identity(std::slice::from_ref(p))),
@@ -721,6 +722,7 @@ fn text_build(
             batch_documents: a.batch_documents.unwrap_or(128),
             min_tokens: a.corpus.min_tokens,
             final_position: a.corpus.final_position,
+            pack: a.corpus.pack,
         },
     )?
     .with_model_dir(dir)?;
@@ -782,6 +784,7 @@ pub fn activations(a: ActivationsArgs) -> Result<()> {
             batch_prompts: a.batch_prompts,
             min_tokens: a.corpus.min_tokens,
             final_position: a.corpus.final_position,
+            pack: a.corpus.pack,
         },
         &a.out,
         a.force,

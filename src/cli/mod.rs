@@ -108,6 +108,11 @@ pub struct CorpusArgs {
     /// Keep only the last token of each document (final-position extraction).
     #[arg(long)]
     pub final_position: bool,
+    /// Pack documents into windows of BOS + --ctx tokens, joined by their BOS tokens as SAELens
+    /// packs its contexts, instead of one truncated document per sequence; long documents
+    /// continue into the next window and every position but a BOS is a row.
+    #[arg(long, conflicts_with = "final_position")]
+    pub pack: bool,
 }
 
 #[cfg(feature = "torch")]

@@ -107,8 +107,8 @@ impl TensorRows {
             let rows = self
                 .tensor
                 .index_select(0, &idx)
-                .to_kind(tch::Kind::Float)
                 .to_device(tch::Device::Cpu)
+                .to_kind(tch::Kind::Float)
                 .contiguous();
             rows.copy_data(&mut out, n * d);
         }

@@ -116,6 +116,10 @@ pub struct BuildInfo {
     /// Only the last token of each document was kept.
     #[serde(default)]
     pub final_position: bool,
+    /// Documents were packed into windows of BOS + `ctx` tokens (SAELens-style); the examples'
+    /// document ids are then window indices.
+    #[serde(default)]
+    pub packed: bool,
     /// Corpus documents read (accepted by the corpus filters) and skipped by the token filter.
     #[serde(default)]
     pub documents_read: Option<u64>,
@@ -172,6 +176,7 @@ impl Default for BuildInfo {
             min_chars: None,
             min_tokens: None,
             final_position: false,
+            packed: false,
             documents_read: None,
             documents_skipped_tokens: None,
             timings: Timings::default(),

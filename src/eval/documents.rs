@@ -103,6 +103,7 @@ pub fn texts_through_model(
             batch_prompts,
             min_tokens: 1,
             final_position: false,
+            pack: false,
         },
         &out,
         false,

@@ -2,9 +2,9 @@
 //! `activations` tensor `(N, D)` (f32) with one row per non-BOS, non-pad token, and its
 //! `<file>.provenance.jsonl` sidecar (document id, token strings, positions).
 
-use super::rows::forward_rows;
-use super::windows::prepare_document;
-use super::{Gemma, HookKind, HookPoint, Tokenizer};
+use super::rows::{forward_rows, RowSelection};
+use super::windows::{prepare_document, Packer};
+use super::{Gemma, HookPoint, Tokenizer};
 use crate::error::{Error, Result};
 use crate::output::{check_writable, AtomicFile};
 use crate::tensorfile::{self, TensorOut};
@@ -22,12 +22,18 @@ pub struct ExtractOptions {
     pub min_tokens: usize,
     /// Keep only the last token of each document.
     pub final_position: bool,
+    /// Pack documents into windows of BOS + `ctx` tokens ([`Packer`]); the sidecar's
+    /// documents are then the windows.
+    pub pack: bool,
 }
 
 /// What an extraction wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExtractSummary {
+    /// Documents kept (after the token filter).
     pub documents: usize,
+    /// Packed windows, when packing.
+    pub windows: Option<usize>,
     pub skipped_documents: usize,
     pub rows: usize,
     pub tokens: usize,
@@ -48,10 +54,16 @@ pub fn extract_to_file(
     out: &Path,
     force: bool,
 ) -> Result<ExtractSummary> {
-    if hook.kind == HookKind::Z {
+    if !hook.kind.is_residual_width() {
         return Err(Error::param(
             "hook",
-            "attn.hook_z is per head; extract a residual-stream hook",
+            format!("{hook} is per head or an attention map; extract a d_model-wide hook (hook_resid_*, hook_attn_out, hook_mlp_out)"),
+        ));
+    }
+    if options.pack && options.final_position {
+        return Err(Error::param(
+            "pack",
+            "packed windows have no per-document final position; use one or the other",
         ));
     }
     if options.ctx == 0 || options.batch_prompts == 0 {
@@ -66,9 +78,15 @@ pub fn extract_to_file(
     // Tokenised in parallel (a document is tokenised whole before truncation); the first
     // failure in document order is the error.
     use rayon::prelude::*;
+    // Packed documents are kept whole: they continue into the next window.
+    let ctx = if options.pack {
+        usize::MAX - 1
+    } else {
+        options.ctx
+    };
     let prepared: Vec<Result<Option<Vec<i64>>>> = documents
         .par_iter()
-        .map(|(_, text)| prepare_document(tokenizer, text, options.ctx, options.min_tokens))
+        .map(|(_, text)| prepare_document(tokenizer, text, ctx, options.min_tokens))
         .collect();
     for ((i, _), ids) in documents.iter().zip(prepared) {
         match ids? {
@@ -76,10 +94,34 @@ pub fn extract_to_file(
             None => skipped += 1,
         }
     }
+    let kept_documents = docs.len();
+    let c = &model.config;
+    let select = if options.pack {
+        // The windows replace the documents (document id = window index).
+        let mut packer = Packer::new(options.ctx, c.bos_token_id);
+        let mut windows = Vec::new();
+        for (_, ids) in &docs {
+            packer.push_document(ids);
+            while let Some(w) = packer.next_window() {
+                windows.push((packer.windows() as i64 - 1, w));
+            }
+        }
+        docs = windows;
+        RowSelection::AfterBosExcept(vec![c.bos_token_id, c.eos_token_id, c.pad_token_id])
+    } else if options.final_position {
+        RowSelection::Last
+    } else {
+        RowSelection::AfterBos
+    };
     if docs.is_empty() {
-        return Err(Error::EmptyInput(
-            "no document has enough tokens after the BOS".into(),
-        ));
+        return Err(Error::EmptyInput(if options.pack {
+            format!(
+                "the documents hold fewer tokens than one window of BOS + {}",
+                options.ctx
+            )
+        } else {
+            "no document has enough tokens after the BOS".into()
+        }));
     }
     let pb = crate::progress::progress_bar(docs.len() as u64, "forward");
     let mut rows: Vec<f32> = Vec::new();
@@ -87,7 +129,7 @@ pub fn extract_to_file(
     let mut tokens = 0usize;
     for chunk in docs.chunks(options.batch_prompts) {
         let refs: Vec<&[i64]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let (r, positions, _) = forward_rows(model, hook, &refs, options.final_position)?;
+        let (r, positions, _) = forward_rows(model, hook, &refs, &select)?;
         rows.extend_from_slice(&r);
         for ((doc, ids), pos) in chunk.iter().zip(positions) {
             tokens += ids.len();
@@ -108,6 +150,7 @@ pub fn extract_to_file(
         "final_position".to_string(),
         options.final_position.to_string(),
     );
+    meta.insert("packed".to_string(), options.pack.to_string());
     meta.insert(
         "producer".to_string(),
         format!("exemplar {} activations", env!("CARGO_PKG_VERSION")),
@@ -126,7 +169,8 @@ pub fn extract_to_file(
         force,
     )?;
     Ok(ExtractSummary {
-        documents: docs.len(),
+        documents: kept_documents,
+        windows: options.pack.then_some(docs.len()),
         skipped_documents: skipped,
         rows: n,
         tokens,

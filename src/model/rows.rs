@@ -1,24 +1,51 @@
-//! A model's forward over token sequences → activation rows at hooks: every non-BOS,
-//! non-padding position (or only the last token, with `final_position`), copied to the host or
-//! left in the hooked tensor for the clustering to read in place. `exemplar activations` and a
+//! A model's forward over token sequences → activation rows at hooks: the positions a
+//! [`RowSelection`] picks (every non-BOS, non-padding position; only the last token; or, in
+//! packed windows, every position but the BOS and separators), copied to the host or left in
+//! the hooked tensor for the clustering to read in place. `exemplar activations` and a
 //! build from text (`pipeline::text::TextSource`) share these steps, so their rows are
 //! identical.
 
-use super::{Gemma, HookKind, HookPoint};
+use super::{Gemma, HookPoint};
 use crate::data::TensorRows;
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
+/// Which positions of a sequence `[BOS] + ids` become rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowSelection {
+    /// Every position after the BOS (`1..L`): one document per sequence.
+    AfterBos,
+    /// The last position alone (final-position extraction).
+    Last,
+    /// Every position after the first whose token is not one of these ids (packed windows:
+    /// the separators between documents are BOS tokens, and carry no row).
+    AfterBosExcept(Vec<i64>),
+}
+
+impl RowSelection {
+    /// The row positions of `ids`.
+    pub fn positions(&self, ids: &[i64]) -> Vec<i64> {
+        let l = ids.len() as i64;
+        match self {
+            RowSelection::AfterBos => (1..l).collect(),
+            RowSelection::Last => vec![l - 1],
+            RowSelection::AfterBosExcept(special) => (1..l)
+                .filter(|&p| !special.contains(&ids[p as usize]))
+                .collect(),
+        }
+    }
+}
+
 /// The rows of one forward over `docs` (each `[BOS] + ids`, right-padded): `(rows, positions
-/// per document, forward FLOPs)`. Rows are f32, document by document, positions `1..L` (or
-/// `L − 1` alone with `final_position`).
+/// per document, forward FLOPs)`. Rows are f32, document by document, at the positions
+/// `select` picks.
 pub fn forward_rows(
     model: &Gemma,
     hook: HookPoint,
     docs: &[&[i64]],
-    final_position: bool,
+    select: &RowSelection,
 ) -> Result<(Vec<f32>, Vec<Vec<i64>>, f64)> {
-    let mut f = forward_rows_at(model, &[hook], docs, final_position)?;
+    let mut f = forward_rows_at(model, &[hook], docs, select)?;
     Ok((f.rows.pop().expect("one hook"), f.positions, f.flops))
 }
 
@@ -39,9 +66,9 @@ pub fn forward_rows_at(
     model: &Gemma,
     hooks: &[HookPoint],
     docs: &[&[i64]],
-    final_position: bool,
+    select: &RowSelection,
 ) -> Result<HookRows> {
-    let f = forward_hooks(model, hooks, docs, final_position, false)?;
+    let f = forward_hooks(model, hooks, docs, select, false)?;
     Ok(HookRows {
         rows: f
             .values
@@ -87,13 +114,13 @@ pub fn forward_hooks(
     model: &Gemma,
     hooks: &[HookPoint],
     docs: &[&[i64]],
-    final_position: bool,
+    select: &RowSelection,
     in_tensors: bool,
 ) -> Result<HookBatch> {
-    if hooks.iter().any(|h| h.kind == HookKind::Z) {
+    if let Some(h) = hooks.iter().find(|h| !h.kind.is_residual_width()) {
         return Err(Error::param(
             "hook",
-            "attn.hook_z is per head; use a residual-stream hook",
+            format!("{h} is per head or an attention map; rows come from d_model-wide hooks (hook_resid_*, hook_attn_out, hook_mlp_out)"),
         ));
     }
     let Some(deepest) = hooks.iter().map(|h| h.layer).max() else {
@@ -120,51 +147,34 @@ pub fn forward_hooks(
     let mask = Tensor::from_slice(&mask).view([b, ti]).to_device(dev);
     let fwd = tch::no_grad(|| model.forward(&input, &mask, hooks, &[], false))?;
     let flops = model.forward_flops((docs.len() * t) as u64, t as u64, deepest);
-    let mut positions = Vec::with_capacity(docs.len());
-    for ids in docs {
-        let l = ids.len() as i64;
-        let (first, n) = if final_position {
-            (l - 1, 1)
-        } else {
-            (1, l - 1)
-        };
-        positions.push((first..first + n).collect::<Vec<i64>>());
-    }
+    let positions: Vec<Vec<i64>> = docs.iter().map(|ids| select.positions(ids)).collect();
     let on_gpu = dev != Device::Cpu;
     let mut d2h_bytes = 0u64;
     let mut values = Vec::with_capacity(hooks.len());
+    // Row i of the batch is row index[i] of the hooked [B·T, D] tensor.
+    let index: Vec<i64> = positions
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, pos)| pos.iter().map(move |&p| bi as i64 * ti + p))
+        .collect();
     for hook in hooks {
         let acts = &fwd.hooks[hook];
+        let x = match acts.kind() {
+            Kind::Float | Kind::BFloat16 => acts.contiguous(),
+            _ => acts.to_kind(Kind::Float).contiguous(),
+        }
+        .view([b * ti, d as i64]);
+        let rows = TensorRows::new(x, index.clone(), d)?;
         if in_tensors {
-            let x = match acts.kind() {
-                Kind::Float | Kind::BFloat16 => acts.contiguous(),
-                _ => acts.to_kind(Kind::Float).contiguous(),
-            }
-            .view([b * ti, d as i64]);
-            let index = positions
-                .iter()
-                .enumerate()
-                .flat_map(|(bi, pos)| pos.iter().map(move |&p| bi as i64 * ti + p))
-                .collect();
-            values.push(HookValues::Tensor(TensorRows::new(x, index, d)?));
+            values.push(HookValues::Tensor(rows));
             continue;
         }
-        // The whole [B, T, D] tensor comes to the host, in the model's dtype.
-        let acts = acts.to_device(Device::Cpu).to_kind(Kind::Float);
+        // The rows come to the host (on a GPU, only the kept rows, in the model's dtype).
         if on_gpu {
             let elem = if model.kind() == Kind::Float { 4 } else { 2 };
-            d2h_bytes += (docs.len() * t * d * elem) as u64;
+            d2h_bytes += (index.len() * d * elem) as u64;
         }
-        let mut rows = Vec::new();
-        for (bi, pos) in positions.iter().enumerate() {
-            let (first, n) = (pos[0], pos.len() as i64);
-            let x = acts.get(bi as i64).narrow(0, first, n).contiguous();
-            let start = rows.len();
-            let len = n as usize * d;
-            rows.resize(start + len, 0.0f32);
-            x.copy_data(&mut rows[start..], len);
-        }
-        values.push(HookValues::Host(rows));
+        values.push(HookValues::Host(rows.to_host()));
     }
     if on_gpu && in_tensors {
         // The forward is queued; wait for it so that its time is the forward's (the

@@ -25,9 +25,9 @@ use crate::data::corpus::{CorpusOptions, CorpusReader, CorpusStats};
 use crate::data::{ActivationBatch, Document, TokenRef};
 use crate::dictionary::BuildInfo;
 use crate::error::{Error, Result};
-use crate::model::rows::{forward_hooks, HookBatch, HookValues};
-use crate::model::windows::prepare_document;
-use crate::model::{Gemma, HookKind, HookPoint, Tokenizer};
+use crate::model::rows::{forward_hooks, HookBatch, HookValues, RowSelection};
+use crate::model::windows::{prepare_document, Packer};
+use crate::model::{Gemma, HookPoint, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -45,6 +45,10 @@ pub struct TextOptions {
     pub min_tokens: usize,
     /// Keep only the last token of each document.
     pub final_position: bool,
+    /// Pack documents into windows of BOS + `ctx` tokens (`model::windows::Packer`, SAELens's
+    /// packing) instead of one truncated document per sequence; `batch_documents` counts
+    /// windows, and every window position but the BOS tokens becomes a row.
+    pub pack: bool,
 }
 
 impl Default for TextOptions {
@@ -54,6 +58,7 @@ impl Default for TextOptions {
             batch_documents: 128,
             min_tokens: 1,
             final_position: false,
+            pack: false,
         }
     }
 }
@@ -108,7 +113,13 @@ fn read_ahead(
         let ids: Vec<Result<Option<Vec<i64>>>> = docs
             .par_iter()
             .map(|(doc, _)| {
-                prepare_document(&tokenizer, &doc.text, options.ctx, options.min_tokens)
+                // Packed documents are kept whole: they continue into the next window.
+                let ctx = if options.pack {
+                    usize::MAX - 1
+                } else {
+                    options.ctx
+                };
+                prepare_document(&tokenizer, &doc.text, ctx, options.min_tokens)
             })
             .collect();
         for ((doc, stats), ids) in docs.into_iter().zip(ids) {
@@ -116,7 +127,12 @@ fn read_ahead(
                 Ok(ids) => Ahead::Doc(Prepared {
                     index: doc.index,
                     ids: ids.map(|ids| {
-                        let tokens = tokenizer.token_strings(&ids);
+                        // A packed window's strings are looked up when it is cut.
+                        let tokens = if options.pack {
+                            Vec::new()
+                        } else {
+                            tokenizer.token_strings(&ids)
+                        };
                         (ids, tokens)
                     }),
                     text: doc.text,
@@ -174,6 +190,8 @@ pub struct TextSource<'a> {
     /// Leave the rows in the hooked tensors (see [`TextSource::keep_rows_in_tensors`]).
     in_tensors: bool,
     switched_at: Option<(u64, u64)>,
+    /// Packs documents into windows (`TextOptions::pack`).
+    packer: Option<Packer>,
 }
 
 impl<'a> TextSource<'a> {
@@ -212,16 +230,19 @@ impl<'a> TextSource<'a> {
                     ),
                 ));
             }
-            if hook.kind == HookKind::Z {
+            if !hook.kind.is_residual_width() {
                 return Err(Error::param(
                     "hook",
-                    "attn.hook_z is per head; use a residual-stream hook",
+                    format!("{hook} is per head or an attention map; build from a d_model-wide hook (hook_resid_*, hook_attn_out, hook_mlp_out)"),
                 ));
             }
             if hooks[..i].contains(hook) {
                 return Err(Error::param("hook", format!("{hook} is given twice")));
             }
         }
+        let packer = options
+            .pack
+            .then(|| Packer::new(options.ctx, model.config.bos_token_id));
         Ok(TextSource {
             paths: reader.paths().to_vec(),
             corpus_options: reader.options().clone(),
@@ -242,6 +263,7 @@ impl<'a> TextSource<'a> {
             batches: 0,
             in_tensors: false,
             switched_at: None,
+            packer,
         })
     }
 
@@ -335,6 +357,50 @@ impl<'a> TextSource<'a> {
             }
         }
     }
+
+    /// Sets the counters (rows, FLOPs, seconds, ...) recorded in a checkpoint's `position`.
+    fn restore_counters(&mut self, position: &serde_json::Value) -> Result<()> {
+        let get = |k: &str| {
+            position.get(k).ok_or_else(|| {
+                Error::param(
+                    "checkpoint",
+                    format!("the recorded corpus position has no `{k}`"),
+                )
+            })
+        };
+
+        self.rows = get("rows")?.as_u64().unwrap_or(0);
+        self.model_flops = get("model_flops")?.as_f64().unwrap_or(0.0);
+        self.forward_seconds = get("forward_seconds")?.as_f64().unwrap_or(0.0);
+        self.d2h_bytes = get("d2h_bytes")?.as_u64().unwrap_or(0);
+        self.batches = get("batches")?.as_u64().unwrap_or(0);
+        Ok(())
+    }
+
+    /// The next `n` packed windows (fewer at the end of the corpus), each with its window index
+    /// as document id and its token strings.
+    fn next_windows(&mut self, n: usize) -> Result<Vec<(i64, Tokenized)>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let packer = self.packer.as_mut().expect("packed source");
+            if let Some(w) = packer.next_window() {
+                let id = packer.windows() as i64 - 1;
+                let strings = self.tokenizer.token_strings(&w);
+                out.push((id, (w, strings)));
+                continue;
+            }
+            match self.next_prepared()? {
+                Some((_, Some((ids, _)))) => self
+                    .packer
+                    .as_mut()
+                    .expect("packed source")
+                    .push_document(&ids),
+                Some((_, None)) => self.skipped_tokens += 1,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl BatchSource for TextSource<'_> {
@@ -352,19 +418,32 @@ impl BatchSource for TextSource<'_> {
     }
 
     fn next_batches(&mut self, max_rows: usize) -> Result<Option<Vec<ActivationBatch>>> {
-        let mut docs: Vec<(i64, Tokenized)> = Vec::with_capacity(self.options.batch_documents);
-        while docs.len() < self.options.batch_documents {
-            let Some((index, ids)) = self.next_prepared()? else {
-                break;
-            };
-            match ids {
-                Some(ids) => docs.push((index as i64, ids)),
-                None => self.skipped_tokens += 1,
+        let docs = if self.packer.is_some() {
+            self.next_windows(self.options.batch_documents)?
+        } else {
+            let mut docs: Vec<(i64, Tokenized)> = Vec::with_capacity(self.options.batch_documents);
+            while docs.len() < self.options.batch_documents {
+                let Some((index, ids)) = self.next_prepared()? else {
+                    break;
+                };
+                match ids {
+                    Some(ids) => docs.push((index as i64, ids)),
+                    None => self.skipped_tokens += 1,
+                }
             }
-        }
+            docs
+        };
         if docs.is_empty() {
             return Ok(None);
         }
+        let select = if self.packer.is_some() {
+            let c = &self.model.config;
+            RowSelection::AfterBosExcept(vec![c.bos_token_id, c.eos_token_id, c.pad_token_id])
+        } else if self.options.final_position {
+            RowSelection::Last
+        } else {
+            RowSelection::AfterBos
+        };
         let t0 = Instant::now();
         let refs: Vec<&[i64]> = docs.iter().map(|(_, (ids, _))| ids.as_slice()).collect();
         let HookBatch {
@@ -372,13 +451,7 @@ impl BatchSource for TextSource<'_> {
             positions,
             flops,
             d2h_bytes,
-        } = forward_hooks(
-            self.model,
-            &self.hooks,
-            &refs,
-            self.options.final_position,
-            self.in_tensors,
-        )?;
+        } = forward_hooks(self.model, &self.hooks, &refs, &select, self.in_tensors)?;
         self.forward_seconds += t0.elapsed().as_secs_f64();
         self.model_flops += flops;
         self.d2h_bytes += d2h_bytes;
@@ -448,6 +521,7 @@ impl BatchSource for TextSource<'_> {
             "forward_seconds": self.forward_seconds,
             "d2h_bytes": self.d2h_bytes,
             "batches": self.batches,
+            "windows": self.packer.as_ref().map(Packer::windows),
         })
     }
 
@@ -460,6 +534,26 @@ impl BatchSource for TextSource<'_> {
                 )
             })
         };
+        if self.packer.is_some() {
+            // Windows cut across documents: cut them again (tokenising, no forward) and drop
+            // the ones already clustered.
+            let windows = get("windows")?.as_u64().ok_or_else(|| {
+                Error::param("checkpoint", "the recorded position has no window count")
+            })?;
+            let mut left = windows;
+            while left > 0 {
+                let got = self.next_windows(left.min(1024) as usize)?;
+                if got.is_empty() {
+                    return Err(Error::param(
+                        "checkpoint",
+                        format!("the corpus packs into fewer than the {windows} windows the checkpoint has read"),
+                    ));
+                }
+                left -= got.len() as u64;
+            }
+            self.restore_counters(position)?;
+            return Ok(());
+        }
         let docs = get("documents_read")?.as_u64().unwrap_or(0);
         let Feed::Reader(reader) = &mut self.feed else {
             return Err(Error::param(
@@ -484,13 +578,7 @@ impl BatchSource for TextSource<'_> {
         for (text, stats) in skipped {
             self.consume(&text, stats);
         }
-        self.skipped_tokens = get("skipped_tokens")?.as_u64().unwrap_or(0);
-        self.rows = get("rows")?.as_u64().unwrap_or(0);
-        self.model_flops = get("model_flops")?.as_f64().unwrap_or(0.0);
-        self.forward_seconds = get("forward_seconds")?.as_f64().unwrap_or(0.0);
-        self.d2h_bytes = get("d2h_bytes")?.as_u64().unwrap_or(0);
-        self.batches = get("batches")?.as_u64().unwrap_or(0);
-        Ok(())
+        self.restore_counters(position)
     }
 
     fn record(&self, info: &mut BuildInfo) {
@@ -504,6 +592,7 @@ impl BatchSource for TextSource<'_> {
         info.batch_documents = Some(self.options.batch_documents as u64);
         info.min_tokens = Some(self.options.min_tokens.max(1) as u64);
         info.final_position = self.options.final_position;
+        info.packed = self.options.pack;
         info.documents_read = Some(self.consumed);
         info.documents_skipped_tokens = Some(self.skipped_tokens);
         info.model_flops = Some(self.model_flops);
