@@ -1,11 +1,18 @@
 //! `exemplar bench`: times a build from text (a random Gemma-2 of a named shape, or a checkpoint
 //! with a corpus) and reports tokens, activations, model and clustering FLOPs, wall time,
-//! tokens/s, device-seconds, MFU and device-to-host bytes per batch, for two paths:
+//! tokens/s, device-seconds, MFU, peak memory and device-to-host bytes per batch, for these
+//! paths over the same documents (with `--model`, the corpus' first `--documents` documents,
+//! tokenised once before timing; otherwise seeded random ids):
 //!
 //! * `build`: the forward stops at the hook (no final norm, no unembedding) and feeds the
 //!   clustering;
 //! * `harvest`: the reference's style — the full forward with logits, the hooked activations
-//!   copied to the host (and the f32 rows uploaded again for the clustering on a GPU).
+//!   copied to the host (and the f32 rows uploaded again for the clustering on a GPU);
+//! * `text` (with `--model`): what `exemplar build --model` runs, reading and tokenising the
+//!   corpus on its read-ahead thread as it goes.
+//!
+//! It also measures the device's dense GEMM rate with the same library (libtorch) at the
+//! model's MLP shape, so the forward's rate can be read as a fraction of it.
 //!
 //! Next to them it prints the reference pipeline's cost model (ep-reference-spec.md §11.2) for
 //! the same token count. On a GPU the build path copies the hooked rows to the host only for the
@@ -100,15 +107,13 @@ fn shape_config(name: &str) -> Result<GemmaConfig> {
     GemmaConfig::from_json(&v).map_err(|e| anyhow::anyhow!("shape {name}: {e}"))
 }
 
-/// Documents of seeded random token ids (BOS + ctx ids), run through the model at the hook.
+/// Documents given as token ids (`[BOS] + ids`), run through the model at the hook.
 /// `full` runs the whole model with logits and counts the harvest's host round trip.
-struct RandomTokens<'a> {
+struct TokenDocs<'a> {
     model: &'a Gemma,
     hook: HookPoint,
-    documents: usize,
-    ctx: usize,
+    docs: &'a [Vec<i64>],
     batch: usize,
-    seed: u64,
     full: bool,
     next_doc: usize,
     rows: u64,
@@ -123,25 +128,14 @@ struct RandomTokens<'a> {
     switched_at: Option<(u64, u64)>,
 }
 
-impl<'a> RandomTokens<'a> {
-    /// `documents` documents of `ctx` seeded random ids after the BOS, `batch` per forward
-    /// (the full forward with logits and host copies when `full`).
-    fn new(
-        model: &'a Gemma,
-        hook: HookPoint,
-        documents: usize,
-        ctx: usize,
-        batch: usize,
-        seed: u64,
-        full: bool,
-    ) -> Self {
-        RandomTokens {
+impl<'a> TokenDocs<'a> {
+    /// `docs`, `batch` per forward (the full forward with logits and host copies when `full`).
+    fn new(model: &'a Gemma, hook: HookPoint, docs: &'a [Vec<i64>], batch: usize, full: bool) -> Self {
+        TokenDocs {
             model,
             hook,
-            documents,
-            ctx,
+            docs,
             batch,
-            seed,
             full,
             next_doc: 0,
             rows: 0,
@@ -155,32 +149,102 @@ impl<'a> RandomTokens<'a> {
         }
     }
 
-    fn ids(&self, doc: usize) -> Vec<i64> {
-        let v = self.model.config.vocab_size as u64;
-        let bos = self.model.config.bos_token_id;
-        std::iter::once(bos)
-            .chain((0..self.ctx).map(|t| {
-                let r = exemplar::build::uniform_below(
-                    self.seed,
-                    (doc * (self.ctx + 1) + t) as u64,
-                    v - 3,
-                );
-                3 + r as i64
-            }))
-            .collect()
-    }
 }
 
-impl BatchSource for RandomTokens<'_> {
+/// `documents` documents of `ctx` seeded random ids after the BOS.
+fn random_documents(model: &Gemma, documents: usize, ctx: usize, seed: u64) -> Vec<Vec<i64>> {
+    let v = model.config.vocab_size as u64;
+    let bos = model.config.bos_token_id;
+    (0..documents)
+        .map(|doc| {
+            std::iter::once(bos)
+                .chain((0..ctx).map(|t| {
+                    let r =
+                        exemplar::build::uniform_below(seed, (doc * (ctx + 1) + t) as u64, v - 3);
+                    3 + r as i64
+                }))
+                .collect()
+        })
+        .collect()
+}
+
+/// The first `documents` documents of the corpus that keep a token after the BOS, tokenised
+/// and truncated as a build from text does.
+fn corpus_documents(
+    tok: &exemplar::model::Tokenizer,
+    corpus: &[PathBuf],
+    documents: usize,
+    ctx: usize,
+) -> Result<Vec<Vec<i64>>> {
+    use exemplar::data::corpus::{CorpusOptions, CorpusReader};
+    let mut reader = CorpusReader::open(corpus, CorpusOptions::default())?;
+    let mut out = Vec::with_capacity(documents);
+    while out.len() < documents {
+        let Some(doc) = reader.next_document()? else {
+            break;
+        };
+        if let Some(ids) = exemplar::model::windows::prepare_document(tok, &doc.text, ctx, 1)? {
+            out.push(ids);
+        }
+    }
+    if out.is_empty() {
+        bail!("the corpus has no document with a token after the BOS");
+    }
+    Ok(out)
+}
+
+/// The process's peak resident memory (VmHWM) since the last [`reset_peak_rss`], in bytes
+/// (Linux; `None` elsewhere).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak-RSS mark (Linux ≥ 4.0: `5` to /proc/self/clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The device's dense GEMM rate (FLOP/s) in the model's dtype through libtorch: the MLP's
+/// up-projection shape at the bench's batch (`rows × d_model` by `d_model × d_ff`), best of
+/// five after a warm-up.
+fn gemm_rate(model: &Gemma, rows: i64) -> f64 {
+    let c = &model.config;
+    let (d, f) = (c.hidden_size as i64, c.intermediate_size as i64);
+    let opts = (model.kind(), model.device());
+    let _guard = tch::no_grad_guard();
+    let a = Tensor::randn([rows, d], opts);
+    let b = Tensor::randn([f, d], opts);
+    let sync = || {
+        if let Device::Cuda(i) = model.device() {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let _ = a.matmul(&b.tr());
+    sync();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let c = a.matmul(&b.tr());
+        sync();
+        best = best.min(t0.elapsed().as_secs_f64());
+        drop(c);
+    }
+    2.0 * (rows * d * f) as f64 / best
+}
+
+impl BatchSource for TokenDocs<'_> {
     fn dim(&self) -> usize {
         self.model.config.hidden_size
     }
     fn next_batch(&mut self, max_rows: usize) -> exemplar::Result<Option<ActivationBatch>> {
-        if self.next_doc >= self.documents {
+        if self.next_doc >= self.docs.len() {
             return Ok(None);
         }
-        let end = (self.next_doc + self.batch).min(self.documents);
-        let docs: Vec<Vec<i64>> = (self.next_doc..end).map(|i| self.ids(i)).collect();
+        let end = (self.next_doc + self.batch).min(self.docs.len());
+        let docs = &self.docs[self.next_doc..end];
         let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
         let t0 = Instant::now();
         let d = self.dim();
@@ -191,28 +255,40 @@ impl BatchSource for RandomTokens<'_> {
         };
         let mut tensor_rows = None;
         let (data, positions) = if self.full {
-            // The reference: every block and the unembedding, then the kept rows to the host.
+            // The reference: every block and the unembedding, the hooked [B, T, D] to the
+            // host, then the kept rows.
             let c = &self.model.config;
-            let t = self.ctx + 1;
-            let flat: Vec<i64> = docs.concat();
+            let t = docs.iter().map(Vec::len).max().unwrap_or(0);
+            let mut flat = Vec::with_capacity(docs.len() * t);
+            let mut mask = Vec::with_capacity(docs.len() * t);
+            for ids in docs {
+                flat.extend(ids.iter().copied().chain(std::iter::repeat_n(c.pad_token_id, t - ids.len())));
+                mask.extend(std::iter::repeat_n(1i64, ids.len()).chain(std::iter::repeat_n(0, t - ids.len())));
+            }
             let dev = self.model.device();
-            let input = Tensor::from_slice(&flat)
-                .view([docs.len() as i64, t as i64])
-                .to_device(dev);
-            let mask = input.ones_like();
+            let (b, ti) = (docs.len() as i64, t as i64);
+            let input = Tensor::from_slice(&flat).view([b, ti]).to_device(dev);
+            let mask = Tensor::from_slice(&mask).view([b, ti]).to_device(dev);
             let fwd = tch::no_grad(|| self.model.forward(&input, &mask, &[self.hook], &[], true))?;
-            let x = fwd.hooks[&self.hook]
-                .narrow(1, 1, t as i64 - 1)
-                .contiguous();
-            let host = x.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
             if let Some(l) = &fwd.logits {
                 let _ = l.sum(Kind::Float).double_value(&[]); // the logits are really computed
             }
-            let n = docs.len() * (t - 1);
-            let mut rows = vec![0.0f32; n * d];
-            host.view([-1]).copy_data(&mut rows, n * d);
+            let host = fwd.hooks[&self.hook]
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view([b * ti, d as i64]);
+            let positions: Vec<Vec<i64>> =
+                docs.iter().map(|ids| (1..ids.len() as i64).collect()).collect();
+            let index: Vec<i64> = positions
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, pos)| pos.iter().map(move |&p| bi as i64 * ti + p))
+                .collect();
+            let n = index.len();
+            let rows = exemplar::data::TensorRows::new(host, index, d)?.to_host();
             if dev != Device::Cpu {
-                self.d2h += (n * d * elem) as u64;
+                self.d2h += (docs.len() * t * d * elem) as u64;
                 // The f32 rows go back for the GPU clustering.
                 let _back = Tensor::from_slice(&rows).to_device(dev);
                 self.h2d += (n * d * 4) as u64;
@@ -222,7 +298,6 @@ impl BatchSource for RandomTokens<'_> {
                 t as u64,
                 c.num_hidden_layers - 1,
             ) + 2.0 * (c.hidden_size * c.vocab_size * docs.len() * t) as f64;
-            let positions: Vec<Vec<i64>> = docs.iter().map(|_| (1..t as i64).collect()).collect();
             (rows, positions)
         } else {
             let f = forward_hooks(
@@ -355,10 +430,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         _ => format!("cpu ({} threads)", rayon::current_num_threads()),
     };
     let peak = a.peak_tflops.or_else(|| known_peak(&device_name));
-    let mut paths = vec![("build", false)];
-    if !a.no_harvest {
-        paths.push(("harvest", true));
-    }
     let tok = match &a.model {
         Some(dir) => Some(exemplar::model::Tokenizer::from_file(
             &dir.join("tokenizer.json"),
@@ -366,25 +437,31 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         )?),
         None => None,
     };
+    // The documents every path streams, tokenised before any timing.
+    let docs = match &tok {
+        Some(tok) => corpus_documents(tok, &a.corpus, a.documents, a.ctx)?,
+        None => random_documents(&model, a.documents, a.ctx, a.seed),
+    };
+    let mut paths = vec![("build", false)];
+    if !a.no_harvest {
+        paths.push(("harvest", true));
+    }
+    if tok.is_some() {
+        paths.push(("text", false));
+    }
     // Warm-up (not timed): the first forward pays for libtorch's lazy initialisation and the
     // allocator's first requests, which would otherwise be charged to the first path.
     {
-        let warm = RandomTokens::new(
-            &model,
-            hook,
-            a.batch_documents.min(a.documents),
-            a.ctx,
-            a.batch_documents,
-            a.seed ^ 0x5741_524d,
-            false,
-        );
-        let docs: Vec<Vec<i64>> = (0..warm.documents).map(|i| warm.ids(i)).collect();
-        let refs: Vec<&[i64]> = docs.iter().map(|d| d.as_slice()).collect();
+        let warm = &docs[..a.batch_documents.min(docs.len())];
+        let refs: Vec<&[i64]> = warm.iter().map(|d| d.as_slice()).collect();
         forward_hooks(&model, &[hook], &refs, &RowSelection::AfterBos, false)?;
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     }
+    // The GEMM rate of this device through libtorch, at the MLP's shape of one batch.
+    let batch_rows = (a.batch_documents.min(docs.len()) * (a.ctx + 1)) as i64;
+    let gemm = gemm_rate(&model, batch_rows);
     let mut results = Vec::new();
     for (name, full) in paths {
         let plan = BuildPlan {
@@ -399,12 +476,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             method: exemplar::calibrate::PercentileMethod::Linear,
             activations: a.calibration_activations,
         };
+        reset_peak_rss();
         let t0 = Instant::now();
         let bus0 = backend.transferred_bytes().unwrap_or((0, 0));
         let near0 = backend.nearest_totals().unwrap_or((0, 0, 0));
         let in_place0 = backend.rows_read_in_place().unwrap_or(0);
-        let (dict, d2h, h2d, batches, switched) = match (&tok, full) {
-            (Some(tok), false) => {
+        let (dict, d2h, h2d, batches, switched) = match (&tok, name) {
+            (Some(tok), "text") => {
                 use exemplar::data::corpus::{CorpusOptions, CorpusReader};
                 use exemplar::pipeline::text::{TextOptions, TextSource};
                 let reader = CorpusReader::open(&a.corpus, CorpusOptions::default())?;
@@ -421,21 +499,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                         pack: false,
                     },
                 )?;
+                // The same documents as the other paths: stop after their tokens.
+                let plan = BuildPlan {
+                    max_tokens: Some(docs.iter().map(|d| d.len() as u64).sum()),
+                    ..plan
+                };
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
                 let (d2h, b) = src.transfer();
                 (out.dictionary, d2h, 0, b, src.transfer_at_switch())
             }
-            (Some(_), true) => continue, // the harvest path runs on random tokens only
-            (None, _) => {
-                let mut src = RandomTokens::new(
-                    &model,
-                    hook,
-                    a.documents,
-                    a.ctx,
-                    a.batch_documents,
-                    a.seed,
-                    full,
-                );
+            _ => {
+                let mut src = TokenDocs::new(&model, hook, &docs, a.batch_documents, full);
                 let out = pipeline::run_build(&backend, &mut src, cal, &plan, None)?;
                 (
                     out.dictionary,
@@ -446,7 +520,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 )
             }
         };
-        let wall = t0.elapsed().as_secs_f64();
+    let wall = t0.elapsed().as_secs_f64();
         let bus1 = backend.transferred_bytes().unwrap_or((0, 0));
         let near1 = backend.nearest_totals().unwrap_or((0, 0, 0));
         // After the calibration (whose rows come to the host once), per batch: what the
@@ -490,6 +564,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "nearest_rows": near1.0 - near0.0,
             "nearest_ambiguous_rows": near1.1 - near0.1,
             "nearest_rechecked_rows": near1.2 - near0.2,
+            // Peak resident memory of the process during this path (Linux VmHWM, reset first).
+            "peak_rss_bytes": peak_rss(),
+            // The forward's achieved rate, and as a fraction of the measured GEMM rate.
+            "forward_flops_per_second": info.timings.forward_seconds.map(|f| mflops / f.max(1e-12)),
+            "forward_over_gemm": info.timings.forward_seconds.map(|f| mflops / f.max(1e-12) / gemm),
         }));
     }
     // The reference pipeline's cost model (ep-reference-spec.md §11.2) for the same tokens.
@@ -528,6 +607,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "ctx": a.ctx,
         "batch_documents": a.batch_documents,
         "percentile": a.percentile,
+        "documents": docs.len(),
+        "threads": tch::get_num_threads(),
+        "gemm_flops_per_second": gemm,
+        "gemm_shape": format!("[{batch_rows}, {}] x [{}, {}] ({kind:?})", model.config.hidden_size, model.config.hidden_size, model.config.intermediate_size),
         "note": "on a GPU the build path copies the hooked rows to the host only for the calibration; afterwards the clustering reads the hooked tensor in place (activation_d2h_bytes_per_batch_after_calibration), and clustering_*_bytes_per_batch are every transfer the CUDA backend made during the run (the calibration's uploads included; per batch: gather indices up; ids, similarities, new exemplars and reservoir rows down), over the batches clustered. The harvest path copies every batch to the host and back (the reference)",
         "results": results,
         "reference_cost_model": reference,
@@ -535,7 +618,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&report)?;
     if !a.json {
         eprintln!(
-            "{:<8} {:>10} {:>10} {:>6} {:>12} {:>12} {:>9} {:>10} {:>8} {:>9} {:>14} {:>14}",
+            "{:<8} {:>10} {:>10} {:>6} {:>12} {:>12} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>14} {:>14}",
             "path",
             "tokens",
             "acts",
@@ -546,12 +629,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "tok/s",
             "MFU",
             "clust/fwd",
+            "fwd/GEMM",
+            "peak GB",
             "acts D2H B/b",
             "clust D2H B/b"
         );
         for r in report["results"].as_array().expect("array") {
             eprintln!(
-                "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>9} {:>14.0} {:>14.0}",
+                "{:<8} {:>10} {:>10} {:>6} {:>12.4} {:>12.4} {:>9.2} {:>10.0} {:>8} {:>9} {:>9} {:>9} {:>14.0} {:>14.0}",
                 r["path"].as_str().unwrap_or(""),
                 r["tokens"].as_u64().unwrap_or(0),
                 r["activations"].as_u64().unwrap_or(0),
@@ -566,6 +651,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 r["clustering_over_forward"]
                     .as_f64()
                     .map_or("-".to_string(), |m| format!("{:.1}%", 100.0 * m)),
+                r["forward_over_gemm"]
+                    .as_f64()
+                    .map_or("-".to_string(), |m| format!("{:.1}%", 100.0 * m)),
+                r["peak_rss_bytes"]
+                    .as_f64()
+                    .map_or("-".to_string(), |m| format!("{:.2}", m / 1e9)),
                 r["activation_d2h_bytes_per_batch_after_calibration"]
                     .as_f64()
                     .unwrap_or(0.0),
@@ -584,6 +675,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 );
             }
         }
+        eprintln!(
+            "GEMM rate (libtorch, {}): {:.1} GFLOP/s on {} threads",
+            report["gemm_shape"].as_str().unwrap_or(""),
+            gemm / 1e9,
+            tch::get_num_threads()
+        );
         eprintln!(
             "reference cost model: {:.4} TFLOP (blocks {:.4} + unembedding {:.4}) vs truncated forward {:.4} TFLOP ({:.0}% wasted); D2H {:.0} B + H2D {:.0} B + shard {:.0} B per batch",
             reference["model_flops"].as_f64().unwrap_or(0.0) / 1e12,
