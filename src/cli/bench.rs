@@ -130,7 +130,13 @@ struct TokenDocs<'a> {
 
 impl<'a> TokenDocs<'a> {
     /// `docs`, `batch` per forward (the full forward with logits and host copies when `full`).
-    fn new(model: &'a Gemma, hook: HookPoint, docs: &'a [Vec<i64>], batch: usize, full: bool) -> Self {
+    fn new(
+        model: &'a Gemma,
+        hook: HookPoint,
+        docs: &'a [Vec<i64>],
+        batch: usize,
+        full: bool,
+    ) -> Self {
         TokenDocs {
             model,
             hook,
@@ -148,7 +154,6 @@ impl<'a> TokenDocs<'a> {
             switched_at: None,
         }
     }
-
 }
 
 /// `documents` documents of `ctx` seeded random ids after the BOS.
@@ -262,8 +267,15 @@ impl BatchSource for TokenDocs<'_> {
             let mut flat = Vec::with_capacity(docs.len() * t);
             let mut mask = Vec::with_capacity(docs.len() * t);
             for ids in docs {
-                flat.extend(ids.iter().copied().chain(std::iter::repeat_n(c.pad_token_id, t - ids.len())));
-                mask.extend(std::iter::repeat_n(1i64, ids.len()).chain(std::iter::repeat_n(0, t - ids.len())));
+                flat.extend(
+                    ids.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(c.pad_token_id, t - ids.len())),
+                );
+                mask.extend(
+                    std::iter::repeat_n(1i64, ids.len())
+                        .chain(std::iter::repeat_n(0, t - ids.len())),
+                );
             }
             let dev = self.model.device();
             let (b, ti) = (docs.len() as i64, t as i64);
@@ -278,8 +290,10 @@ impl BatchSource for TokenDocs<'_> {
                 .to_kind(Kind::Float)
                 .contiguous()
                 .view([b * ti, d as i64]);
-            let positions: Vec<Vec<i64>> =
-                docs.iter().map(|ids| (1..ids.len() as i64).collect()).collect();
+            let positions: Vec<Vec<i64>> = docs
+                .iter()
+                .map(|ids| (1..ids.len() as i64).collect())
+                .collect();
             let index: Vec<i64> = positions
                 .iter()
                 .enumerate()
@@ -520,7 +534,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 )
             }
         };
-    let wall = t0.elapsed().as_secs_f64();
+        let wall = t0.elapsed().as_secs_f64();
         let bus1 = backend.transferred_bytes().unwrap_or((0, 0));
         let near1 = backend.nearest_totals().unwrap_or((0, 0, 0));
         // After the calibration (whose rows come to the host once), per batch: what the

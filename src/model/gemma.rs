@@ -17,22 +17,53 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Weights of one decoder block.
+/// Weights of one decoder block. Norms are kept as their f32 scales `1 + w` (what HF multiplies
+/// by), and the projections that read the same input are stacked so that each is one GEMM:
+/// `qkv` = `[q_proj; k_proj; v_proj]`, `gate_up` = `[gate_proj; up_proj]`.
 struct Block {
     input_norm: Tensor,
     post_attn_norm: Tensor,
     pre_ff_norm: Tensor,
     post_ff_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
     o: Tensor,
     /// Gemma 3's RMSNorm of each head's query / key (`None` for Gemma-2).
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    gate: Tensor,
-    up: Tensor,
+    gate_up: Tensor,
     down: Tensor,
+}
+
+/// The f32 scale `1 + w` of a Gemma RMSNorm weight.
+fn norm_scale(w: Tensor) -> Tensor {
+    w.to_kind(Kind::Float) + 1.0
+}
+
+impl Block {
+    /// A block from its HF tensors (norm weights as stored).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        norms: [Tensor; 4],
+        [q, k, v, o]: [Tensor; 4],
+        qk_norms: Option<(Tensor, Tensor)>,
+        [gate, up, down]: [Tensor; 3],
+    ) -> Self {
+        let [input_norm, post_attn_norm, pre_ff_norm, post_ff_norm] = norms.map(norm_scale);
+        Block {
+            input_norm,
+            post_attn_norm,
+            pre_ff_norm,
+            post_ff_norm,
+            qkv: Tensor::cat(&[q, k, v], 0),
+            o,
+            q_norm: qk_norms
+                .as_ref()
+                .map(|(q, _)| norm_scale(q.shallow_clone())),
+            k_norm: qk_norms.map(|(_, k)| norm_scale(k)),
+            gate_up: Tensor::cat(&[gate, up], 0),
+            down,
+        }
+    }
 }
 
 /// A Gemma-2 or Gemma 3 (text) model with its weights on a device.
@@ -183,31 +214,36 @@ impl Gemma {
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            let (q_norm, k_norm) = if c.qk_norm {
-                (
-                    Some(take(&p("self_attn.q_norm.weight"), &[hd])?),
-                    Some(take(&p("self_attn.k_norm.weight"), &[hd])?),
-                )
+            let qk_norms = if c.qk_norm {
+                Some((
+                    take(&p("self_attn.q_norm.weight"), &[hd])?,
+                    take(&p("self_attn.k_norm.weight"), &[hd])?,
+                ))
             } else {
-                (None, None)
+                None
             };
-            blocks.push(Block {
-                input_norm: take(&p("input_layernorm.weight"), &[h])?,
-                post_attn_norm: take(&p("post_attention_layernorm.weight"), &[h])?,
-                pre_ff_norm: take(&p("pre_feedforward_layernorm.weight"), &[h])?,
-                post_ff_norm: take(&p("post_feedforward_layernorm.weight"), &[h])?,
-                q: take(&p("self_attn.q_proj.weight"), &[nh * hd, h])?,
-                k: take(&p("self_attn.k_proj.weight"), &[nkv * hd, h])?,
-                v: take(&p("self_attn.v_proj.weight"), &[nkv * hd, h])?,
-                o: take(&p("self_attn.o_proj.weight"), &[h, nh * hd])?,
-                q_norm,
-                k_norm,
-                gate: take(&p("mlp.gate_proj.weight"), &[i, h])?,
-                up: take(&p("mlp.up_proj.weight"), &[i, h])?,
-                down: take(&p("mlp.down_proj.weight"), &[h, i])?,
-            });
+            blocks.push(Block::new(
+                [
+                    take(&p("input_layernorm.weight"), &[h])?,
+                    take(&p("post_attention_layernorm.weight"), &[h])?,
+                    take(&p("pre_feedforward_layernorm.weight"), &[h])?,
+                    take(&p("post_feedforward_layernorm.weight"), &[h])?,
+                ],
+                [
+                    take(&p("self_attn.q_proj.weight"), &[nh * hd, h])?,
+                    take(&p("self_attn.k_proj.weight"), &[nkv * hd, h])?,
+                    take(&p("self_attn.v_proj.weight"), &[nkv * hd, h])?,
+                    take(&p("self_attn.o_proj.weight"), &[h, nh * hd])?,
+                ],
+                qk_norms,
+                [
+                    take(&p("mlp.gate_proj.weight"), &[i, h])?,
+                    take(&p("mlp.up_proj.weight"), &[i, h])?,
+                    take(&p("mlp.down_proj.weight"), &[h, i])?,
+                ],
+            ));
         }
-        let final_norm = take("model.norm.weight", &[h])?;
+        let final_norm = norm_scale(take("model.norm.weight", &[h])?);
         let lm_head = if c.tie_word_embeddings {
             // A tied head may still be stored; it is the embedding.
             w.remove("lm_head.weight");
@@ -252,26 +288,24 @@ impl Gemma {
         let r = |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, device)) * 0.02).to_kind(kind);
         let z = |n: i64| Tensor::zeros([n], (kind, device));
         let blocks = (0..c.num_hidden_layers)
-            .map(|_| Block {
-                input_norm: z(h),
-                post_attn_norm: z(h),
-                pre_ff_norm: z(h),
-                post_ff_norm: z(h),
-                q: r(&[nh * hd, h]),
-                k: r(&[nkv * hd, h]),
-                v: r(&[nkv * hd, h]),
-                o: r(&[h, nh * hd]),
-                q_norm: c.qk_norm.then(|| z(hd)),
-                k_norm: c.qk_norm.then(|| z(hd)),
-                gate: r(&[i, h]),
-                up: r(&[i, h]),
-                down: r(&[h, i]),
+            .map(|_| {
+                Block::new(
+                    [z(h), z(h), z(h), z(h)],
+                    [
+                        r(&[nh * hd, h]),
+                        r(&[nkv * hd, h]),
+                        r(&[nkv * hd, h]),
+                        r(&[h, nh * hd]),
+                    ],
+                    c.qk_norm.then(|| (z(hd), z(hd))),
+                    [r(&[i, h]), r(&[i, h]), r(&[h, i])],
+                )
             })
             .collect();
         Gemma {
             embed: r(&[c.vocab_size as i64, h]),
             blocks,
-            final_norm: z(h),
+            final_norm: norm_scale(z(h)),
             lm_head: None,
             kind,
             device,
@@ -317,8 +351,8 @@ impl Gemma {
         }
     }
 
-    /// The final norm's weight (`model.norm.weight`, as stored: the norm scales by `1 + w`).
-    pub fn final_norm_weight(&self) -> &Tensor {
+    /// The final norm's f32 scale `1 + w` (`w` = `model.norm.weight`).
+    pub fn final_norm_scale(&self) -> &Tensor {
         &self.final_norm
     }
 
@@ -327,12 +361,13 @@ impl Gemma {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// RMSNorm in f32 with weight `(1 + w)`, back to the input's kind.
-    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let normed = &xf * (var + self.config.rms_norm_eps).rsqrt();
-        (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(x.kind())
+    /// RMSNorm in f32 with the f32 scale `1 + w`, back to the input's kind (HF's
+    /// `(x.float() * rsqrt(mean(x²) + eps) * (1 + w.float())).type_as(x)`, as one libtorch op).
+    fn rms_norm(&self, x: &Tensor, scale: &Tensor) -> Tensor {
+        let last = *x.size().last().expect("a tensor with a last dimension");
+        x.to_kind(Kind::Float)
+            .rms_norm([last].as_slice(), Some(scale), self.config.rms_norm_eps)
+            .to_kind(x.kind())
     }
 
     /// The final norm then the unembedding (and final soft-capping) of `x` `[..., D]`.
@@ -470,12 +505,20 @@ impl Gemma {
         let full_mask = causal.view([1, 1, t, t]).logical_and(&keys);
         let window = (&i_idx - &j_idx).lt(c.sliding_window as i64);
         let sliding_mask = full_mask.logical_and(&window.view([1, 1, t, t]));
+        // The same masks as additive biases (0 or f32::MIN) in the model's dtype, for the
+        // fused attention kernel.
+        let bias_of = |m: &Tensor| {
+            Tensor::zeros(m.size(), (self.kind, self.device))
+                .masked_fill(&m.logical_not(), f64::from(f32::MIN))
+        };
+        let (full_bias, sliding_bias) = (bias_of(&full_mask), bias_of(&sliding_mask));
         let (nh, nkv, hd) = (
             c.num_attention_heads as i64,
             c.num_key_value_heads as i64,
             c.head_dim as i64,
         );
         let scale = c.query_pre_attn_scalar.powf(-0.5);
+        let ci = c.intermediate_size as i64;
         for (l, blk) in self.blocks.iter().enumerate().take(last + 1) {
             let hp = |kind| HookPoint { layer: l, kind };
             x = edit(hp(HookKind::ResidPre), x)?;
@@ -485,11 +528,13 @@ impl Gemma {
             }
             // Attention. Per-head hooks see [B, T, heads, head_dim].
             let h = self.rms_norm(&x, &blk.input_norm);
-            let q = edit(hp(HookKind::Q), h.matmul(&blk.q.tr()).view([b, t, nh, hd]))?;
+            let qkv = h.matmul(&blk.qkv.tr());
+            let parts = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd].as_slice(), -1);
+            let q = edit(hp(HookKind::Q), parts[0].view([b, t, nh, hd]))?;
             record(hp(HookKind::Q), &q, &mut out);
-            let k = edit(hp(HookKind::K), h.matmul(&blk.k.tr()).view([b, t, nkv, hd]))?;
+            let k = edit(hp(HookKind::K), parts[1].view([b, t, nkv, hd]))?;
             record(hp(HookKind::K), &k, &mut out);
-            let v = edit(hp(HookKind::V), h.matmul(&blk.v.tr()).view([b, t, nkv, hd]))?;
+            let v = edit(hp(HookKind::V), parts[2].view([b, t, nkv, hd]))?;
             record(hp(HookKind::V), &v, &mut out);
             let (q, k) = match (&blk.q_norm, &blk.k_norm) {
                 (Some(qn), Some(kn)) => (self.rms_norm(&q, qn), self.rms_norm(&k, kn)),
@@ -511,31 +556,47 @@ impl Gemma {
             let k = edit(hp(HookKind::RotK), k.transpose(1, 2))?;
             record(hp(HookKind::RotK), &k, &mut out);
             let (q, k) = (q.transpose(1, 2), k.transpose(1, 2));
-            let rep = nh / nkv;
-            let (k, v) = if rep > 1 {
-                (
-                    k.repeat_interleave_self_int(rep, Some(1), None),
-                    v.repeat_interleave_self_int(rep, Some(1), None),
-                )
+            let sliding = c.layer_types[l] == AttentionKind::Sliding;
+            let maps_wanted = want(hp(HookKind::AttnScores)) || want(hp(HookKind::Pattern));
+            let z = if maps_wanted || c.attn_logit_softcapping.is_some() {
+                // Spelled out, as HF's eager attention: the scores and pattern exist as tensors.
+                let rep = nh / nkv;
+                let (k, v) = if rep > 1 {
+                    (
+                        k.repeat_interleave_self_int(rep, Some(1), None),
+                        v.repeat_interleave_self_int(rep, Some(1), None),
+                    )
+                } else {
+                    (k, v)
+                };
+                let mut scores = q.matmul(&k.transpose(2, 3)) * scale;
+                if let Some(cap) = c.attn_logit_softcapping {
+                    scores = (scores / cap).tanh() * cap;
+                }
+                let allowed = if sliding { &sliding_mask } else { &full_mask };
+                // A finite fill, like HF's finfo.min: a query with no visible key (padding) gets
+                // a uniform row instead of NaN; such rows are never read.
+                let scores = scores.masked_fill(&allowed.logical_not(), f64::from(f32::MIN));
+                record(hp(HookKind::AttnScores), &scores, &mut out);
+                let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+                record(hp(HookKind::Pattern), &probs, &mut out);
+                probs.matmul(&v)
             } else {
-                (k, v)
+                // One fused libtorch kernel (grouped-query aware). The mask is additive with the
+                // same finite fill, so a query with no visible key gets a uniform row, not NaN.
+                let bias = if sliding { &sliding_bias } else { &full_bias };
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(bias),
+                    0.0,
+                    false,
+                    scale,
+                    true,
+                )
             };
-            let mut scores = q.matmul(&k.transpose(2, 3)) * scale;
-            if let Some(cap) = c.attn_logit_softcapping {
-                scores = (scores / cap).tanh() * cap;
-            }
-            let allowed = match c.layer_types[l] {
-                AttentionKind::Sliding => &sliding_mask,
-                AttentionKind::Full => &full_mask,
-            };
-            // A finite fill, like HF's finfo.min: a query with no visible key (padding) gets a
-            // uniform row instead of NaN; such rows are never read.
-            let scores = scores.masked_fill(&allowed.logical_not(), f64::from(f32::MIN));
-            record(hp(HookKind::AttnScores), &scores, &mut out);
-            let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
-            record(hp(HookKind::Pattern), &probs, &mut out);
-            let z = probs.matmul(&v).transpose(1, 2).contiguous(); // [B, T, nh, hd]
-            let z = edit(hp(HookKind::Z), z)?;
+            let z = edit(hp(HookKind::Z), z.transpose(1, 2).contiguous())?; // [B, T, nh, hd]
             record(hp(HookKind::Z), &z, &mut out);
             let attn = z.reshape([b, t, nh * hd]).matmul(&blk.o.tr());
             let attn_out = edit(
@@ -550,8 +611,9 @@ impl Gemma {
             }
             // MLP (GeGLU, tanh GELU).
             let h = self.rms_norm(&x, &blk.pre_ff_norm);
-            let g = h.matmul(&blk.gate.tr()).gelu("tanh");
-            let mlp = (g * h.matmul(&blk.up.tr())).matmul(&blk.down.tr());
+            let gate_up = h.matmul(&blk.gate_up.tr());
+            let (g, u) = (gate_up.narrow(-1, 0, ci), gate_up.narrow(-1, ci, ci));
+            let mlp = (g.gelu("tanh") * u).matmul(&blk.down.tr());
             let mlp_out = edit(hp(HookKind::MlpOut), self.rms_norm(&mlp, &blk.post_ff_norm))?;
             record(hp(HookKind::MlpOut), &mlp_out, &mut out);
             x = edit(hp(HookKind::ResidPost), &x + &mlp_out)?;
