@@ -33,6 +33,33 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("stats", include_str!("../../kernels/stats.cu")),
 ];
 
+/// `kernels/common.cuh`: the reduction order and the top-2 type every module shares.
+pub const COMMON_HEADER: &str = include_str!("../../kernels/common.cuh");
+
+/// The line by which a kernel module includes [`COMMON_HEADER`].
+const COMMON_INCLUDE: &str = "#include \"common.cuh\"";
+
+/// `source` as NVRTC compiles it: its `#include "common.cuh"` line replaced by the header's
+/// text (the embedded sources have no directory for NVRTC to search), with `#line` directives so
+/// that compiler messages still name the right file and line. nvcc reads the same header from
+/// `kernels/` (build.rs), so both compilers see one definition.
+pub fn with_common_header(name: &str, source: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(source.len() + COMMON_HEADER.len() + 64);
+    for (i, line) in source.lines().enumerate() {
+        if line.trim() == COMMON_INCLUDE {
+            out.push_str("#line 1 \"common.cuh\"\n");
+            out.push_str(COMMON_HEADER);
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "#line {} \"{name}.cu\"", i + 2);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Every kernel entry point, by module.
 pub const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("prepare", &["prepare_f32", "prepare_bf16"]),
@@ -120,7 +147,8 @@ static PTX_CACHE: Mutex<Option<HashMap<(String, String), String>>> = Mutex::new(
 static FALLBACK_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Compiles one kernel source with NVRTC for a virtual architecture such as `compute_90`
-/// (memoised per process).
+/// (memoised per process). A `#include "common.cuh"` line in it is served from
+/// [`COMMON_HEADER`] ([`with_common_header`]).
 pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
     let key = (name.to_string(), arch.to_string());
     if let Some(src) = PTX_CACHE
@@ -142,7 +170,7 @@ pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(with_common_header(name, source), opts)
         .map_err(|e| cuda_err(&format!("compiling kernels/{name}.cu with NVRTC"), e))?;
     PTX_CACHE
         .lock()
