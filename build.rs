@@ -1,9 +1,9 @@
 //! Build script: with the `cuda` feature and an `nvcc` (env `NVCC`, else on `PATH`), compiles
 //! `kernels/*.cu` to PTX for each virtual architecture of `EXEMPLAR_CUDA_ARCHS` (default
 //! `80,90`) into `OUT_DIR`, and writes `OUT_DIR/prebuilt_kernels.rs`, the table
-//! `src/backend/cuda.rs` embeds. Without nvcc (or without the feature) the table is empty and
-//! the kernels compile with NVRTC when a device opens. A failing nvcc is a warning, never a
-//! build failure: NVRTC remains the fallback.
+//! `src/backend/cuda/compile.rs` embeds. Without nvcc (or without the feature) the table is
+//! empty and the kernels compile with NVRTC when a device opens. A failing nvcc is a warning,
+//! never a build failure: NVRTC remains the fallback.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -365,7 +365,7 @@ impl Builder {
         #[cfg(feature = "torch")]
         if let (Some(t), Some(st)) = (&batch.tensor_rows, &self.device) {
             if t.tensor.device().is_cuda() {
-                use crate::backend::cuda_torch::TorchRows;
+                use crate::backend::cuda::torch::TorchRows;
                 if t.index.len() != batch.rows() {
                     return Err(Error::param(
                         "tensor rows",

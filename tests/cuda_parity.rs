@@ -567,7 +567,7 @@ fn torch_sees_cuda() -> bool {
 #[cfg(feature = "torch")]
 #[test]
 fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
-    use exemplar::backend::cuda_torch::{pointer_context, TorchDtype, TorchRows};
+    use exemplar::backend::cuda::torch::{pointer_context, TorchDtype, TorchRows};
     use tch::{Device, Kind, Tensor};
     let Some(dev) = device() else { return };
     if !torch_sees_cuda() {

@@ -8,8 +8,6 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
-#[cfg(all(feature = "cuda", feature = "torch"))]
-pub mod cuda_torch;
 pub mod leaders;
 
 use crate::error::{Error, Result};

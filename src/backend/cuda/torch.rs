@@ -12,7 +12,8 @@
 //!   ordered after the forward pass that wrote the tensor (no event needed). Work that torch
 //!   queued on a side stream must be synchronised by the caller.
 
-use super::cuda::{CudaDevice, PrepInput};
+use super::prepare::PrepInput;
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaSlice};
 use tch::{Device, Kind, Tensor};
