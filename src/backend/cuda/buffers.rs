@@ -2,9 +2,9 @@
 //! per-partition f64 direction sums ([`DeviceSums`]). Growth moves the old rows device to
 //! device; only new rows cross the bus.
 
-use super::launch::cuda_err;
+use super::launch::{check_nonempty, check_rows, driver};
 use super::CudaDevice;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView};
 
 /// Rows of width `dim` on the device with amortised growth (capacity at least doubles), for
@@ -50,16 +50,8 @@ impl DeviceSums {
 impl CudaDevice {
     /// An empty [`GrowableRows`] of width `dim`.
     pub fn growable_rows(&self, dim: usize) -> Result<GrowableRows> {
-        if dim == 0 {
-            return Err(Error::param(
-                "cuda launch",
-                "rows need a width of at least 1",
-            ));
-        }
-        let buf = self
-            .stream
-            .alloc_zeros::<f32>(16 * dim)
-            .map_err(|e| cuda_err("alloc", e))?;
+        check_nonempty("growable_rows", "width", dim)?;
+        let buf = self.zeros::<f32>(16 * dim)?;
         Ok(GrowableRows { buf, rows: 0, dim })
     }
 
@@ -72,17 +64,14 @@ impl CudaDevice {
             return Ok(());
         }
         let cap = need.max(2 * g.buf.len() / d).max(16);
-        let mut grown = self
-            .stream
-            .alloc_zeros::<f32>(cap * d)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let mut grown = self.zeros::<f32>(cap * d)?;
         if g.rows > 0 {
             self.stream
                 .memcpy_dtod(
                     &g.buf.slice(0..g.rows * d),
                     &mut grown.slice_mut(0..g.rows * d),
                 )
-                .map_err(|e| cuda_err("device → device copy", e))?;
+                .map_err(driver("device → device copy"))?;
         }
         g.buf = grown;
         Ok(())
@@ -92,19 +81,14 @@ impl CudaDevice {
     /// rows move device to device).
     pub fn append_rows(&self, g: &mut GrowableRows, host: &[f32]) -> Result<()> {
         let d = g.dim;
-        if host.len() % d != 0 {
-            return Err(Error::param(
-                "cuda launch",
-                format!("{} values are not whole rows of width {d}", host.len()),
-            ));
-        }
-        let need = g.rows + host.len() / d;
-        self.reserve_rows(g, host.len() / d)?;
+        let m = check_rows("append_rows", "rows", host.len(), d)?;
+        let need = g.rows + m;
+        self.reserve_rows(g, m)?;
         if !host.is_empty() {
             self.count_h2d::<f32>(host.len());
             self.stream
                 .memcpy_htod(host, &mut g.buf.slice_mut(g.rows * d..need * d))
-                .map_err(|e| cuda_err("host → device copy", e))?;
+                .map_err(driver("host → device copy"))?;
         }
         g.rows = need;
         Ok(())
@@ -114,42 +98,27 @@ impl CudaDevice {
     /// growing it when full; nothing crosses to the host.
     pub fn append_device_rows(&self, g: &mut GrowableRows, rows: &CudaView<'_, f32>) -> Result<()> {
         let d = g.dim;
-        if rows.len() % d != 0 {
-            return Err(Error::param(
-                "cuda launch",
-                format!("{} values are not whole rows of width {d}", rows.len()),
-            ));
-        }
-        let m = rows.len() / d;
+        let m = check_rows("append_device_rows", "rows", rows.len(), d)?;
         if m == 0 {
             return Ok(());
         }
         self.reserve_rows(g, m)?;
         self.stream
             .memcpy_dtod(rows, &mut g.buf.slice_mut(g.rows * d..(g.rows + m) * d))
-            .map_err(|e| cuda_err("device → device copy", e))?;
+            .map_err(driver("device → device copy"))?;
         g.rows += m;
         Ok(())
     }
 
     /// Per-partition f64 direction sums on the device, initialised from host sums (`K × dim`).
     pub fn upload_sums(&self, host: &[f64], dim: usize) -> Result<DeviceSums> {
-        if dim == 0 || host.len() % dim != 0 {
-            return Err(Error::param(
-                "cuda launch",
-                format!("{} sums are not whole rows of width {dim}", host.len()),
-            ));
-        }
-        let rows = host.len() / dim;
-        let mut buf = self
-            .stream
-            .alloc_zeros::<f64>(rows.max(16) * dim)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let rows = check_rows("upload_sums", "sums", host.len(), dim)?;
+        let mut buf = self.zeros::<f64>(rows.max(16) * dim)?;
         if rows > 0 {
             self.count_h2d::<f64>(host.len());
             self.stream
                 .memcpy_htod(host, &mut buf.slice_mut(0..rows * dim))
-                .map_err(|e| cuda_err("host → device copy", e))?;
+                .map_err(driver("host → device copy"))?;
         }
         Ok(DeviceSums { buf, rows, dim })
     }
@@ -163,24 +132,21 @@ impl CudaDevice {
         }
         if rows * d > s.buf.len() {
             let cap = rows.max(2 * s.buf.len() / d);
-            let mut grown = self
-                .stream
-                .alloc_zeros::<f64>(cap * d)
-                .map_err(|e| cuda_err("alloc", e))?;
+            let mut grown = self.zeros::<f64>(cap * d)?;
             if s.rows > 0 {
                 self.stream
                     .memcpy_dtod(
                         &s.buf.slice(0..s.rows * d),
                         &mut grown.slice_mut(0..s.rows * d),
                     )
-                    .map_err(|e| cuda_err("device → device copy", e))?;
+                    .map_err(driver("device → device copy"))?;
             }
             s.buf = grown;
         } else {
             // Rows past the old count may hold sums of partitions since merged away.
             self.stream
                 .memset_zeros(&mut s.buf.slice_mut(s.rows * d..rows * d))
-                .map_err(|e| cuda_err("memset", e))?;
+                .map_err(driver("memset"))?;
         }
         s.rows = rows;
         Ok(())

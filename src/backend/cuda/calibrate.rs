@@ -1,11 +1,11 @@
 //! Launchers of `kernels/calibrate.cu`: the exact pairwise-distance percentile (histogram pass,
 //! window pass, f64 window), the twin of `calibrate::pairwise_distance_percentile`.
 
-use super::launch::{check_i32, check_len, cuda_err, warp_grid};
+use super::launch::{blocks_256, check_i32, check_len, check_nonempty, launch, warp_grid};
 use super::CudaDevice;
 use crate::calibrate::PercentileMethod;
-use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::error::{CudaError, Error, Result};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 impl CudaDevice {
     /// The exact pairwise-distance percentile of the unit rows `u` (`n × d`, n ≥ 2); the same
@@ -18,41 +18,35 @@ impl CudaDevice {
         percentile: f64,
         method: PercentileMethod,
     ) -> Result<f64> {
+        const OP: &str = "pairwise_percentile";
         crate::calibrate::check_percentile(percentile)?;
-        check_len("rows", u.len(), n * d)?;
+        check_nonempty(OP, "width d", d)?;
+        check_len(OP, "rows", u.len(), n * d)?;
         if n < 2 {
             return Err(Error::EmptyInput(
                 "a percentile of pairs needs at least 2 rows".into(),
             ));
         }
-        let (ni, di) = (check_i32("rows", n)?, check_i32("d", d)?);
+        let (ni, di) = (check_i32(OP, "rows", n)?, check_i32(OP, "d", d)?);
         let pairs = n * (n - 1) / 2;
         let ranks = crate::calibrate::needed_ranks(pairs, percentile / 100.0, method);
         let bins = 1usize << 16;
         let s = &self.stream;
         let tiles = (n as u32).div_ceil(64);
-        let cfg = LaunchConfig {
-            grid_dim: (tiles, tiles, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut hist = s
-            .alloc_zeros::<u64>(bins)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let cfg = blocks_256((tiles, tiles, 1));
+        let mut hist = self.zeros::<u64>(bins)?;
         let bi = bins as i32;
         let mut b = s.launch_builder(self.f("pairs_histogram"));
         b.arg(u).arg(&ni).arg(&di).arg(&bi).arg(&mut hist);
         // SAFETY: u holds n·d; hist holds `bins` counters.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("pairs_histogram", e))?;
+        unsafe { b.launch(cfg) }.map_err(launch("pairs_histogram"))?;
         let hist = self.download(&hist)?;
         let (lo, hi) = crate::calibrate::window_bounds(&hist, &ranks, d);
         let mut capacity: usize = 1 << 20;
         loop {
-            let mut below = s.alloc_zeros::<u64>(1).map_err(|e| cuda_err("alloc", e))?;
-            let mut window = s
-                .alloc_zeros::<i32>(2 * capacity)
-                .map_err(|e| cuda_err("alloc", e))?;
-            let mut count = s.alloc_zeros::<u32>(1).map_err(|e| cuda_err("alloc", e))?;
+            let mut below = self.zeros::<u64>(1)?;
+            let mut window = self.zeros::<i32>(2 * capacity)?;
+            let mut count = self.zeros::<u32>(1)?;
             let cap = capacity as u32;
             let mut b = s.launch_builder(self.f("pairs_window"));
             b.arg(u)
@@ -65,22 +59,19 @@ impl CudaDevice {
                 .arg(&cap)
                 .arg(&mut count);
             // SAFETY: window holds 2·capacity indices and the kernel writes only below `cap`.
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("pairs_window", e))?;
+            unsafe { b.launch(cfg) }.map_err(launch("pairs_window"))?;
             let found = self.download(&count)?[0] as usize;
             if found > capacity {
                 capacity = found;
                 continue;
             }
             let below = self.download(&below)?[0];
-            let mut exact = s
-                .alloc_zeros::<f64>(found.max(1))
-                .map_err(|e| cuda_err("alloc", e))?;
-            let fi = found as i32;
+            let mut exact = self.zeros::<f64>(found.max(1))?;
+            let fi = check_i32(OP, "window pairs", found)?;
             let mut b = s.launch_builder(self.f("pairs_exact_f64"));
             b.arg(u).arg(&di).arg(&window).arg(&fi).arg(&mut exact);
             // SAFETY: window holds `found` valid pairs of row indices < n; exact holds found.
-            unsafe { b.launch(warp_grid(found.max(1))) }
-                .map_err(|e| cuda_err("pairs_exact_f64", e))?;
+            unsafe { b.launch(warp_grid(found.max(1))) }.map_err(launch("pairs_exact_f64"))?;
             let mut vals = self.download(&exact)?;
             vals.truncate(found);
             vals.sort_by(f64::total_cmp);
@@ -91,9 +82,11 @@ impl CudaDevice {
                         .checked_sub(below)
                         .and_then(|k| vals.get(k as usize).copied())
                         .ok_or_else(|| {
-                            Error::Cuda(
-                                "calibration window does not contain the target rank".into(),
-                            )
+                            CudaError::Internal {
+                                op: OP,
+                                what: format!("the distance window does not hold rank {r}"),
+                            }
+                            .into()
                         })
                 })
                 .collect::<Result<_>>()?;

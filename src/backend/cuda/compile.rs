@@ -2,9 +2,8 @@
 //! that `build.rs` prebuilt with nvcc, NVRTC (with `kernels/common.cuh` put in place of its
 //! include) and its per-process cache, and loading a device's modules.
 
-use super::launch::cuda_err;
 use super::nvrtc_available;
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -121,12 +120,10 @@ static FALLBACK_REPORTED: AtomicBool = AtomicBool::new(false);
 /// [`COMMON_HEADER`] ([`with_common_header`]).
 pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
     let key = (name.to_string(), arch.to_string());
-    if let Some(src) = PTX_CACHE
-        .lock()
-        .map_err(|_| Error::Cuda("the PTX cache lock is poisoned".into()))?
-        .as_ref()
-        .and_then(|c| c.get(&key))
-    {
+    // A panic while the lock was held cannot leave a half-written entry (an insert is one
+    // call), so a poisoned cache is still good.
+    let cache = || PTX_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(src) = cache().as_ref().and_then(|c| c.get(&key)) {
         return Ok(Ptx::from_src(src.clone()));
     }
     if !nvrtc_available() {
@@ -141,10 +138,11 @@ pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(with_common_header(name, source), opts)
-        .map_err(|e| cuda_err(&format!("compiling kernels/{name}.cu with NVRTC"), e))?;
-    PTX_CACHE
-        .lock()
-        .map_err(|_| Error::Cuda("the PTX cache lock is poisoned".into()))?
+        .map_err(|source| CudaError::Compile {
+            module: name.to_string(),
+            source,
+        })?;
+    cache()
         .get_or_insert_with(HashMap::new)
         .insert(key, ptx.to_src());
     Ok(ptx)
@@ -180,9 +178,11 @@ fn arch_name(cc: (i32, i32)) -> &'static str {
 
 /// Loads one module's PTX on `ctx` and looks up its entry points.
 fn load_module(ctx: &Arc<CudaContext>, ptx: Ptx, module: &'static str) -> Result<Functions> {
-    let m: Arc<CudaModule> = ctx
-        .load_module(ptx)
-        .map_err(|e| cuda_err(&format!("loading kernels/{module}.cu"), e))?;
+    let m: Arc<CudaModule> = ctx.load_module(ptx).map_err(|source| CudaError::Load {
+        module,
+        entry: None,
+        source,
+    })?;
     let entries = ENTRY_POINTS
         .iter()
         .find(|(m, _)| *m == module)
@@ -193,7 +193,14 @@ fn load_module(ctx: &Arc<CudaContext>, ptx: Ptx, module: &'static str) -> Result
         .map(|&entry| {
             m.load_function(entry)
                 .map(|f| (entry, f))
-                .map_err(|e| cuda_err(entry, e))
+                .map_err(|source| {
+                    CudaError::Load {
+                        module,
+                        entry: Some(entry),
+                        source,
+                    }
+                    .into()
+                })
         })
         .collect()
 }
@@ -225,13 +232,14 @@ pub(super) fn load_kernels(
                 origin = KernelOrigin::Prebuilt(prebuilt.iter().map(|p| p.0).min().unwrap_or(0));
             }
             Err(e) => {
+                let e = error_chain(&e);
                 if !FALLBACK_REPORTED.swap(true, Ordering::Relaxed) {
                     eprintln!(
                         "note: the prebuilt CUDA kernels ({}) will not load on {name} (sm_{}{}): {e}; compiling them with NVRTC instead",
                         prebuilt::PREBUILT_WITH, cc.0, cc.1
                     );
                 }
-                origin = KernelOrigin::NvrtcAfterPrebuiltFailed(e.to_string());
+                origin = KernelOrigin::NvrtcAfterPrebuiltFailed(e);
             }
         }
     }
@@ -244,6 +252,18 @@ pub(super) fn load_kernels(
     Ok((functions, origin))
 }
 
+/// `e` and its sources, joined by ": " (what one line of a report says).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Where a device's kernels came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelOrigin {
@@ -251,6 +271,6 @@ pub enum KernelOrigin {
     Prebuilt(u32),
     /// NVRTC at device open (no prebuilt PTX for this device).
     Nvrtc,
-    /// NVRTC because the prebuilt PTX would not load; the reason.
+    /// NVRTC because the prebuilt PTX would not load; the reason (the error and its sources).
     NvrtcAfterPrebuiltFailed(String),
 }

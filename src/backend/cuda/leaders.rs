@@ -3,11 +3,15 @@
 //! `backend::leaders::leaders_cpu`.
 
 use super::buffers::GrowableRows;
-use super::launch::{check_i32, check_len, cuda_err, warp_grid, MAX_GRID_Y};
+use super::launch::{
+    blocks_256, check_i32, check_len, check_nonempty, check_rows, launch, warp_grid, MAX_GRID_Y,
+};
 use super::CudaDevice;
 use crate::backend::leaders::LeaderDecision;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+
+const OP: &str = "leaders";
 
 impl CudaDevice {
     /// Phase B on the device: sequential leader clustering of the unit rows `w` (`m × d`,
@@ -27,7 +31,8 @@ impl CudaDevice {
         g: &mut GrowableRows,
     ) -> Result<Vec<LeaderDecision>> {
         const C: usize = 512;
-        check_len("rows", w.len(), m * d)?;
+        check_nonempty(OP, "width d", d)?;
+        check_len(OP, "rows", w.len(), m * d)?;
         if g.dim != d {
             return Err(Error::DimensionMismatch {
                 what: "exemplar buffer".into(),
@@ -39,21 +44,17 @@ impl CudaDevice {
         if m == 0 {
             return Ok(Vec::new());
         }
-        let (_, di) = (check_i32("rows", m)?, check_i32("d", d)?);
-        check_i32("exemplar values", (g.rows + m) * d)?;
+        let (_, di) = (check_i32(OP, "rows", m)?, check_i32(OP, "d", d)?);
+        check_i32(OP, "exemplar values", (g.rows + m) * d)?;
         let s = &self.stream;
         let first = g.rows;
-        let mut ord = s.alloc_zeros::<i32>(m).map_err(|e| cuda_err("alloc", e))?;
-        let mut sim = s.alloc_zeros::<f64>(m).map_err(|e| cuda_err("alloc", e))?;
-        let mut is_leader = s.alloc_zeros::<i32>(m).map_err(|e| cuda_err("alloc", e))?;
+        let mut ord = self.zeros::<i32>(m)?;
+        let mut sim = self.zeros::<f64>(m)?;
+        let mut is_leader = self.zeros::<i32>(m)?;
         let cmax = C.min(m);
-        let mut pair = s
-            .alloc_zeros::<f64>(cmax * cmax)
-            .map_err(|e| cuda_err("alloc", e))?;
-        let mut leader_rows = s
-            .alloc_zeros::<i32>(cmax)
-            .map_err(|e| cuda_err("alloc", e))?;
-        let mut count = s.alloc_zeros::<i32>(1).map_err(|e| cuda_err("alloc", e))?;
+        let mut pair = self.zeros::<f64>(cmax * cmax)?;
+        let mut leader_rows = self.zeros::<i32>(cmax)?;
+        let mut count = self.zeros::<i32>(1)?;
         let none_ord = self.upload(&vec![-1i32; cmax])?;
         let none_sim = self.upload(&vec![f64::NEG_INFINITY; cmax])?;
         let mut made = 0usize; // leaders so far (ordinals 0..made)
@@ -75,7 +76,7 @@ impl CudaDevice {
                 b.arg(&chunk).arg(&ci).arg(&di).arg(&mut pair);
                 // SAFETY: chunk holds c·d values; pair holds cmax² ≥ c² and the kernel writes
                 // [a·c + b] for b < a < c, one warp per pair.
-                unsafe { b.launch(warp_grid(pairs)) }.map_err(|e| cuda_err("pair_sims_f64", e))?;
+                unsafe { b.launch(warp_grid(pairs)) }.map_err(launch("pair_sims_f64"))?;
             }
             let base = made as i32;
             let (po, ps) = match &prev {
@@ -105,7 +106,7 @@ impl CudaDevice {
             // SAFETY: one warp; prev ordinals/similarities hold c each, pair c² (written above
             // for every b < a < c, the only entries read), the three outputs are c-long views,
             // leader_rows holds cmax ≥ c, count 1.
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("leaders_scan", e))?;
+            unsafe { b.launch(cfg) }.map_err(launch("leaders_scan"))?;
             // Room for every row of the chunk becoming a leader, then the copy.
             self.reserve_rows(g, c)?;
             let row0 = (first + made) as i64;
@@ -117,15 +118,11 @@ impl CudaDevice {
                 .arg(&base)
                 .arg(&mut g.buf)
                 .arg(&row0);
-            let cfg = LaunchConfig {
-                grid_dim: ((d as u32).div_ceil(256), c as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = blocks_256(((d as u32).div_ceil(256), c as u32, 1));
             // SAFETY: the kernel copies count − base ≤ c rows (the scan adds at most c), each of
             // d values, from chunk rows leader_rows[i] < c to rows row0 + i < g.rows + c, within
             // the capacity reserved above.
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("append_leaders", e))?;
+            unsafe { b.launch(cfg) }.map_err(launch("append_leaders"))?;
             made = self.download(&count)?[0] as usize;
             g.rows = first + made;
         }
@@ -158,39 +155,28 @@ impl CudaDevice {
         d: usize,
         rows: &[u32],
     ) -> Result<CudaSlice<f32>> {
-        let n_u = u.len() / d.max(1);
-        if d == 0 || u.len() % d != 0 {
-            return Err(Error::param("cuda launch", "gather: rows are not n × d"));
-        }
+        const OP: &str = "gather_rows";
+        let n_u = check_rows(OP, "u", u.len(), d)?;
         if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_u) {
             return Err(Error::param(
-                "cuda launch",
+                "rows",
                 format!("gather index {r} is outside the {n_u} rows"),
             ));
         }
-        if rows.is_empty() {
-            return Err(Error::param("cuda launch", "gather needs at least one row"));
-        }
-        let (di, ni) = (check_i32("d", d)?, check_i32("rows", rows.len())?);
+        check_nonempty(OP, "gathered rows", rows.len())?;
+        let (di, ni) = (check_i32(OP, "d", d)?, check_i32(OP, "rows", rows.len())?);
         let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
         let idx = self.upload(&idx)?;
-        let mut out = self
-            .stream
-            .alloc_zeros::<f32>(rows.len() * d)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let mut out = self.zeros::<f32>(rows.len() * d)?;
         let mut b = self.stream.launch_builder(self.f("gather_rows"));
         b.arg(u).arg(&di).arg(&idx).arg(&ni).arg(&mut out);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                (d as u32).div_ceil(256),
-                rows.len().min(MAX_GRID_Y) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks_256((
+            (d as u32).div_ceil(256),
+            rows.len().min(MAX_GRID_Y) as u32,
+            1,
+        ));
         // SAFETY: every index is < n_u (checked), out holds rows·d.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("gather_rows", e))?;
+        unsafe { b.launch(cfg) }.map_err(launch("gather_rows"))?;
         Ok(out)
     }
 }

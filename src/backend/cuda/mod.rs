@@ -39,9 +39,13 @@ pub use compile::{
 };
 pub use nearest::{bf16_screen_margin, ScreenKind};
 
+pub use crate::error::CudaError;
+
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView};
-use launch::cuda_err;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
+};
+use launch::driver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,8 +88,10 @@ pub struct CudaDevice {
     /// The screen `EXEMPLAR_NEAREST_SCREEN` forces (`None`: [`ScreenKind::auto`]).
     screen_override: Option<ScreenKind>,
     /// cuBLAS on this device's stream, created at the first cuBLAS screen (or why it could
-    /// not be).
-    blas: std::sync::OnceLock<std::result::Result<cudarc::cublas::CudaBlas, String>>,
+    /// not be: `None` when libcublas cannot be loaded).
+    blas: std::sync::OnceLock<
+        std::result::Result<cudarc::cublas::CudaBlas, Option<cudarc::cublas::result::CublasError>>,
+    >,
 }
 
 /// What the nearest searches of a [`CudaDevice`] did so far (see
@@ -112,10 +118,10 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::CudaUnavailable(format!("CUDA device {ordinal}: {e}")))?;
-        let name = ctx.name().map_err(|e| cuda_err("device name", e))?;
+        let name = ctx.name().map_err(driver("device name query"))?;
         let cc = ctx
             .compute_capability()
-            .map_err(|e| cuda_err("compute capability", e))?;
+            .map_err(driver("compute capability query"))?;
         let screen_override = match std::env::var("EXEMPLAR_NEAREST_SCREEN") {
             Ok(v) => ScreenKind::parse(v.trim())?,
             Err(std::env::VarError::NotPresent) => None,
@@ -148,12 +154,21 @@ impl CudaDevice {
             .get_or_init(|| {
                 // SAFETY: a dlopen probe of libcublas by its candidate names.
                 if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                    return Err("libcublas cannot be loaded".into());
+                    return Err(None);
                 }
-                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| e.to_string())
+                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(Some)
             })
             .as_ref()
-            .map_err(|e| Error::Cuda(format!("cuBLAS: {e}")))
+            .map_err(|e| {
+                match *e {
+                    None => CudaError::CublasMissing,
+                    Some(source) => CudaError::Cublas {
+                        op: "handle creation",
+                        source,
+                    },
+                }
+                .into()
+            })
     }
 
     /// Bytes copied host → device and device → host by this device's transfers so far.
@@ -232,37 +247,42 @@ impl CudaDevice {
         &self.stream
     }
 
+    /// The loaded kernel `name` (every entry point of [`ENTRY_POINTS`] is loaded by `open`).
     fn f(&self, name: &str) -> &CudaFunction {
         &self.functions[name]
     }
 
+    /// `len` zeroed elements on the device.
+    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len)
+            .map_err(driver("allocation"))
+    }
+
     /// Copies a host slice to the device.
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.count_h2d::<T>(host.len());
         self.stream
             .clone_htod(host)
-            .map_err(|e| cuda_err("host → device copy", e))
+            .map_err(driver("host → device copy"))
     }
 
     /// Copies a device slice to the host.
-    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
-        &self,
-        dev: &CudaSlice<T>,
-    ) -> Result<Vec<T>> {
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
         self.count_d2h::<T>(dev.len());
         self.stream
             .clone_dtoh(dev)
-            .map_err(|e| cuda_err("device → host copy", e))
+            .map_err(driver("device → host copy"))
     }
 
     /// Copies a device view to the host.
-    pub fn download_view<T: cudarc::driver::DeviceRepr + Default + Clone>(
+    pub fn download_view<T: DeviceRepr + Default + Clone>(
         &self,
         v: &CudaView<'_, T>,
     ) -> Result<Vec<T>> {
         self.count_d2h::<T>(v.len());
         self.stream
             .clone_dtoh(v)
-            .map_err(|e| cuda_err("device → host copy", e))
+            .map_err(driver("device → host copy"))
     }
 }

@@ -3,9 +3,11 @@
 //! flags rows it cannot separate; f64 resolution in the canonical order settles every row, so
 //! ids and similarities equal the CPU's `linalg::nearest_rows`.
 
-use super::launch::{check_i32, check_len, cuda_err, warp_grid, MAX_GRID_Y};
+use super::launch::{
+    blocks_256, check_i32, check_len, check_nonempty, launch, shape, warp_grid, MAX_GRID_Y,
+};
 use super::CudaDevice;
-use crate::error::{Error, Result};
+use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use std::sync::atomic::Ordering;
 
@@ -121,9 +123,8 @@ impl CudaDevice {
         let mut idx = idx;
         let null = 0u64;
         let s = &self.stream;
-        let alloc_i32 = |len: usize| s.alloc_zeros::<i32>(len).map_err(|e| cuda_err("alloc", e));
-        let mut sim = s.alloc_zeros::<f64>(n).map_err(|e| cuda_err("alloc", e))?;
-        let mut amb = alloc_i32(n)?;
+        let mut sim = self.zeros::<f64>(n)?;
+        let mut amb = self.zeros::<i32>(n)?;
         let mut b = s.launch_builder(self.f("resolve_f64"));
         b.arg(u)
             .arg(e)
@@ -136,7 +137,7 @@ impl CudaDevice {
             .arg(&mut sim)
             .arg(&mut amb);
         // SAFETY: as above; the screen wrote ids in −1..k; sim and amb hold n each.
-        unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err("resolve_f64", e))?;
+        unsafe { b.launch(warp_grid(n)) }.map_err(launch("resolve_f64"))?;
         let flags = self.download(&amb)?;
         let rows: Vec<i32> = flags
             .iter()
@@ -164,15 +165,9 @@ impl CudaDevice {
             let nr = rows.len() as i32;
             // About 32 candidates per warp, 8 warps per block.
             let parts = k.div_ceil(256).clamp(1, 1024);
-            let mut pi = alloc_i32(parts * rows.len())?;
-            let mut ps = s
-                .alloc_zeros::<f64>(parts * rows.len())
-                .map_err(|e| cuda_err("alloc", e))?;
-            let cfg = LaunchConfig {
-                grid_dim: (parts as u32, rows.len().min(MAX_GRID_Y) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let mut pi = self.zeros::<i32>(parts * rows.len())?;
+            let mut ps = self.zeros::<f64>(parts * rows.len())?;
+            let cfg = blocks_256((parts as u32, rows.len().min(MAX_GRID_Y) as u32, 1));
             let mut b = s.launch_builder(self.f("recheck_partial_f64"));
             b.arg(u).arg(e).arg(&ki).arg(&di).arg(&r).arg(&nr);
             match limits {
@@ -182,7 +177,7 @@ impl CudaDevice {
             b.arg(&mut pi).arg(&mut ps);
             // SAFETY: r lists nr row indices < n; the partials hold parts·nr (grid.x = parts,
             // rows stride over grid.y).
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("recheck_partial_f64", e))?;
+            unsafe { b.launch(cfg) }.map_err(launch("recheck_partial_f64"))?;
             let pa = parts as i32;
             let mut b = s.launch_builder(self.f("recheck_reduce"));
             b.arg(&r)
@@ -194,7 +189,7 @@ impl CudaDevice {
                 .arg(&mut sim);
             // SAFETY: as above; idx and sim hold n each and r's indices are < n.
             unsafe { b.launch(LaunchConfig::for_num_elems(rows.len() as u32)) }
-                .map_err(|e| cuda_err("recheck_reduce", e))?;
+                .map_err(launch("recheck_reduce"))?;
         }
         Ok((idx, sim))
     }
@@ -213,48 +208,37 @@ impl CudaDevice {
         d: usize,
         limits: Option<&CudaSlice<i32>>,
     ) -> Result<(CudaSlice<i32>, CudaSlice<f32>, CudaSlice<f32>, f32)> {
-        check_len("rows", u.len(), n * d)?;
-        check_len("candidates", e.len(), k * d)?;
+        const OP: &str = "nearest";
+        check_nonempty(OP, "width d", d)?;
+        check_nonempty(OP, "rows", n)?;
+        check_nonempty(OP, "candidates", k)?;
+        check_len(OP, "rows", u.len(), n * d)?;
+        check_len(OP, "candidates", e.len(), k * d)?;
         if let Some(l) = limits {
-            check_len("limits", l.len(), n)?;
-        }
-        if n == 0 {
-            return Err(Error::param(
-                "cuda launch",
-                "nearest needs at least one row",
-            ));
-        }
-        if k == 0 {
-            return Err(Error::param(
-                "cuda launch",
-                "nearest needs at least one candidate",
-            ));
+            check_len(OP, "limits", l.len(), n)?;
         }
         if screen != ScreenKind::F32 && self.compute_capability.0 < 8 {
-            return Err(Error::param(
-                "cuda launch",
-                "the bf16 screens need compute capability 8.0 or later",
+            let (major, minor) = self.compute_capability;
+            return Err(shape(
+                OP,
+                format!("compute capability for the {screen:?} screen"),
+                "8.0 or later",
+                format!("{major}.{minor}"),
             ));
         }
         let (ni, ki, di) = (
-            check_i32("rows", n)?,
-            check_i32("candidates", k)?,
-            check_i32("d", d)?,
+            check_i32(OP, "rows", n)?,
+            check_i32(OP, "candidates", k)?,
+            check_i32(OP, "d", d)?,
         );
         let s = &self.stream;
-        let alloc_i32 = |len: usize| s.alloc_zeros::<i32>(len).map_err(|e| cuda_err("alloc", e));
-        let alloc_f32 = |len: usize| s.alloc_zeros::<f32>(len).map_err(|e| cuda_err("alloc", e));
-        let mut idx = alloc_i32(n)?;
-        let mut best = alloc_f32(n)?;
-        let mut second = alloc_f32(n)?;
+        let mut idx = self.zeros::<i32>(n)?;
+        let mut best = self.zeros::<f32>(n)?;
+        let mut second = self.zeros::<f32>(n)?;
         let null = 0u64;
         let margin = match screen {
             ScreenKind::F32 => {
-                let cfg = LaunchConfig {
-                    grid_dim: ((n as u32).div_ceil(64), 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = blocks_256(((n as u32).div_ceil(64), 1, 1));
                 let mut b = s.launch_builder(self.f("nearest_top2_f32"));
                 b.arg(u).arg(e).arg(&ni).arg(&ki).arg(&di);
                 match limits {
@@ -264,27 +248,23 @@ impl CudaDevice {
                 b.arg(&mut idx).arg(&mut best).arg(&mut second);
                 // SAFETY: u holds n·d, e holds k·d, limits (if any) n, the outputs n each
                 // (checked above); the kernel bounds every index by n, k and d.
-                unsafe { b.launch(cfg) }.map_err(|e| cuda_err("nearest_top2_f32", e))?;
+                unsafe { b.launch(cfg) }.map_err(launch("nearest_top2_f32"))?;
                 crate::linalg::screen_margin(d)
             }
             ScreenKind::Bf16TensorCores => {
                 let dp = d.next_multiple_of(32);
-                let dpi = check_i32("padded d", dp)?;
-                check_i32("padded rows", n.max(k) * dp)?;
+                let dpi = check_i32(OP, "padded d", dp)?;
+                check_i32(OP, "padded values", n.max(k) * dp)?;
                 let ub = self.to_bf16_padded(u, n, d, dp)?;
                 let eb = self.to_bf16_padded(e, k, d, dp)?;
                 // Enough blocks to fill the GPU: split the candidate tiles when rows are few.
                 let row_blocks = n.div_ceil(128);
                 let tiles = k.div_ceil(128);
                 let splits = (264usize.div_ceil(row_blocks)).clamp(1, tiles.min(64));
-                let mut pi = alloc_i32(splits * n)?;
-                let mut pb = alloc_f32(splits * n)?;
-                let mut ps = alloc_f32(splits * n)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (row_blocks as u32, splits as u32, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let mut pi = self.zeros::<i32>(splits * n)?;
+                let mut pb = self.zeros::<f32>(splits * n)?;
+                let mut ps = self.zeros::<f32>(splits * n)?;
+                let cfg = blocks_256((row_blocks as u32, splits as u32, 1));
                 let mut b = s.launch_builder(self.f("nearest_top2_bf16_mma"));
                 b.arg(&ub).arg(&eb).arg(&ni).arg(&ki).arg(&dpi);
                 match limits {
@@ -295,7 +275,7 @@ impl CudaDevice {
                 // SAFETY: ub holds n·dp and eb k·dp bf16 (dp a multiple of 32, so every 16-byte
                 // load is aligned and inside its row); rows ≥ n and candidates ≥ k are not
                 // read; the partial outputs hold splits·n each (grid.y = splits).
-                unsafe { b.launch(cfg) }.map_err(|e| cuda_err("nearest_top2_bf16_mma", e))?;
+                unsafe { b.launch(cfg) }.map_err(launch("nearest_top2_bf16_mma"))?;
                 let si = splits as i32;
                 let mut b = s.launch_builder(self.f("top2_merge_splits"));
                 b.arg(&ni)
@@ -308,7 +288,7 @@ impl CudaDevice {
                     .arg(&mut second);
                 // SAFETY: the partials hold splits·n, the outputs n (one thread per row).
                 unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }
-                    .map_err(|e| cuda_err("top2_merge_splits", e))?;
+                    .map_err(launch("top2_merge_splits"))?;
                 bf16_screen_margin(d)
             }
             ScreenKind::CublasBf16 => {
@@ -318,14 +298,14 @@ impl CudaDevice {
                 };
                 use cudarc::driver::{DevicePtr, DevicePtrMut};
                 let dp = d.next_multiple_of(32);
-                let dpi = check_i32("padded d", dp)?;
-                check_i32("padded rows", n.max(k) * dp)?;
+                let dpi = check_i32(OP, "padded d", dp)?;
+                check_i32(OP, "padded values", n.max(k) * dp)?;
                 let blas = self.blas()?;
                 let ub = self.to_bf16_padded(u, n, d, dp)?;
                 let eb = self.to_bf16_padded(e, k, d, dp)?;
                 // The similarity matrix a tile of rows at a time: at most 2^26 f32 (256 MiB).
                 let tile = ((1usize << 26) / k).clamp(1, n);
-                let mut c = alloc_f32(tile * k)?;
+                let mut c = self.zeros::<f32>(tile * k)?;
                 let (alpha, beta) = (1.0f32, 0.0f32);
                 for r0 in (0..n).step_by(tile) {
                     let t = tile.min(n - r0);
@@ -363,7 +343,10 @@ impl CudaDevice {
                                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                             )
                         }
-                        .map_err(|e| cuda_err("cublasGemmEx (bf16 screen)", e))?;
+                        .map_err(|source| CudaError::Cublas {
+                            op: "GemmEx (bf16 screen)",
+                            source,
+                        })?;
                     }
                     let r0i = r0 as i32;
                     let mut b = s.launch_builder(self.f("top2_rows_f32"));
@@ -375,7 +358,7 @@ impl CudaDevice {
                     b.arg(&r0i).arg(&mut idx).arg(&mut best).arg(&mut second);
                     // SAFETY: c holds t·k similarities (row-major t × k), limits (if any) n;
                     // the kernel writes rows r0 .. r0 + t ≤ n of idx, best and second (n each).
-                    unsafe { b.launch(warp_grid(t)) }.map_err(|e| cuda_err("top2_rows_f32", e))?;
+                    unsafe { b.launch(warp_grid(t)) }.map_err(launch("top2_rows_f32"))?;
                 }
                 bf16_screen_margin(d)
             }
@@ -410,18 +393,12 @@ impl CudaDevice {
         let eb = self.to_bf16_padded(e, k, d, dp)?;
         let floor: Vec<f32> = rows.iter().map(|&r| best[r as usize] - margin).collect();
         let floor = self.upload(&floor)?;
-        let mut count = s.alloc_zeros::<i32>(n2).map_err(|e| cuda_err("alloc", e))?;
-        let mut list = s
-            .alloc_zeros::<i32>(n2 * MAX_CONT)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let mut count = self.zeros::<i32>(n2)?;
+        let mut list = self.zeros::<i32>(n2 * MAX_CONT)?;
         let (n2i, ki, dpi, di, mc) = (n2 as i32, k as i32, dp as i32, d as i32, MAX_CONT as i32);
         let row_blocks = n2.div_ceil(128);
         let splits = (264usize.div_ceil(row_blocks)).clamp(1, k.div_ceil(128).min(64));
-        let cfg = LaunchConfig {
-            grid_dim: (row_blocks as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks_256((row_blocks as u32, splits as u32, 1));
         let mut b = s.launch_builder(self.f("contenders_bf16_mma"));
         b.arg(&ub)
             .arg(&eb)
@@ -434,7 +411,7 @@ impl CudaDevice {
             .arg(&mut list);
         // SAFETY: ub holds n2·dp and eb k·dp bf16 (dp a multiple of 32); floor and count hold
         // n2, list n2·MAX_CONT and the kernel writes a slot only below MAX_CONT.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_bf16_mma", e))?;
+        unsafe { b.launch(cfg) }.map_err(launch("contenders_bf16_mma"))?;
         let r = self.upload(rows)?;
         let mut b = s.launch_builder(self.f("contenders_f64"));
         b.arg(u)
@@ -447,14 +424,10 @@ impl CudaDevice {
             .arg(&list)
             .arg(&mut *idx)
             .arg(&mut *sim);
-        let cfg = LaunchConfig {
-            grid_dim: (n2.min(MAX_GRID_Y) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks_256((n2.min(MAX_GRID_Y) as u32, 1, 1));
         // SAFETY: rows are < n (idx, sim and u hold n rows), listed candidates are < k; rows
         // stride over grid.x; overflowing lists are not read.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("contenders_f64", e))?;
+        unsafe { b.launch(cfg) }.map_err(launch("contenders_f64"))?;
         let count = self.download(&count)?;
         Ok(rows
             .iter()
@@ -472,28 +445,28 @@ impl CudaDevice {
         d: usize,
         dp: usize,
     ) -> Result<CudaSlice<u16>> {
-        check_len("rows", x.len(), n * d)?;
-        if dp < d || n == 0 {
-            return Err(Error::param("cuda launch", "bf16 copy: bad shape"));
+        const OP: &str = "to_bf16_padded";
+        check_len(OP, "rows", x.len(), n * d)?;
+        check_nonempty(OP, "rows", n)?;
+        if dp < d || dp == 0 {
+            return Err(shape(
+                OP,
+                "padded width",
+                format!("at least d = {d}, and 1"),
+                dp,
+            ));
         }
-        let mut out = self
-            .stream
-            .alloc_zeros::<u16>(n * dp)
-            .map_err(|e| cuda_err("alloc", e))?;
+        let mut out = self.zeros::<u16>(n * dp)?;
         let (ni, di, dpi) = (
-            check_i32("rows", n)?,
-            check_i32("d", d)?,
-            check_i32("dp", dp)?,
+            check_i32(OP, "rows", n)?,
+            check_i32(OP, "d", d)?,
+            check_i32(OP, "padded width", dp)?,
         );
-        let cfg = LaunchConfig {
-            grid_dim: ((dp as u32).div_ceil(256), n.min(MAX_GRID_Y) as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = blocks_256(((dp as u32).div_ceil(256), n.min(MAX_GRID_Y) as u32, 1));
         let mut b = self.stream.launch_builder(self.f("to_bf16_padded"));
         b.arg(x).arg(&ni).arg(&di).arg(&dpi).arg(&mut out);
         // SAFETY: x holds n·d f32, out n·dp u16; grid = (dp columns, n rows), bounds-checked.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("to_bf16_padded", e))?;
+        unsafe { b.launch(cfg) }.map_err(launch("to_bf16_padded"))?;
         Ok(out)
     }
 }

@@ -2,24 +2,41 @@
 //! directions, optionally through a row gather (BOS and padding dropped). The CPU twin is
 //! `geometry::directions`, bit for bit.
 
-use super::launch::{check_i32, check_len, cuda_err, warp_grid};
+use super::launch::{check_i32, check_len, check_nonempty, check_rows, launch, warp_grid};
 use super::CudaDevice;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
-/// The activations a prepare launch reads: a cudarc buffer, or the address of memory owned by
-/// someone else (a torch tensor, see `backend::cuda::torch`) that the caller has checked holds
-/// `x_len` elements of the kernel's type on this device's context.
+/// The element types the prepare kernels read: f32, and bf16 as its raw bits (`u16`).
+pub(crate) trait PrepElem: DeviceRepr {
+    /// The kernel that reads this type.
+    const KERNEL: &'static str;
+}
+
+impl PrepElem for f32 {
+    const KERNEL: &'static str = "prepare_f32";
+}
+
+impl PrepElem for u16 {
+    const KERNEL: &'static str = "prepare_bf16";
+}
+
+/// The activations a prepare launch reads: a cudarc buffer, or `len` elements at a device
+/// address owned by someone else (a torch tensor, see `backend::cuda::torch`).
 pub(crate) enum PrepInput<'a, T> {
     Slice(&'a CudaSlice<T>),
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
-    Raw(u64),
+    Raw {
+        ptr: u64,
+        len: usize,
+    },
 }
 
 impl CudaDevice {
     /// Centered unit directions of `n` rows of `x` (f32, row stride `d`), optionally gathered
-    /// through `rows` (each index must lie in `x`; the caller guarantees it, e.g. from a mask).
-    /// A row equal to the center is an error naming its output row index.
+    /// through `rows` (output row `r` is input row `rows[r]`; an index outside `x` is an error,
+    /// detected on the device before the row is read). A row equal to the center is an error
+    /// naming its output row index.
     pub fn prepare_f32(
         &self,
         x: &CudaSlice<f32>,
@@ -28,15 +45,8 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare(
-            "prepare_f32",
-            PrepInput::Slice(x),
-            x.len(),
-            n,
-            d,
-            center,
-            rows,
-        )
+        // SAFETY: a cudarc buffer carries its own extent; there is no raw address to vouch for.
+        unsafe { self.prepare(PrepInput::Slice(x), n, d, center, rows) }
     }
 
     /// [`CudaDevice::prepare_f32`] for bf16 input given as its raw bits (`u16`), e.g. a torch
@@ -50,66 +60,61 @@ impl CudaDevice {
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        self.prepare(
-            "prepare_bf16",
-            PrepInput::Slice(x),
-            x.len(),
-            n,
-            d,
-            center,
-            rows,
-        )
+        // SAFETY: as in prepare_f32, a buffer with its own extent.
+        unsafe { self.prepare(PrepInput::Slice(x), n, d, center, rows) }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn prepare<T>(
+    /// The launcher behind [`CudaDevice::prepare_f32`], [`CudaDevice::prepare_bf16`] and
+    /// [`CudaDevice::prepare_torch`](super::torch): checks every length and shape, launches the
+    /// kernel of `T`, and reports a gather index outside `x` or a zero-norm row as an error.
+    ///
+    /// # Safety
+    ///
+    /// For `PrepInput::Raw { ptr, len }`, `ptr` must be the device address of `len` initialised
+    /// elements of `T` in this device's context, and that memory must stay allocated and
+    /// unwritten (by any stream) until this call returns; the call returns only after the
+    /// kernel has finished (it downloads the kernel's flags). `PrepInput::Slice` asks nothing.
+    pub(crate) unsafe fn prepare<T: PrepElem>(
         &self,
-        kernel: &str,
         x: PrepInput<'_, T>,
-        x_len: usize,
         n: usize,
         d: usize,
         center: &CudaSlice<f32>,
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
-        check_len("center", center.len(), d)?;
-        match rows {
+        const OP: &str = "prepare";
+        let x_len = match &x {
+            PrepInput::Slice(s) => s.len(),
+            PrepInput::Raw { len, .. } => *len,
+        };
+        check_nonempty(OP, "width d", d)?;
+        check_nonempty(OP, "rows", n)?;
+        check_len(OP, "center", center.len(), d)?;
+        let x_rows = match rows {
             Some(r) => {
-                check_len("rows", r.len(), n)?;
-                if x_len % d != 0 {
-                    return Err(Error::param(
-                        "cuda launch",
-                        format!("x holds {x_len} values, not a multiple of d = {d}"),
-                    ));
-                }
+                check_len(OP, "gather list", r.len(), n)?;
+                check_rows(OP, "x", x_len, d)?
             }
-            None => check_len("x", x_len, n * d)?,
-        }
-        let (ni, di) = (check_i32("rows", n)?, check_i32("d", d)?);
-        if n == 0 {
-            // A zero-block grid is an invalid launch, and an empty output cannot be allocated.
-            return Err(Error::param(
-                "cuda launch",
-                "prepare needs at least one row",
-            ));
-        }
-        let mut out = self
-            .stream
-            .alloc_zeros::<f32>(n * d)
-            .map_err(|e| cuda_err("alloc", e))?;
+            None => {
+                check_len(OP, "x", x_len, n * d)?;
+                n
+            }
+        };
+        let (ni, di) = (check_i32(OP, "rows", n)?, check_i32(OP, "d", d)?);
+        let mut out = self.zeros::<f32>(n * d)?;
         let mut zero = self.upload(&[i32::MAX])?;
         let mut bad = self.upload(&[i32::MAX])?;
         let stride = d as i64;
-        let x_rows = (x_len / d) as i64;
+        let x_rows = x_rows as i64;
         let null = 0u64;
         let raw = match x {
-            PrepInput::Raw(p) => p,
+            PrepInput::Raw { ptr, .. } => ptr,
             PrepInput::Slice(_) => 0,
         };
-        let mut b = self.stream.launch_builder(self.f(kernel));
+        let mut b = self.stream.launch_builder(self.f(T::KERNEL));
         match x {
             PrepInput::Slice(x) => b.arg(x),
-            PrepInput::Raw(_) => b.arg(&raw),
+            PrepInput::Raw { .. } => b.arg(&raw),
         };
         b.arg(&stride).arg(&x_rows);
         match rows {
@@ -122,11 +127,12 @@ impl CudaDevice {
             .arg(&mut out)
             .arg(&mut zero)
             .arg(&mut bad);
-        // SAFETY: x (a buffer, or raw memory whose extent and context the caller checked) holds
-        // x_rows whole rows of d values of the kernel's element type, and the
-        // kernel reads only rows it has checked to lie in 0..x_rows (a gather index outside is
+        // SAFETY: x (a buffer, or raw memory this function's contract vouches for) holds x_rows
+        // whole rows of d values of T, the kernel's element type (T::KERNEL), and the kernel
+        // reads only rows it has checked to lie in 0..x_rows (a gather index outside is
         // flagged in `bad`, not read); center holds d f32, out holds n·d, zero and bad hold 1.
-        unsafe { b.launch(warp_grid(n)) }.map_err(|e| cuda_err(kernel, e))?;
+        unsafe { b.launch(warp_grid(n)) }.map_err(launch(T::KERNEL))?;
+        // These downloads wait for the kernel: raw memory is no longer read after them.
         let bad = self.download(&bad)?[0];
         if bad != i32::MAX {
             return Err(Error::param(

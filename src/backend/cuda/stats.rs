@@ -2,10 +2,10 @@
 //! stream order per partition, bit-identical to `Builder::record_member`.
 
 use super::buffers::DeviceSums;
-use super::launch::{check_i32, check_len, cuda_err, MAX_GRID_Y};
+use super::launch::{blocks_256, check_i32, check_len, check_rows, launch, MAX_GRID_Y};
 use super::CudaDevice;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 /// Memberships grouped by partition (CSR): the partitions in increasing order, the offsets of
 /// their members, and the membership indices in that order. The sort is stable, so each
@@ -27,6 +27,31 @@ fn csr_by_partition(parts_of: impl Iterator<Item = u32>) -> (Vec<i32>, Vec<i32>,
     (parts, offsets, order)
 }
 
+/// The checks both launchers make: `u` holds whole rows of width `d`, every membership names a
+/// partition below `k` and a row of `u`, and the counts fit the kernels' 32-bit indices.
+fn check_memberships(
+    op: &'static str,
+    u_len: usize,
+    d: usize,
+    k: usize,
+    memberships: impl Iterator<Item = (u32, u32)>,
+) -> Result<()> {
+    let n_rows = check_rows(op, "rows of u", u_len, d)?;
+    check_i32(op, "d", d)?;
+    let mut count = 0usize;
+    for (p, r) in memberships {
+        if p as usize >= k || r as usize >= n_rows {
+            return Err(Error::param(
+                "memberships",
+                format!("membership (partition {p}, row {r}) is outside K = {k}, rows = {n_rows}"),
+            ));
+        }
+        count += 1;
+    }
+    check_i32(op, "memberships", count)?;
+    Ok(())
+}
+
 impl CudaDevice {
     /// Adds one batch's memberships to device running statistics, in stream order per
     /// partition so every f64 sum is bit-identical to the CPU builder's: `sums` (`K × d`)
@@ -43,55 +68,28 @@ impl CudaDevice {
         sum_d: &mut CudaSlice<f64>,
         sum_d2: &mut CudaSlice<f64>,
     ) -> Result<()> {
+        const OP: &str = "stats_update";
         let k = counts.len();
-        check_len("sums", sums.len(), k * d)?;
-        check_len("sum_d", sum_d.len(), k)?;
-        check_len("sum_d2", sum_d2.len(), k)?;
-        let n_rows = u.len() / d.max(1);
-        if let Some(&(p, r, _)) = memberships
-            .iter()
-            .find(|(p, r, _)| *p as usize >= k || *r as usize >= n_rows)
-        {
-            return Err(Error::param(
-                "cuda launch",
-                format!("membership (partition {p}, row {r}) is outside K = {k}, rows = {n_rows}"),
-            ));
-        }
+        check_len(OP, "sums", sums.len(), k * d)?;
+        check_len(OP, "sum_d", sum_d.len(), k)?;
+        check_len(OP, "sum_d2", sum_d2.len(), k)?;
+        check_memberships(OP, u.len(), d, k, memberships.iter().map(|m| (m.0, m.1)))?;
         if memberships.is_empty() {
             return Ok(());
         }
         let (parts, offsets, order) = csr_by_partition(memberships.iter().map(|m| m.0));
         let members: Vec<i32> = order.iter().map(|&i| memberships[i].1 as i32).collect();
         let dists: Vec<f64> = order.iter().map(|&i| memberships[i].2).collect();
-        let np = check_i32("partitions", parts.len())?;
-        let di = check_i32("d", d)?;
         let (dp, doff, dm, dd) = (
             self.upload(&parts)?,
             self.upload(&offsets)?,
             self.upload(&members)?,
             self.upload(&dists)?,
         );
-        let cfg = LaunchConfig {
-            grid_dim: ((d as u32).div_ceil(256), parts.len() as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("stats_direction_sums"));
-        b.arg(u)
-            .arg(&di)
-            .arg(&dp)
-            .arg(&doff)
-            .arg(&dm)
-            .arg(&np)
-            .arg(&mut *sums);
-        // SAFETY: parts < K, members < rows of u (checked above), offsets has np + 1 entries,
-        // sums holds K·d.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_direction_sums", e))?;
-        let cfg = LaunchConfig {
-            grid_dim: ((parts.len() as u32).div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        self.direction_sums(&u.slice(..), d, (&dp, &doff, &dm), sums)?;
+        // parts.len() ≤ memberships, checked to fit i32.
+        let np = parts.len() as i32;
+        let cfg = blocks_256(((parts.len() as u32).div_ceil(256), 1, 1));
         let mut b = self
             .stream
             .launch_builder(self.f("stats_counts_and_distances"));
@@ -102,8 +100,9 @@ impl CudaDevice {
             .arg(&mut *counts)
             .arg(&mut *sum_d)
             .arg(&mut *sum_d2);
-        // SAFETY: as above; counts, sum_d and sum_d2 hold K each.
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_counts_and_distances", e))?;
+        // SAFETY: parts < K (checked); offsets has np + 1 entries, positions in dists;
+        // counts, sum_d and sum_d2 hold K each; one thread per partition, bounded by np.
+        unsafe { b.launch(cfg) }.map_err(launch("stats_counts_and_distances"))?;
         Ok(())
     }
 
@@ -118,56 +117,57 @@ impl CudaDevice {
         s: &mut DeviceSums,
     ) -> Result<()> {
         let d = s.dim;
-        let n_rows = u.len() / d;
-        if u.len() % d != 0 {
-            return Err(Error::param("cuda launch", "stats: rows are not n × d"));
-        }
-        if let Some(&(p, r)) = memberships
-            .iter()
-            .find(|(p, r)| *p as usize >= s.rows || *r as usize >= n_rows)
-        {
-            return Err(Error::param(
-                "cuda launch",
-                format!(
-                    "membership (partition {p}, row {r}) is outside K = {}, rows = {n_rows}",
-                    s.rows
-                ),
-            ));
-        }
+        check_memberships(
+            "add_direction_sums",
+            u.len(),
+            d,
+            s.rows,
+            memberships.iter().copied(),
+        )?;
         if memberships.is_empty() {
             return Ok(());
         }
         let (parts, offsets, order) = csr_by_partition(memberships.iter().map(|m| m.0));
         let members: Vec<i32> = order.iter().map(|&i| memberships[i].1 as i32).collect();
-        check_i32("partitions", parts.len())?;
-        let di = check_i32("d", d)?;
         let (dp, doff, dm) = (
             self.upload(&parts)?,
             self.upload(&offsets)?,
             self.upload(&members)?,
         );
-        // One partition per grid row, in launches of at most MAX_GRID_Y partitions.
-        for t0 in (0..parts.len()).step_by(MAX_GRID_Y) {
-            let cnt = MAX_GRID_Y.min(parts.len() - t0);
+        self.direction_sums(u, d, (&dp, &doff, &dm), &mut s.buf)
+    }
+
+    /// The `stats_direction_sums` launches of a batch grouped by partition (`csr` = the
+    /// partitions, the offsets of their members and the members, on the device), one partition
+    /// per grid row in launches of at most [`MAX_GRID_Y`] partitions. The caller has checked
+    /// the memberships against `u` and `sums` ([`check_memberships`]).
+    fn direction_sums(
+        &self,
+        u: &CudaView<'_, f32>,
+        d: usize,
+        csr: (&CudaSlice<i32>, &CudaSlice<i32>, &CudaSlice<i32>),
+        sums: &mut CudaSlice<f64>,
+    ) -> Result<()> {
+        let (dp, doff, dm) = csr;
+        let n_parts = dp.len();
+        let di = d as i32; // checked by check_memberships
+        for t0 in (0..n_parts).step_by(MAX_GRID_Y) {
+            let cnt = MAX_GRID_Y.min(n_parts - t0);
             let cnt_i = cnt as i32;
             let (pv, ov) = (dp.slice(t0..t0 + cnt), doff.slice(t0..t0 + cnt + 1));
-            let cfg = LaunchConfig {
-                grid_dim: ((d as u32).div_ceil(256), cnt as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = blocks_256(((d as u32).div_ceil(256), cnt as u32, 1));
             let mut b = self.stream.launch_builder(self.f("stats_direction_sums"));
             b.arg(u)
                 .arg(&di)
                 .arg(&pv)
                 .arg(&ov)
-                .arg(&dm)
+                .arg(dm)
                 .arg(&cnt_i)
-                .arg(&mut s.buf);
-            // SAFETY: parts < s.rows and members < rows of u (checked above); this launch reads
-            // cnt parts and cnt + 1 offsets (absolute positions in members); s.buf holds at
-            // least s.rows·d.
-            unsafe { b.launch(cfg) }.map_err(|e| cuda_err("stats_direction_sums", e))?;
+                .arg(&mut *sums);
+            // SAFETY: every partition is below the table's K and every member below the rows of
+            // u (checked by the caller); this launch reads cnt parts and cnt + 1 offsets
+            // (absolute positions in members); sums holds at least K·d.
+            unsafe { b.launch(cfg) }.map_err(launch("stats_direction_sums"))?;
         }
         Ok(())
     }
