@@ -24,13 +24,15 @@
 //! then live on the device; they are copied back when the host needs them (a merge,
 //! [`Builder::dictionary`], [`Builder::finish`]).
 
-use crate::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
+use crate::backend::cpu::{
+    leaders_cpu, nearest_prefix_cpu, screen_margin, screen_rows, LeaderDecision,
+};
 use crate::backend::Backend;
 use crate::data::{ActivationBatch, TokenRef};
 use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
 use crate::geometry;
-use crate::linalg::{dot_f64, matmul_abt, screen_margin, screen_rows};
+use crate::linalg::{dot_f64, matmul_abt};
 use rayon::prelude::*;
 
 /// How rows that match a pre-batch exemplar are assigned.

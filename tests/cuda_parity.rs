@@ -2,12 +2,14 @@
 //! CUDA driver is present; on a GPU machine they run via scripts/gpu-run.sh.
 #![cfg(feature = "cuda")]
 
+use exemplar::backend::cpu::{
+    leaders_cpu, nearest_prefix_cpu, nearest_rows, pairwise_distance_percentile, screen_rows,
+    LeaderDecision,
+};
 use exemplar::backend::cuda::{bf16_screen_margin, driver_available, CudaDevice, ScreenKind};
-use exemplar::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
 use exemplar::backend::Backend;
-use exemplar::calibrate::{pairwise_distance_percentile, PercentileMethod};
+use exemplar::calibrate::PercentileMethod;
 use exemplar::geometry::directions;
-use exemplar::linalg::{nearest_rows, screen_rows};
 
 fn device() -> Option<CudaDevice> {
     if !driver_available() {

@@ -3,13 +3,15 @@
 
 use super::launch::{blocks_256, check_i32, check_len, check_nonempty, launch, warp_grid};
 use super::CudaDevice;
-use crate::calibrate::PercentileMethod;
+use crate::backend::cpu::calibrate::{
+    check_percentile, combine, needed_ranks, window_bounds, PercentileMethod,
+};
 use crate::error::{CudaError, Error, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 impl CudaDevice {
     /// The exact pairwise-distance percentile of the unit rows `u` (`n × d`, n ≥ 2); the same
-    /// value as [`crate::calibrate::pairwise_distance_percentile`].
+    /// value as [`crate::backend::cpu::pairwise_distance_percentile`].
     pub fn pairwise_percentile(
         &self,
         u: &CudaSlice<f32>,
@@ -19,7 +21,7 @@ impl CudaDevice {
         method: PercentileMethod,
     ) -> Result<f64> {
         const OP: &str = "pairwise_percentile";
-        crate::calibrate::check_percentile(percentile)?;
+        check_percentile(percentile)?;
         check_nonempty(OP, "width d", d)?;
         check_len(OP, "rows", u.len(), n * d)?;
         if n < 2 {
@@ -29,7 +31,7 @@ impl CudaDevice {
         }
         let (ni, di) = (check_i32(OP, "rows", n)?, check_i32(OP, "d", d)?);
         let pairs = n * (n - 1) / 2;
-        let ranks = crate::calibrate::needed_ranks(pairs, percentile / 100.0, method);
+        let ranks = needed_ranks(pairs, percentile / 100.0, method);
         let bins = 1usize << 16;
         let s = &self.stream;
         let tiles = (n as u32).div_ceil(64);
@@ -41,7 +43,7 @@ impl CudaDevice {
         // SAFETY: u holds n·d; hist holds `bins` counters.
         unsafe { b.launch(cfg) }.map_err(launch("pairs_histogram"))?;
         let hist = self.download(&hist)?;
-        let (lo, hi) = crate::calibrate::window_bounds(&hist, &ranks, d);
+        let (lo, hi) = window_bounds(&hist, &ranks, d);
         let mut capacity: usize = 1 << 20;
         loop {
             let mut below = self.zeros::<u64>(1)?;
@@ -90,12 +92,7 @@ impl CudaDevice {
                         })
                 })
                 .collect::<Result<_>>()?;
-            return Ok(crate::calibrate::combine(
-                &picked,
-                pairs,
-                percentile / 100.0,
-                method,
-            ));
+            return Ok(combine(&picked, pairs, percentile / 100.0, method));
         }
     }
 }

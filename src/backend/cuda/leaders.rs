@@ -1,13 +1,13 @@
 //! Launchers of `kernels/leaders.cu`: phase B of a batch (in-batch leaders in stream order,
 //! appended to the exemplar buffer) and the row gather that feeds it. The CPU twin is
-//! `backend::leaders::leaders_cpu`.
+//! `backend::cpu::leaders_cpu`.
 
 use super::buffers::GrowableRows;
 use super::launch::{
     blocks_256, check_i32, check_len, check_nonempty, check_rows, launch, warp_grid, MAX_GRID_Y,
 };
 use super::CudaDevice;
-use crate::backend::leaders::LeaderDecision;
+use crate::backend::cpu::LeaderDecision;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
@@ -16,7 +16,7 @@ const OP: &str = "leaders";
 impl CudaDevice {
     /// Phase B on the device: sequential leader clustering of the unit rows `w` (`m × d`,
     /// stream order) with threshold `theta`, the twin of
-    /// [`crate::backend::leaders::leaders_cpu`] (identical decisions and f64 similarities).
+    /// [`crate::backend::cpu::leaders_cpu`] (identical decisions and f64 similarities).
     /// The new leaders are appended to `g` in ordinal order (after the rows it held at the call;
     /// only leaders appended by this call are candidates). Chunks of 512 rows: each chunk's rows
     /// are resolved against earlier chunks' leaders by [`CudaDevice::nearest_device`], and among

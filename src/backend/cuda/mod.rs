@@ -16,9 +16,9 @@
 //! | kernel (`kernels/`) | CPU twin |
 //! |---|---|
 //! | `prepare_f32`, `prepare_bf16` | `geometry::directions` (bit-identical) |
-//! | `nearest_top2_f32` + `resolve_f64` + `recheck_f64` | `linalg::screen_rows` + `Screen::resolve` (identical ids and f64 similarities) |
-//! | `pair_sims_f64` + `leaders_scan` + `append_leaders` | `backend::leaders::leaders_cpu` (identical decisions) |
-//! | `pairs_histogram` + `pairs_window` + `pairs_exact_f64` | `calibrate::pairwise_distance_percentile` (identical value) |
+//! | `nearest_top2_f32` + `resolve_f64` + `recheck_f64` | `cpu::screen_rows` + `Screen::resolve` (identical ids and f64 similarities) |
+//! | `pair_sims_f64` + `leaders_scan` + `append_leaders` | `cpu::leaders_cpu` (identical decisions) |
+//! | `pairs_histogram` + `pairs_window` + `pairs_exact_f64` | `cpu::pairwise_distance_percentile` (identical value) |
 //! | `stats_direction_sums`, `stats_counts_and_distances` | `Builder::record_member`'s sums (bit-identical) |
 
 mod buffers;

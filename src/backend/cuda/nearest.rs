@@ -1,7 +1,7 @@
 //! Launchers of `kernels/nearest.cu`: the exact nearest candidate of every row. A screen (FP32
 //! SGEMM, bf16 tensor cores, or cuBLAS bf16 GEMM, each with a fused top-2) picks a winner and
 //! flags rows it cannot separate; f64 resolution in the canonical order settles every row, so
-//! ids and similarities equal the CPU's `linalg::nearest_rows`.
+//! ids and similarities equal the CPU twin's, `backend::cpu::nearest_rows`.
 
 use super::launch::{
     blocks_256, check_i32, check_len, check_nonempty, launch, shape, warp_grid, MAX_GRID_Y,
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 /// The screen of [`CudaDevice::nearest_with`]; both give the same exact result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScreenKind {
-    /// Tiled FP32 SGEMM with a fused top-2 (margin [`crate::linalg::screen_margin`]).
+    /// Tiled FP32 SGEMM with a fused top-2 (margin [`crate::backend::cpu::screen_margin`]).
     F32,
     /// bf16 tensor-core MMA (sm_80+) with a fused top-2 (margin [`bf16_screen_margin`]).
     Bf16TensorCores,
@@ -70,7 +70,7 @@ impl CudaDevice {
     /// The exact nearest candidate of every row of `u` (`n × d`) among `e` (`k × d`, k ≥ 1):
     /// a screen (tensor cores when [`ScreenKind::auto`] picks them), then f64 resolution
     /// (ambiguous rows re-checked over all candidates). Returns ids and exact similarities,
-    /// identical to [`crate::linalg::nearest_rows`]; only these per-row scalars cross to the host.
+    /// identical to [`crate::backend::cpu::nearest_rows`]; only these per-row scalars cross to the host.
     pub fn nearest(
         &self,
         u: &CudaSlice<f32>,
@@ -249,7 +249,7 @@ impl CudaDevice {
                 // SAFETY: u holds n·d, e holds k·d, limits (if any) n, the outputs n each
                 // (checked above); the kernel bounds every index by n, k and d.
                 unsafe { b.launch(cfg) }.map_err(launch("nearest_top2_f32"))?;
-                crate::linalg::screen_margin(d)
+                crate::backend::cpu::screen_margin(d)
             }
             ScreenKind::Bf16TensorCores => {
                 let dp = d.next_multiple_of(32);
