@@ -34,8 +34,9 @@ pub enum Error {
         found: usize,
     },
 
-    /// A row that holds NaN or ±Inf.
-    #[error("{path}: row {row} holds a non-finite value (NaN or Inf); pass --skip-nonfinite to drop such rows")]
+    /// A row that holds NaN or ±Inf (a stream drops such rows instead with
+    /// `StreamOptions::skip_nonfinite`).
+    #[error("{path}: row {row} holds a non-finite value (NaN or Inf)")]
     NonFinite { path: PathBuf, row: u64 },
 
     /// A row that is exactly the center (it has no direction on the sphere).
@@ -62,7 +63,7 @@ pub enum Error {
     Cuda(#[from] CudaError),
 
     /// An output path that already exists (outputs are never overwritten without `force`).
-    #[error("{0} already exists; pass --force to overwrite it")]
+    #[error("{0} already exists; it is not overwritten")]
     OutputExists(PathBuf),
 }
 
