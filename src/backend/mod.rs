@@ -2,7 +2,7 @@
 //! kernels (`nearest`, `leaders`, `calibrate`; the twins of `prepare` and `stats` are
 //! [`crate::geometry::directions`] and the builder's running sums), built on [`crate::linalg`]'s
 //! GEMM and canonical f64 dot product. Every CUDA kernel has its CPU twin, with the same
-//! semantics, and a parity test against it. [`cuda`] (feature `cuda`) holds the launchers.
+//! semantics, and a parity test against it. `cuda` (feature `cuda`) holds the launchers.
 //!
 //! [`Backend`] is what the builder, calibration and assignment run on. Its GPU steps return the
 //! same ids and exact similarities as the CPU (see `docs/semantics.md`), so a dictionary built

@@ -4,8 +4,8 @@
 //! selected without ever holding the `n(n−1)/2` distances. A first GEMM pass histograms f32
 //! distances; a second pass keeps only the pairs whose f32 distance lies within the GEMM error
 //! margin of the target bins, recomputes those in f64 and selects. So the value does not depend
-//! on threads, tiling or hardware, and the CUDA launchers, which share [`needed_ranks`],
-//! [`window_bounds`] and [`combine`], get the same value.
+//! on threads, tiling or hardware, and the CUDA launchers, which share `needed_ranks`,
+//! `window_bounds` and `combine`, get the same value.
 
 use super::nearest::screen_margin;
 use crate::error::{Error, Result};
