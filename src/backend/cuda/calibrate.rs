@@ -1,5 +1,5 @@
 //! Launchers of `kernels/calibrate.cu`: the exact pairwise-distance percentile (histogram pass,
-//! window pass, f64 window), the twin of `calibrate::pairwise_distance_percentile`.
+//! window pass, f64 window), the twin of `backend::cpu::pairwise_distance_percentile`.
 
 use super::launch::{blocks_256, check_i32, check_len, check_nonempty, launch, warp_grid};
 use super::CudaDevice;
