@@ -1,9 +1,9 @@
 //! Build script: with the `cuda` feature and an `nvcc` (env `NVCC`, else on `PATH`), compiles
 //! `kernels/*.cu` to PTX for each virtual architecture of `EXEMPLAR_CUDA_ARCHS` (default
 //! `80,90`) into `OUT_DIR`, and writes `OUT_DIR/prebuilt_kernels.rs`, the table
-//! `src/backend/cuda.rs` embeds. Without nvcc (or without the feature) the table is empty and
-//! the kernels compile with NVRTC when a device opens. A failing nvcc is a warning, never a
-//! build failure: NVRTC remains the fallback.
+//! `src/backend/cuda/compile.rs` embeds. Without nvcc (or without the feature) the table is
+//! empty and the kernels compile with NVRTC when a device opens. A failing nvcc is a warning,
+//! never a build failure: NVRTC remains the fallback.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ fn main() {
     for m in MODULES {
         println!("cargo:rerun-if-changed=kernels/{m}.cu");
     }
+    println!("cargo:rerun-if-changed=kernels/common.cuh");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=EXEMPLAR_CUDA_ARCHS");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -77,8 +78,10 @@ fn prebuild(nvcc: &Path, archs: &[u32], out: &Path) -> Result<Vec<(String, u32, 
     for m in MODULES {
         for &arch in archs {
             let file = format!("{m}.compute_{arch}.ptx");
+            // `#include "common.cuh"` is found next to the .cu file (nvcc searches the including
+            // file's directory for quoted includes); `-I kernels` says so explicitly.
             let status = Command::new(nvcc)
-                .args(["-ptx", "-std=c++17", "-O3"])
+                .args(["-ptx", "-std=c++17", "-O3", "-I", "kernels"])
                 .arg(format!("-arch=compute_{arch}"))
                 .arg(format!("kernels/{m}.cu"))
                 .arg("-o")

@@ -20,7 +20,7 @@
 //! `--bench` (`cargo test --benches`) the defaults shrink to a few-second smoke test.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use exemplar::calibrate::pairwise_distance_percentile;
+use exemplar::backend::cpu::pairwise_distance_percentile;
 use exemplar::PercentileMethod;
 use rayon::prelude::*;
 use std::cell::{Cell, OnceCell};

@@ -412,10 +412,10 @@ fn end_to_end(dev: &CudaDevice, b: usize, d: usize, k: usize) {
         }
         for (&row, dcs) in unmatched.iter().zip(&decisions) {
             member[row as usize] = match *dcs {
-                exemplar::backend::leaders::LeaderDecision::Leader { ordinal } => {
+                exemplar::backend::LeaderDecision::Leader { ordinal } => {
                     ((k as u32) + ordinal, row, 0.0)
                 }
-                exemplar::backend::leaders::LeaderDecision::Follow { ordinal, sim } => {
+                exemplar::backend::LeaderDecision::Follow { ordinal, sim } => {
                     ((k as u32) + ordinal, row, (1.0 - sim).clamp(0.0, 2.0))
                 }
             };

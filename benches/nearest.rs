@@ -25,8 +25,9 @@
 //! (`cargo test --benches`) the defaults shrink to a few-second smoke test.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use exemplar::backend::cpu::screen_rows;
 use exemplar::data::ActivationBatch;
-use exemplar::linalg::{matmul_abt, screen_rows};
+use exemplar::linalg::matmul_abt;
 use exemplar::{BuildConfig, Builder, Dictionary};
 use std::cell::{OnceCell, RefCell};
 use std::hint::black_box;

@@ -4,8 +4,10 @@
 //          over [0, 2] (64-bit counters);
 //   pass 2 (pairs_window): count the pairs whose f32 distance is below `lo` and collect the
 //          (i, j) of those in [lo, hi] (the target bins widened by twice the screen's error);
-//   then pairs_exact_f64 recomputes the window's distances in f64 (canonical lane order) and
+//   then pairs_exact_f64 recomputes the window's distances in f64 (common.cuh's order) and
 //   the host selects the order statistic, as the CPU twin (calibrate.rs) does.
+
+#include "common.cuh"
 
 #define BT 64
 #define BKC 16
@@ -99,17 +101,14 @@ pairs_window(const float* __restrict__ U, int n, int d, float lo, float hi,
     if (local_below) atomicAdd(below, local_below);
 }
 
-// f64 distances 1 - u_i.u_j of the window's pairs, one warp per pair, canonical lane order.
+// f64 distances 1 - u_i.u_j of the window's pairs, one warp per pair (common.cuh's warp_dot_f64).
 extern "C" __global__ void pairs_exact_f64(const float* __restrict__ U, int d,
                                            const int* __restrict__ window, int pairs,
                                            double* __restrict__ out) {
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (warp >= pairs) return;
-    const float* a = U + (long long)window[2 * warp] * d;
-    const float* b = U + (long long)window[2 * warp + 1] * d;
-    double acc = 0.0;
-    for (int i = lane; i < d; i += 32) acc += (double)a[i] * (double)b[i];
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) out[warp] = 1.0 - acc;
+    const double s = warp_dot_f64(U + (long long)window[2 * warp] * d,
+                                  U + (long long)window[2 * warp + 1] * d, d, lane);
+    if (lane == 0) out[warp] = 1.0 - s;
 }

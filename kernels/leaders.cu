@@ -4,7 +4,7 @@
 // The unmatched rows W (m x d, unit, stream order) are processed in chunks of c rows. For a
 // chunk, the launcher first finds each row's exact nearest among the leaders of earlier chunks
 // (the nearest kernels: screen + f64 resolve/recheck), then:
-//   1. pair_sims_f64: the exact f64 similarity (canonical lane order, as linalg::dot_f64) of
+//   1. pair_sims_f64: the exact f64 similarity (common.cuh's warp_dot_f64, as linalg::dot_f64) of
 //      every pair b < a of the chunk; warp per pair;
 //   2. leaders_scan: one warp walks the chunk in stream order. Row a's candidates are the
 //      earlier leaders (best exact similarity prev_sim[a] at ordinal prev_ord[a]) and the
@@ -17,7 +17,7 @@
 // Sequential dependencies inside a chunk are resolved by the single scanning warp on
 // precomputed exact values, so the scan costs O(c * leaders) comparisons, not dot products.
 
-#define NEG_INF_D __longlong_as_double(0xfff0000000000000LL)
+#include "common.cuh"
 
 // Pair p (0 <= p < c(c-1)/2) in the order (1,0), (2,0), (2,1), (3,0), ...
 __device__ __forceinline__ void pair_of(long long p, int* a, int* b) {
@@ -36,12 +36,8 @@ extern "C" __global__ void pair_sims_f64(const float* __restrict__ W, int c, int
     if (warp >= pairs) return;
     int a, b;
     pair_of(warp, &a, &b);
-    const float* x = W + (long long)a * d;
-    const float* y = W + (long long)b * d;
-    double acc = 0.0;
-    for (int i = lane; i < d; i += 32) acc += (double)x[i] * (double)y[i];
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) sims[(long long)a * c + b] = acc;
+    const double s = warp_dot_f64(W + (long long)a * d, W + (long long)b * d, d, lane);
+    if (lane == 0) sims[(long long)a * c + b] = s;
 }
 
 // One warp (blockDim.x == 32). prev_ord[a] < 0: no earlier leader. base: ordinal of the chunk's

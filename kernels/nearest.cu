@@ -7,43 +7,14 @@
 // "leaders created before this row").
 //
 // This is the f32 *screen*: decisions are settled by resolve_f64 / recheck_f64 (exact f64 in
-// the canonical lane order), so the screen only needs its documented error bound (d * 2^-24 per
+// the canonical order of common.cuh), so the screen only needs its documented error bound (d * 2^-24 per
 // similarity of unit vectors; the margin used is d * 2^-22).
 
-#define NEG_INF_F __int_as_float(0xff800000)
-#define NEG_INF_D __longlong_as_double(0xfff0000000000000LL)
+#include "common.cuh"
 
 #define BM 64
 #define BN 64
 #define BK 16
-
-struct Top2 {
-    int index;
-    float best;
-    float second;
-};
-
-__device__ __forceinline__ void top2_offer(Top2& t, int j, float s) {
-    if (s > t.best) {
-        t.second = t.best;
-        t.best = s;
-        t.index = j;
-    } else if (s > t.second) {
-        t.second = s;
-    }
-}
-
-// Merge a top-2 of candidates that all come after t's (ascending-index rule preserved).
-__device__ __forceinline__ void top2_merge_after(Top2& t, const Top2& later) {
-    if (later.index < 0) return;
-    if (later.best > t.best) {
-        t.second = fmaxf(t.best, later.second);
-        t.best = later.best;
-        t.index = later.index;
-    } else {
-        t.second = fmaxf(t.second, later.best);
-    }
-}
 
 extern "C" __global__ void __launch_bounds__(256)
 nearest_top2_f32(const float* __restrict__ U, const float* __restrict__ E, int n, int k, int d,
@@ -57,11 +28,7 @@ nearest_top2_f32(const float* __restrict__ U, const float* __restrict__ E, int n
     const int tx = threadIdx.x % 16;  // column group: candidates tx*4 .. tx*4+3
     const int ty = threadIdx.x / 16;  // row group: rows ty*4 .. ty*4+3
     const int m0 = blockIdx.x * BM;
-    if (threadIdx.x < BM) {
-        running[threadIdx.x].index = -1;
-        running[threadIdx.x].best = NEG_INF_F;
-        running[threadIdx.x].second = NEG_INF_F;
-    }
+    if (threadIdx.x < BM) running[threadIdx.x] = top2_empty();
     for (int n0 = 0; n0 < k; n0 += BN) {
         float acc[4][4];
 #pragma unroll
@@ -95,10 +62,7 @@ nearest_top2_f32(const float* __restrict__ U, const float* __restrict__ E, int n
         // Epilogue: per thread, the top-2 of its 4 candidates for each of its 4 rows.
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            Top2 t;
-            t.index = -1;
-            t.best = NEG_INF_F;
-            t.second = NEG_INF_F;
+            Top2 t = top2_empty();
 #pragma unroll
             const int gr = m0 + ty * 4 + i;
             const int lim = (limits && gr < n) ? min(k, limits[gr]) : k;
@@ -127,7 +91,7 @@ nearest_top2_f32(const float* __restrict__ U, const float* __restrict__ E, int n
     }
 }
 
-// Exact similarity of each row with its screened winner (warp per row, canonical lane order),
+// Exact similarity of each row with its screened winner (warp per row, warp_dot_f64),
 // and a flag for rows whose screen cannot separate best from runner-up (second > best - margin).
 extern "C" __global__ void resolve_f64(const float* __restrict__ U, const float* __restrict__ E,
                                        int n, int d, const int* __restrict__ best_index,
@@ -137,28 +101,18 @@ extern "C" __global__ void resolve_f64(const float* __restrict__ U, const float*
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (warp >= n) return;
-    const int j = best_index[warp];
-    double acc = 0.0;
-    if (j >= 0) {
-        const float* u = U + (long long)warp * d;
-        const float* e = E + (long long)j * d;
-        for (int i = lane; i < d; i += 32) acc += (double)u[i] * (double)e[i];
-    }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    const int j = best_index[warp];  // the same in every lane of the warp
+    const double acc = (j >= 0) ? warp_dot_f64(U + (long long)warp * d, E + (long long)j * d, d, lane)
+                                : 0.0;
     if (lane == 0) {
         sim[warp] = (j >= 0) ? acc : NEG_INF_D;
         ambiguous[warp] = (j >= 0 && second[warp] > best[warp] - margin) ? 1 : 0;
     }
 }
 
-// Lexicographic "better": larger similarity, then lower index (the first maximum).
-__device__ __forceinline__ bool better_f64(double s, int j, double bs, int bj) {
-    return j >= 0 && (bj < 0 || s > bs || (s == bs && j < bj));
-}
-
 // Exact re-check of the listed ambiguous rows, split over candidates: block (x, y) takes row
 // rows[y] and candidates j = x*8 + warp, stepping gridDim.x*8; each warp keeps its first f64
-// maximum (canonical lane order), the block the best of its 8 warps. recheck_reduce then picks
+// maximum (warp_dot_f64), the block the best of its 8 warps. recheck_reduce then picks
 // the best block per row. The result is the f64 maximum over all (or the first limits[row])
 // candidates with the lowest index on ties: the CPU's exact maximum.
 extern "C" __global__ void __launch_bounds__(256)
@@ -176,11 +130,8 @@ recheck_partial_f64(const float* __restrict__ U, const float* __restrict__ E, in
         double best = NEG_INF_D;
         int arg = -1;
         for (int j = blockIdx.x * 8 + warp; j < kl; j += gridDim.x * 8) {
-            const float* e = E + (long long)j * d;
-            double acc = 0.0;
-            for (int i = lane; i < d; i += 32) acc += (double)u[i] * (double)e[i];
-            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-            acc = __shfl_sync(0xffffffffu, acc, 0);
+            const double acc =
+                __shfl_sync(0xffffffffu, warp_dot_f64(u, E + (long long)j * d, d, lane), 0);
             if (acc > best) {
                 best = acc;
                 arg = j;
@@ -259,22 +210,6 @@ extern "C" __global__ void to_bf16_padded(const float* __restrict__ X, int n, in
 #define TBK 32
 #define TPAD 40  // shared row stride in bf16 (80 bytes): conflict-free fragment loads
 
-// General top-2 merge of two candidate subsets (not necessarily ordered).
-__device__ __forceinline__ void top2_merge(Top2& t, int j, float b, float s) {
-    if (j < 0) return;
-    if (t.index < 0) {
-        t.index = j;
-        t.best = b;
-        t.second = s;
-    } else if (b > t.best || (b == t.best && j < t.index)) {
-        t.second = fmaxf(s, t.best);
-        t.best = b;
-        t.index = j;
-    } else {
-        t.second = fmaxf(t.second, b);
-    }
-}
-
 __device__ __forceinline__ unsigned int lds32(const unsigned short* p) {
     return *reinterpret_cast<const unsigned int*>(p);
 }
@@ -326,9 +261,7 @@ __device__ __forceinline__ void mma_screen(const unsigned short* __restrict__ Ub
     float flo[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-        run[i].index = -1;
-        run[i].best = NEG_INF_F;
-        run[i].second = NEG_INF_F;
+        run[i] = top2_empty();
         flo[i] = 0.0f;
     }
     if (CONT) {
@@ -497,11 +430,8 @@ contenders_f64(const float* __restrict__ U, const float* __restrict__ E, int d,
         int arg = -1;
         for (int i = warp; i < cnt; i += 8) {
             const int j = cont_index[(long long)y * max_cont + i];
-            const float* e = E + (long long)j * d;
-            double acc = 0.0;
-            for (int t = lane; t < d; t += 32) acc += (double)u[t] * (double)e[t];
-            for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-            acc = __shfl_sync(0xffffffffu, acc, 0);
+            const double acc =
+                __shfl_sync(0xffffffffu, warp_dot_f64(u, E + (long long)j * d, d, lane), 0);
             if (better_f64(acc, j, best, arg)) {
                 best = acc;
                 arg = j;
@@ -537,10 +467,7 @@ extern "C" __global__ void top2_merge_splits(int n, int splits, const int* __res
                                              float* __restrict__ second) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n) return;
-    Top2 t;
-    t.index = -1;
-    t.best = NEG_INF_F;
-    t.second = NEG_INF_F;
+    Top2 t = top2_empty();
     for (int s = 0; s < splits; ++s) {
         const long long o = (long long)s * n + r;
         top2_merge(t, part_index[o], part_best[o], part_second[o]);
@@ -564,10 +491,7 @@ extern "C" __global__ void top2_rows_f32(const float* __restrict__ C, int t, int
     const int row = row0 + warp;
     const int lim = limits ? min(max(limits[row], 0), k) : k;
     const float* c = C + (long long)warp * k;
-    Top2 m;
-    m.index = -1;
-    m.best = NEG_INF_F;
-    m.second = NEG_INF_F;
+    Top2 m = top2_empty();
     // Ascending j within a lane: the strict comparison keeps the lane's first maximum.
     for (int j = lane; j < lim; j += 32) top2_offer(m, j, c[j]);
     for (int off = 16; off > 0; off >>= 1) {

@@ -1,16 +1,17 @@
 // prepare: raw activations -> centered unit directions, one warp per output row.
 //
 // u = (x - c) * (1 / (||x - c|| + 1e-12)), the difference in f32, the squared norm in f64 in
-// the canonical lane order (lane l sums elements l, l+32, ... in order; lanes then combine by
-// shuffle-down 16, 8, 4, 2, 1), the scale applied in f64 and rounded to f32. This is exactly
-// what the CPU twin (geometry::directions, linalg::lane_sum_f64) computes, bit for bit.
-// (f32 x f32 products are exact in f64, so FMA contraction cannot change the sums.)
+// the canonical lane order of common.cuh (warp_sum_f64), the scale applied in f64 and rounded
+// to f32. This is exactly what the CPU twin (geometry::directions, linalg::lane_sum_f64)
+// computes, bit for bit.
 //
 // rows: optional gather list (output row r reads input row rows[r]); null = identity. This is
 // how BOS and padding positions are dropped: only the kept positions are listed.
 // first_zero_row: atomicMin'ed with the index of any output row whose x - c is exactly zero.
 // first_bad_row: atomicMin'ed with the index of any output row whose gather index lies outside
 // x (0 <= rows[r] < x_rows); such rows are not read, and the launcher returns an error.
+
+#include "common.cuh"
 
 __device__ __forceinline__ float bf16_bits_to_f32(unsigned short b) {
     return __uint_as_float(((unsigned int)b) << 16);
@@ -27,10 +28,7 @@ __device__ __forceinline__ void prepare_row(Load load, int d, const float* __res
         o[i] = v;
         acc += (double)v * (double)v;
     }
-    for (int off = 16; off > 0; off >>= 1) {
-        acc += __shfl_down_sync(0xffffffffu, acc, off);
-    }
-    acc = __shfl_sync(0xffffffffu, acc, 0);
+    acc = __shfl_sync(0xffffffffu, warp_sum_f64(acc), 0);
     if (acc == 0.0) {
         if (lane == 0) atomicMin(first_zero_row, out_row);
         return;

@@ -4,7 +4,9 @@
 // rows members[offsets[t] .. offsets[t+1]) in stream order, with member->exemplar distances
 // dists[...] (f64). Each thread owns one (partition, column) and adds that column of its rows
 // in order, so every f64 sum sees exactly the additions of the CPU twin (build.rs,
-// record_member), in the same order: the sums are bit-identical.
+// record_member), in the same order: the sums are bit-identical (common.cuh states the contract).
+
+#include "common.cuh"
 
 extern "C" __global__ void stats_direction_sums(const float* __restrict__ U, int d,
                                                 const int* __restrict__ parts,

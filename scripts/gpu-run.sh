@@ -3,7 +3,8 @@
 #
 #   scripts/gpu-run.sh bundle     (here) builds the GPU test binaries (NVRTC compile test,
 #                                 CUDA kernel parity incl. leaders, both screens and the torch
-#                                 zero-copy view; Gemma-2 bf16 parity) and the benches
+#                                 zero-copy view; the clustering tests, whose *_cuda halves
+#                                 build on the GPU; Gemma-2 bf16 parity) and the benches
 #                                 (cuda_kernels, gemma2_forward), copies them with the HF
 #                                 fixtures into .gpu-bundle/ (git-ignored)
 #   scripts/gpu-run.sh pipeline   (on the GPU machine, a separate call) `exemplar bench` at
@@ -43,7 +44,7 @@ bundle)
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma", "cuda_parity", "cuda_kernels"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gemma", "cuda_parity", "cuda_kernels", "clustering"):
         print(m["executable"])' | while read -r exe; do cp "$exe" "$BUNDLE/bin/"; done
     cargo bench --features torch --no-run --bench gemma2_forward --bench cuda_kernels --message-format=json 2>/dev/null |
         "$PWD/.venv/bin/python" -c '
@@ -71,7 +72,7 @@ run)
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
     } 2>&1 | tee "$OUT/device.txt"
-    for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/gemma-*; do
+    for t in "$BUNDLE"/bin/cuda_kernels-* "$BUNDLE"/bin/cuda_parity-* "$BUNDLE"/bin/clustering-* "$BUNDLE"/bin/gemma-*; do
         [[ "$(basename "$t")" == bench-* ]] && continue
         # The CLI test needs the exemplar binary at this checkout's build path; the CPU
         # machine's CI runs it, so it is skipped here.

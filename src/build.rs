@@ -24,13 +24,15 @@
 //! then live on the device; they are copied back when the host needs them (a merge,
 //! [`Builder::dictionary`], [`Builder::finish`]).
 
-use crate::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
+use crate::backend::cpu::{
+    leaders_cpu, nearest_prefix_cpu, screen_margin, screen_rows, LeaderDecision,
+};
 use crate::backend::Backend;
 use crate::data::{ActivationBatch, TokenRef};
 use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
 use crate::geometry;
-use crate::linalg::{dot_f64, matmul_abt, screen_margin, screen_rows};
+use crate::linalg::{dot_f64, matmul_abt};
 use rayon::prelude::*;
 
 /// How rows that match a pre-batch exemplar are assigned.
@@ -365,7 +367,7 @@ impl Builder {
         #[cfg(feature = "torch")]
         if let (Some(t), Some(st)) = (&batch.tensor_rows, &self.device) {
             if t.tensor.device().is_cuda() {
-                use crate::backend::cuda_torch::TorchRows;
+                use crate::backend::cuda::torch::TorchRows;
                 if t.index.len() != batch.rows() {
                     return Err(Error::param(
                         "tensor rows",

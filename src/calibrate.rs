@@ -2,49 +2,18 @@
 //! schema v2) and the threshold `θ` = mean over calibration batches of the within-batch p-th
 //! percentile of pairwise cosine distances.
 //!
-//! The percentile is **exact**: it is the order statistic of the f64 distances between the f32
-//! unit directions, selected without ever holding the `n(n−1)/2` distances. A first GEMM pass
-//! histograms f32 distances; a second pass keeps only the pairs whose f32 distance lies within
-//! the GEMM error margin of the target bins, recomputes those in f64 and selects. So θ does not
-//! depend on threads, tiling or hardware, and a GPU twin that follows the same rule gets the
-//! same value.
+//! The percentile is **exact** (the order statistic of the f64 distances between the f32 unit
+//! directions, selected without holding the `n(n−1)/2` distances) and computed by the backend:
+//! [`Backend::pairwise_percentile`], whose CPU twin is
+//! [`crate::backend::cpu::pairwise_distance_percentile`]. So θ does not depend on threads,
+//! tiling or hardware, and both backends give the same value.
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::geometry::{self, NORM_EPSILON};
-use crate::linalg::{dot_f64, matmul_abt, screen_margin, tile_rows};
 use rayon::prelude::*;
 
-/// How the percentile is read off the sorted distances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PercentileMethod {
-    /// Linear interpolation between order statistics (numpy's default; the reference's CPU path
-    /// and its GPU path up to 16M pairs).
-    #[default]
-    Linear,
-    /// The sorted value at index `round_half_even(q·(P−1))`, no interpolation (the reference's
-    /// `torch.kthvalue` branch above 16M pairs).
-    NearestRank,
-}
-
-impl PercentileMethod {
-    /// The name used in files and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PercentileMethod::Linear => "linear",
-            PercentileMethod::NearestRank => "nearest-rank",
-        }
-    }
-
-    /// Parses [`PercentileMethod::as_str`].
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "linear" => Some(PercentileMethod::Linear),
-            "nearest-rank" => Some(PercentileMethod::NearestRank),
-            _ => None,
-        }
-    }
-}
+pub use crate::backend::cpu::calibrate::{check_percentile, PercentileMethod};
 
 /// The result of calibration.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,17 +41,6 @@ impl Calibration {
     }
 }
 
-/// Checks that a percentile lies in the open interval (0, 100).
-pub fn check_percentile(p: f64) -> Result<()> {
-    if !(p.is_finite() && p > 0.0 && p < 100.0) {
-        return Err(Error::param(
-            "percentile",
-            format!("must lie strictly between 0 and 100, got {p}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Streaming sums for the center: `Σx` and `Σ x/(‖x‖+1e-12)` in f64, accumulated row by row in
 /// stream order (parallel over columns only, so the result is deterministic).
 #[derive(Debug, Clone)]
@@ -102,14 +60,16 @@ impl CenterAccumulator {
         }
     }
 
-    /// Adds the rows of an `n × d` matrix.
-    pub fn add(&mut self, rows: &[f32]) {
+    /// Adds the rows of an `n × d` matrix; values that are not whole rows of width `d` are an
+    /// error (nothing is added).
+    pub fn add(&mut self, rows: &[f32]) -> Result<()> {
         let d = self.sum_x.len();
-        assert_eq!(
-            rows.len() % d,
-            0,
-            "CenterAccumulator::add: rows are not n × d"
-        );
+        if d == 0 || rows.len() % d != 0 {
+            return Err(Error::param(
+                "rows",
+                format!("{} values are not whole rows of width {d}", rows.len()),
+            ));
+        }
         let n = rows.len() / d;
         let inv_norms: Vec<f64> = rows
             .par_chunks(d)
@@ -132,6 +92,7 @@ impl CenterAccumulator {
                 }
             });
         self.rows += n as u64;
+        Ok(())
     }
 
     /// Rows added so far.
@@ -169,20 +130,13 @@ pub fn calibrate_batches(
     method: PercentileMethod,
     batch_size: usize,
 ) -> std::result::Result<Calibration, CalibrationError> {
-    calibrate_batches_on(
-        &crate::backend::Backend::Cpu,
-        batches,
-        d,
-        percentile,
-        method,
-        batch_size,
-    )
+    calibrate_batches_on(&Backend::Cpu, batches, d, percentile, method, batch_size)
 }
 
 /// [`calibrate_batches`] with the per-batch percentiles computed on `backend` (the value is the
 /// same on every backend).
 pub fn calibrate_batches_on(
-    backend: &crate::backend::Backend,
+    backend: &Backend,
     batches: &[Vec<f32>],
     d: usize,
     percentile: f64,
@@ -192,7 +146,7 @@ pub fn calibrate_batches_on(
     check_percentile(percentile)?;
     let mut acc = CenterAccumulator::new(d);
     for b in batches {
-        acc.add(b);
+        acc.add(b)?;
     }
     let center = acc.center()?;
     let mut batch_percentiles = Vec::new();
@@ -249,267 +203,6 @@ pub enum CalibrationError {
 /// The smallest θ calibration accepts: below it the calibration rows are (nearly) parallel
 /// directions and the percentile is rounding noise.
 pub const MIN_CALIBRATED_THETA: f64 = 1e-6;
-
-/// Pair counts up to which all distances are computed exactly in f64 and selected directly.
-const DIRECT_PAIRS: usize = 1 << 18;
-/// Histogram bins over distances in [0, 2].
-const BINS: usize = 1 << 16;
-
-/// The `percentile`-th percentile of the pairwise cosine distances `1 − u_i·u_j` (i < j, not
-/// clamped) of the unit rows `u` (`n × d`, n ≥ 2), exact (see the module docs).
-pub fn pairwise_distance_percentile(
-    u: &[f32],
-    d: usize,
-    percentile: f64,
-    method: PercentileMethod,
-) -> Result<f64> {
-    check_percentile(percentile)?;
-    let n = u.len() / d;
-    if n < 2 {
-        return Err(Error::EmptyInput(
-            "a percentile of pairs needs at least 2 rows".into(),
-        ));
-    }
-    let pairs = n * (n - 1) / 2;
-    let ranks = needed_ranks(pairs, percentile / 100.0, method);
-    let values = if pairs <= DIRECT_PAIRS {
-        select_direct(u, d, &ranks)
-    } else {
-        select_screened(u, d, &ranks)
-    };
-    Ok(combine(&values, pairs, percentile / 100.0, method))
-}
-
-/// The 0-based ranks whose values the method needs.
-pub(crate) fn needed_ranks(pairs: usize, q: f64, method: PercentileMethod) -> Vec<usize> {
-    let last = (pairs - 1) as f64;
-    match method {
-        PercentileMethod::Linear => {
-            let lo = (q * last).floor() as usize;
-            vec![lo, (lo + 1).min(pairs - 1)]
-        }
-        PercentileMethod::NearestRank => {
-            let r = (q * last).round_ties_even() as usize;
-            vec![r.min(pairs - 1)]
-        }
-    }
-}
-
-/// numpy's linear interpolation (`_lerp`, which computes from the upper end when γ ≥ 0.5).
-pub(crate) fn combine(values: &[f64], pairs: usize, q: f64, method: PercentileMethod) -> f64 {
-    match method {
-        PercentileMethod::NearestRank => values[0],
-        PercentileMethod::Linear => {
-            let vi = q * (pairs - 1) as f64;
-            let gamma = vi - vi.floor();
-            let (a, b) = (values[0], values[1]);
-            let diff = b - a;
-            if gamma >= 0.5 {
-                b - diff * (1.0 - gamma)
-            } else {
-                a + diff * gamma
-            }
-        }
-    }
-}
-
-/// All pair distances in f64, then selection (small n).
-fn select_direct(u: &[f32], d: usize, ranks: &[usize]) -> Vec<f64> {
-    let n = u.len() / d;
-    let mut all: Vec<f64> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|i| {
-            let ui = &u[i * d..(i + 1) * d];
-            (i + 1..n).map(move |j| 1.0 - dot_f64(ui, &u[j * d..(j + 1) * d]))
-        })
-        .collect();
-    all.par_sort_unstable_by(f64::total_cmp);
-    ranks.iter().map(|&r| all[r]).collect()
-}
-
-/// Visits the f32 distances of all pairs i < j, tile by tile, calling `visit(i, j, dist)` from
-/// parallel workers that each own a `T` (merged by `reduce`).
-fn for_each_pair<T: Send>(
-    u: &[f32],
-    d: usize,
-    init: impl Fn() -> T + Sync + Send,
-    visit: impl Fn(&mut T, usize, usize, f32) + Sync + Send,
-    reduce: impl Fn(T, T) -> T + Sync + Send,
-) -> T {
-    let n = u.len() / d;
-    let tile = tile_rows(n).min(1024);
-    let mut total = init();
-    let mut buf = vec![0.0f32; tile * n];
-    let mut r0 = 0;
-    while r0 < n - 1 {
-        let r1 = (r0 + tile).min(n - 1);
-        let m = r1 - r0;
-        let w = n - r0; // columns r0..n (upper triangle incl. the diagonal block)
-        let sims = &mut buf[..m * w];
-        matmul_abt(&u[r0 * d..r1 * d], &u[r0 * d..], d, sims);
-        let part = sims
-            .par_chunks(w)
-            .enumerate()
-            .fold(&init, |mut acc, (a, row)| {
-                let i = r0 + a;
-                for (off, &s) in row.iter().enumerate().skip(a + 1) {
-                    visit(&mut acc, i, r0 + off, 1.0 - s);
-                }
-                acc
-            })
-            .reduce(&init, &reduce);
-        total = reduce(total, part);
-        r0 = r1;
-    }
-    total
-}
-
-#[inline]
-fn bin_of(dist: f32) -> usize {
-    ((dist * (BINS as f32 / 2.0)).max(0.0) as usize).min(BINS - 1)
-}
-
-/// The f32 distance window `[lo, hi]` around the bins holding the needed ranks, widened by
-/// twice the screen's error: pairs below `lo` are certainly below every pair of the window in
-/// exact arithmetic, pairs above `hi` certainly above. Shared by the CPU and CUDA paths.
-pub(crate) fn window_bounds(hist: &[u64], ranks: &[usize], d: usize) -> (f32, f32) {
-    let bins = hist.len();
-    let bin_of_rank = |r: usize| {
-        let mut cum = 0u64;
-        for (b, &c) in hist.iter().enumerate() {
-            cum += c;
-            if cum > r as u64 {
-                return b;
-            }
-        }
-        bins - 1
-    };
-    let lo_bin = bin_of_rank(*ranks.iter().min().expect("at least one rank"));
-    let hi_bin = bin_of_rank(*ranks.iter().max().expect("at least one rank"));
-    let eps = 2.0 * screen_margin(d);
-    let width = 2.0 / bins as f32;
-    let lo = if lo_bin == 0 {
-        f32::NEG_INFINITY
-    } else {
-        lo_bin as f32 * width - eps
-    };
-    let hi = if hi_bin == bins - 1 {
-        f32::INFINITY
-    } else {
-        (hi_bin + 1) as f32 * width + eps
-    };
-    (lo, hi)
-}
-
-/// Two GEMM passes: histogram, then exact f64 distances of the pairs near the target bins.
-fn select_screened(u: &[f32], d: usize, ranks: &[usize]) -> Vec<f64> {
-    let hist = for_each_pair(
-        u,
-        d,
-        || vec![0u64; BINS],
-        |h, _, _, dist| h[bin_of(dist)] += 1,
-        |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        },
-    );
-    let (lo, hi) = window_bounds(&hist, ranks, d);
-    // Pairs with f32 distance below `lo` are certainly below every pair of the window in exact
-    // arithmetic; those above `hi` certainly above.
-    let (below, window) = for_each_pair(
-        u,
-        d,
-        || (0u64, Vec::<(u32, u32)>::new()),
-        |(below, win), i, j, dist| {
-            if dist < lo {
-                *below += 1;
-            } else if dist <= hi {
-                win.push((i as u32, j as u32));
-            }
-        },
-        |(b1, mut w1), (b2, w2)| {
-            w1.extend(w2);
-            (b1 + b2, w1)
-        },
-    );
-    let mut exact: Vec<f64> = window
-        .par_iter()
-        .map(|&(i, j)| {
-            let (i, j) = (i as usize, j as usize);
-            1.0 - dot_f64(&u[i * d..(i + 1) * d], &u[j * d..(j + 1) * d])
-        })
-        .collect();
-    exact.par_sort_unstable_by(f64::total_cmp);
-    ranks
-        .iter()
-        .map(|&r| {
-            let k = (r as u64)
-                .checked_sub(below)
-                .map(|k| k as usize)
-                .filter(|&k| k < exact.len())
-                .expect("exact percentile window must contain the target rank");
-            exact[k]
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn random_unit_rows(n: usize, d: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        let mut v: Vec<f32> = (0..n * d)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        for r in v.chunks_mut(d) {
-            let n = geometry::norm(r) as f32;
-            r.iter_mut().for_each(|x| *x /= n);
-        }
-        v
-    }
-
-    #[test]
-    fn screened_selection_equals_direct_selection() {
-        // 800 rows → 319,600 pairs: above the direct limit, so the screened path runs; compare
-        // with the direct path on the same data, for ranks across the range.
-        let (n, d) = (800, 24);
-        let u = random_unit_rows(n, d, 7);
-        let pairs = n * (n - 1) / 2;
-        for &r in &[0usize, 1, 3195, 31959, pairs / 2, pairs - 2, pairs - 1] {
-            let a = select_direct(&u, d, &[r]);
-            let b = select_screened(&u, d, &[r]);
-            assert_eq!(a, b, "rank {r}");
-        }
-    }
-
-    #[test]
-    fn linear_interpolation_matches_numpy_on_a_hand_case() {
-        // Distances of 4 pairs: values 0.1, 0.2, 0.4, 0.8 → np.percentile(…, 50) = 0.3,
-        // np.percentile(…, 10) = 0.13, nearest-rank at 50: index round(1.5) = 2 → 0.4.
-        let vals = [0.1, 0.2, 0.4, 0.8];
-        let pick = |p: f64, m| {
-            let r = needed_ranks(4, p / 100.0, m);
-            let v: Vec<f64> = r.iter().map(|&i| vals[i]).collect();
-            combine(&v, 4, p / 100.0, m)
-        };
-        assert!((pick(50.0, PercentileMethod::Linear) - 0.3).abs() < 1e-15);
-        assert!((pick(10.0, PercentileMethod::Linear) - 0.13).abs() < 1e-15);
-        assert_eq!(pick(50.0, PercentileMethod::NearestRank), 0.4);
-    }
-
-    #[test]
-    fn percentile_outside_open_interval_is_rejected() {
-        for p in [0.0, 100.0, -1.0, f64::NAN, 150.0] {
-            assert!(check_percentile(p).is_err(), "{p}");
-        }
-    }
-}
 
 /// `__metadata__["format"]` of a calibration file.
 pub const FORMAT: &str = "exemplar-calibration";
@@ -584,5 +277,21 @@ impl Calibration {
             batch_size: h.batch_size,
             batch_percentiles,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_that_are_not_whole_rows_are_an_error_not_a_panic() {
+        let linear = PercentileMethod::Linear;
+        let e = calibrate_batches(&[vec![1.0; 5]], 2, 5.0, linear, 4).unwrap_err();
+        assert!(e.to_string().contains("not whole rows of width 2"), "{e}");
+        let cpu = &Backend::Cpu;
+        assert!(cpu.pairwise_percentile(&[1.0; 5], 2, 5.0, linear).is_err());
+        assert!(cpu.pairwise_percentile(&[1.0; 4], 0, 5.0, linear).is_err());
+        assert!(cpu.nearest(&[1.0; 3], &[1.0, 0.0], 2).is_err());
     }
 }

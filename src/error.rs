@@ -34,8 +34,9 @@ pub enum Error {
         found: usize,
     },
 
-    /// A row that holds NaN or ±Inf.
-    #[error("{path}: row {row} holds a non-finite value (NaN or Inf); pass --skip-nonfinite to drop such rows")]
+    /// A row that holds NaN or ±Inf (a stream drops such rows instead with
+    /// `StreamOptions::skip_nonfinite`).
+    #[error("{path}: row {row} holds a non-finite value (NaN or Inf)")]
     NonFinite { path: PathBuf, row: u64 },
 
     /// A row that is exactly the center (it has no direction on the sphere).
@@ -55,13 +56,84 @@ pub enum Error {
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
 
-    /// A CUDA call failed on a device that is present.
-    #[error("CUDA error: {0}")]
-    Cuda(String),
+    /// A CUDA call failed on a device that is present, or a launcher refused arguments that do
+    /// not fit its kernel (see [`CudaError`]).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
 
     /// An output path that already exists (outputs are never overwritten without `force`).
-    #[error("{0} already exists; pass --force to overwrite it")]
+    #[error("{0} already exists; it is not overwritten")]
     OutputExists(PathBuf),
+}
+
+/// What went wrong in the CUDA backend (feature `cuda`) on a machine where CUDA is present.
+/// cudarc's driver, NVRTC and cuBLAS errors are kept as the [source](std::error::Error::source),
+/// not flattened into text; a missing driver or library is [`Error::CudaUnavailable`] instead,
+/// so that callers can fall back to the CPU.
+#[cfg(feature = "cuda")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CudaError {
+    /// A driver call failed: an allocation, a copy, a context or pointer query.
+    #[error("CUDA {op} failed")]
+    Driver {
+        op: &'static str,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    /// A kernel launch failed.
+    #[error("launching the CUDA kernel {kernel} failed")]
+    Launch {
+        kernel: &'static str,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    /// A kernel module's PTX would not load on the device (`entry: None`), or the loaded module
+    /// has no such entry point.
+    #[error("loading kernels/{module}.cu{} failed", entry.map(|e| format!(" (entry point {e})")).unwrap_or_default())]
+    Load {
+        module: &'static str,
+        entry: Option<&'static str>,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    /// NVRTC could not compile a kernel module (its log is in the source).
+    #[error("compiling kernels/{module}.cu with NVRTC failed")]
+    Compile {
+        module: String,
+        #[source]
+        source: cudarc::nvrtc::CompileError,
+    },
+
+    /// A cuBLAS call failed.
+    #[error("cuBLAS {op} failed")]
+    Cublas {
+        op: &'static str,
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
+
+    /// libcublas cannot be loaded (only the cuBLAS screen needs it).
+    #[error("libcublas cannot be loaded (the cublas-bf16 screen needs it)")]
+    CublasMissing,
+
+    /// Arguments that do not fit the kernel `op` launches: a length, a shape, or an index width.
+    /// Checked before the launch, so nothing ran.
+    #[error("{op}: {what}: expected {expected}, found {found}")]
+    Shape {
+        op: &'static str,
+        what: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A result the kernels guarantee is missing: a bug in this crate.
+    #[error("{op}: {what} (a bug in exemplar's CUDA backend)")]
+    Internal { op: &'static str, what: String },
 }
 
 /// Result alias of the library.

@@ -1,9 +1,21 @@
 //! Clustering semantics: hand-computed cases of the two-phase rule and strict order, batch-size
 //! (in)variance, an independent sequential-leader-clustering oracle, statistics, examples,
-//! reservoirs, saturation, merging and finalisation.
+//! reservoirs, saturation, merging and finalisation, and whole builds with checkpoints and
+//! resume that equal the CPU build bit for bit.
+//!
+//! Every test is one body over every backend (`test_device!`, tests/devices): `name_cpu` runs it
+//! on the CPU, `name_cuda` on the CUDA device where there is one (and says why it skips where
+//! there is none).
 
+mod devices;
+
+use devices::{assert_same_but_backend, rows_around};
+use exemplar::backend::cpu::pairwise_distance_percentile;
+use exemplar::backend::Backend;
 use exemplar::build::{BuildConfig, BuildOutput, Builder, Semantics};
+use exemplar::calibrate::PercentileMethod;
 use exemplar::data::ActivationBatch;
+use exemplar::geometry::directions;
 use exemplar::Dictionary;
 
 /// A unit vector at `deg` degrees in the plane.
@@ -33,9 +45,23 @@ fn config(semantics: Semantics) -> BuildConfig {
     }
 }
 
-/// Builds from `data` (n × d) in batches of `batch`, with a zero center.
-fn build(data: &[f32], d: usize, theta: f64, batch: usize, cfg: BuildConfig) -> BuildOutput {
-    let mut b = Builder::new(vec![0.0; d], theta, cfg).unwrap();
+/// A builder on `backend`.
+fn builder(backend: &Backend, center: Vec<f32>, theta: f64, cfg: BuildConfig) -> Builder {
+    Builder::new(center, theta, cfg)
+        .unwrap()
+        .with_backend(backend.clone())
+}
+
+/// Builds from `data` (n × d) on `backend` in batches of `batch`, with a zero center.
+fn build(
+    backend: &Backend,
+    data: &[f32],
+    d: usize,
+    theta: f64,
+    batch: usize,
+    cfg: BuildConfig,
+) -> BuildOutput {
+    let mut b = builder(backend, vec![0.0; d], theta, cfg);
     let n = data.len() / d;
     let mut start = 0;
     while start < n {
@@ -51,8 +77,7 @@ fn assignments(out: &BuildOutput, n: usize) -> Vec<i64> {
     out.assignments.as_ref().unwrap()[..n].to_vec()
 }
 
-#[test]
-fn two_phase_rule_by_hand() {
+fn two_phase_rule_by_hand(backend: &Backend) {
     // θ = 0.1 ⇔ within ~25.8°.
     // Batch 1: 0° founds P0; 10° joins P0 (phase A). Phase B over [40, 45, 90, 30]: 40 leads P1,
     // 45 follows P1, 90 leads P2 (50° from P1), 30 follows P1 (10° away; 60° from P2).
@@ -61,7 +86,7 @@ fn two_phase_rule_by_hand() {
     // (15°).
     let angles = [0.0, 10.0, 40.0, 45.0, 90.0, 30.0, 18.0, 130.0, 115.0];
     let data = rows(&angles);
-    let out = build(&data, 2, 0.1, 6, config(Semantics::TwoPhase));
+    let out = build(backend, &data, 2, 0.1, 6, config(Semantics::TwoPhase));
     let dict = &out.dictionary;
     assert_eq!(dict.len(), 4);
     for (k, &a) in [0.0, 40.0, 90.0, 130.0].iter().enumerate() {
@@ -104,12 +129,12 @@ fn two_phase_rule_by_hand() {
     assert!((dict.coherence(1) - norm / 3.0).abs() < 1e-9);
 
     // Strict order: 115° joins the nearer P3 instead; K and exemplars are the same.
-    let strict = build(&data, 2, 0.1, 6, config(Semantics::StrictOrder));
+    let strict = build(backend, &data, 2, 0.1, 6, config(Semantics::StrictOrder));
     assert_eq!(assignments(&strict, 9), vec![0, 0, 1, 1, 2, 1, 0, 3, 3]);
     assert_eq!(strict.dictionary.exemplars(), dict.exemplars());
     // Batch size 1 is sequential leader clustering: both rules agree with strict order.
     for sem in [Semantics::TwoPhase, Semantics::StrictOrder] {
-        let one = build(&data, 2, 0.1, 1, config(sem));
+        let one = build(backend, &data, 2, 0.1, 1, config(sem));
         assert_eq!(
             assignments(&one, 9),
             vec![0, 0, 1, 1, 2, 1, 0, 3, 3],
@@ -117,14 +142,18 @@ fn two_phase_rule_by_hand() {
         );
     }
 }
+test_device!(
+    two_phase_rule_by_hand,
+    two_phase_rule_by_hand_cpu,
+    two_phase_rule_by_hand_cuda
+);
 
-#[test]
-fn followers_take_the_best_fit_leader_not_the_first() {
+fn followers_take_the_best_fit_leader_not_the_first(backend: &Backend) {
     // After a first batch founding P0 at 0°, a batch of rows all far from P0 goes to phase B:
     // two leaders 30° apart (farther than θ = 0.1), then a row 18° from the first and 12° from
     // the second follows the second.
     let data = rows(&[0.0, 200.0, 230.0, 218.0]);
-    let mut b = Builder::new(vec![0.0, 0.0], 0.1, config(Semantics::TwoPhase)).unwrap();
+    let mut b = builder(backend, vec![0.0, 0.0], 0.1, config(Semantics::TwoPhase));
     b.add_batch(&ActivationBatch::from_rows(data[..2].to_vec(), 2, 0))
         .unwrap();
     b.add_batch(&ActivationBatch::from_rows(data[2..].to_vec(), 2, 1))
@@ -132,20 +161,29 @@ fn followers_take_the_best_fit_leader_not_the_first() {
     assert_eq!(assignments(&b.finish(1), 4), vec![0, 1, 2, 2]);
     // In a fresh dictionary the first row founds P0 and phase A compares the rest with it
     // first: 218° is within θ of the founder 200°, so it joins P0 (the reference's rule).
-    let fresh = build(&data[2..], 2, 0.1, 3, config(Semantics::TwoPhase));
+    let fresh = build(backend, &data[2..], 2, 0.1, 3, config(Semantics::TwoPhase));
     assert_eq!(assignments(&fresh, 3), vec![0, 1, 0]);
 }
+test_device!(
+    followers_take_the_best_fit_leader_not_the_first,
+    followers_take_the_best_fit_leader_not_the_first_cpu,
+    followers_take_the_best_fit_leader_not_the_first_cuda
+);
 
-#[test]
-fn ties_go_to_the_lowest_id() {
+fn ties_go_to_the_lowest_id(backend: &Backend) {
     // Exemplars at 0° and 90°; 45° is at exactly the same (f32-symmetric) distance from both.
     let data = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0];
-    let out = build(&data, 2, 0.5, 3, config(Semantics::StrictOrder));
+    let out = build(backend, &data, 2, 0.5, 3, config(Semantics::StrictOrder));
     assert_eq!(out.dictionary.len(), 2);
     assert_eq!(assignments(&out, 3), vec![0, 1, 0]);
     let (ids, _) = out.dictionary.assign(&[1.0, 1.0, 2.0, 2.0]).unwrap();
     assert_eq!(ids, vec![0, 0]);
 }
+test_device!(
+    ties_go_to_the_lowest_id,
+    ties_go_to_the_lowest_id_cpu,
+    ties_go_to_the_lowest_id_cuda
+);
 
 /// A seeded generator for test data.
 struct Rng(u64);
@@ -209,8 +247,7 @@ fn naive_slc(u: &[f32], d: usize, theta: f64) -> (Vec<usize>, Vec<i64>) {
     (ex, assign)
 }
 
-#[test]
-fn strict_order_equals_an_independent_sequential_leader_clustering() {
+fn strict_order_equals_an_independent_sequential_leader_clustering(backend: &Backend) {
     let (n, d) = (1500, 24);
     let data = clustered(n, d, 40, 0.2, 1);
     let center: Vec<f32> = (0..d)
@@ -224,7 +261,12 @@ fn strict_order_equals_an_independent_sequential_leader_clustering() {
         "test data gives K = {}",
         oracle_ex.len()
     );
-    let mut b = Builder::new(center.clone(), theta, config(Semantics::StrictOrder)).unwrap();
+    let mut b = builder(
+        backend,
+        center.clone(),
+        theta,
+        config(Semantics::StrictOrder),
+    );
     for (s, chunk) in data.chunks(300 * d).enumerate() {
         b.add_batch(&ActivationBatch::from_rows(
             chunk.to_vec(),
@@ -243,9 +285,15 @@ fn strict_order_equals_an_independent_sequential_leader_clustering() {
     }
     assert_eq!(assignments(&out, n), oracle_assign);
 }
+test_device!(
+    strict_order_equals_an_independent_sequential_leader_clustering,
+    strict_order_equals_an_independent_sequential_leader_clustering_cpu,
+    strict_order_equals_an_independent_sequential_leader_clustering_cuda
+);
 
-#[test]
-fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either() {
+fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either(
+    backend: &Backend,
+) {
     let (n, d) = (2000, 16);
     let data = clustered(n, d, 30, 0.4, 2);
     let theta = 0.3;
@@ -254,8 +302,8 @@ fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_e
         .map(|&bs| {
             (
                 bs,
-                build(&data, d, theta, bs, config(Semantics::TwoPhase)),
-                build(&data, d, theta, bs, config(Semantics::StrictOrder)),
+                build(backend, &data, d, theta, bs, config(Semantics::TwoPhase)),
+                build(backend, &data, d, theta, bs, config(Semantics::StrictOrder)),
             )
         })
         .collect();
@@ -301,9 +349,15 @@ fn k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_e
         "expected the two-phase rule to differ from SLC here"
     );
 }
+test_device!(
+    k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either,
+    k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either_cpu,
+    k_and_exemplars_do_not_depend_on_batch_size_and_strict_order_outputs_do_not_either_cuda
+);
 
-#[test]
-fn identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_reservoir() {
+fn identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_reservoir(
+    backend: &Backend,
+) {
     let (n, d) = (3000, 8);
     let data = clustered(n, d, 3, 0.3, 3);
     let cfg = |seed| BuildConfig {
@@ -311,19 +365,23 @@ fn identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_
         reservoir_size: 5,
         ..config(Semantics::TwoPhase)
     };
-    let a = build(&data, d, 0.6, 500, cfg(7));
-    let b = build(&data, d, 0.6, 500, cfg(7));
+    let a = build(backend, &data, d, 0.6, 500, cfg(7));
+    let b = build(backend, &data, d, 0.6, 500, cfg(7));
     assert_eq!(a.dictionary, b.dictionary);
     assert_eq!(a.assignments, b.assignments);
-    let c = build(&data, d, 0.6, 500, cfg(8));
+    let c = build(backend, &data, d, 0.6, 500, cfg(8));
     let big = (0..a.dictionary.len())
         .find(|&k| a.dictionary.member_count(k) > 100)
         .unwrap();
     assert_ne!(a.dictionary.reservoir(big), c.dictionary.reservoir(big));
 }
+test_device!(
+    identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_reservoir,
+    identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_reservoir_cpu,
+    identical_input_and_seed_give_an_identical_dictionary_and_the_seed_moves_the_reservoir_cuda
+);
 
-#[test]
-fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments() {
+fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments(backend: &Backend) {
     let (n, d) = (4000, 12);
     let data = clustered(n, d, 12, 0.5, 4);
     let theta = 0.35;
@@ -332,7 +390,7 @@ fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments() {
         reservoir_size: 6,
         ..config(Semantics::TwoPhase)
     };
-    let out = build(&data, d, theta, 1000, cfg);
+    let out = build(backend, &data, d, theta, 1000, cfg);
     let dict = &out.dictionary;
     let asg = assignments(&out, n);
     let u = exemplar::geometry::directions(&data, &vec![0.0; d]).unwrap();
@@ -419,9 +477,13 @@ fn statistics_examples_and_reservoirs_are_consistent_with_the_assignments() {
         }
     }
 }
+test_device!(
+    statistics_examples_and_reservoirs_are_consistent_with_the_assignments,
+    statistics_examples_and_reservoirs_are_consistent_with_the_assignments_cpu,
+    statistics_examples_and_reservoirs_are_consistent_with_the_assignments_cuda
+);
 
-#[test]
-fn reference_properties_of_spec_section_9() {
+fn reference_properties_of_spec_section_9(backend: &Backend) {
     // Four well-separated clusters, D = 32, 50 each, noise 0.02, center = mean, θ = 0.05.
     let d = 32;
     let mut r = Rng(9);
@@ -440,7 +502,7 @@ fn reference_properties_of_spec_section_9() {
         .map(|j| (0..200).map(|i| data[i * d + j]).sum::<f32>() / 200.0)
         .collect();
     let go = |theta: f64, batch: usize, cfg: BuildConfig| {
-        let mut b = Builder::new(center.clone(), theta, cfg).unwrap();
+        let mut b = builder(backend, center.clone(), theta, cfg);
         for (s, c) in data.chunks(batch * d).enumerate() {
             b.add_batch(&ActivationBatch::from_rows(
                 c.to_vec(),
@@ -490,7 +552,7 @@ fn reference_properties_of_spec_section_9() {
     fin.finalize(10);
     assert!(fin.member_counts().iter().all(|&c| c >= 10));
     // Spherical mean across 3 batches of different sizes equals the hand calculation.
-    let mut b = Builder::new(center.clone(), 10.0, config(Semantics::TwoPhase)).unwrap();
+    let mut b = builder(backend, center.clone(), 10.0, config(Semantics::TwoPhase));
     let mut start = 0;
     for size in [17usize, 101, 82] {
         b.add_batch(&ActivationBatch::from_rows(
@@ -514,9 +576,13 @@ fn reference_properties_of_spec_section_9() {
         .all(|(a, s)| (*a as f64 - s / norm).abs() < 1e-5));
     assert!((dict.coherence(0) - norm / 200.0).abs() < 1e-5);
 }
+test_device!(
+    reference_properties_of_spec_section_9,
+    reference_properties_of_spec_section_9_cpu,
+    reference_properties_of_spec_section_9_cuda
+);
 
-#[test]
-fn merge_close_collapses_close_partitions_into_the_largest() {
+fn merge_close_collapses_close_partitions_into_the_largest(backend: &Backend) {
     // Two tight clusters (5 and 3 points) 60° apart with θ = 0.05: two partitions; merging at
     // threshold 2.0 collapses them into the larger one, whose exemplar (its first point) stays.
     let a: Vec<f64> = (0..5).map(|i| i as f64 * 0.5).collect();
@@ -526,7 +592,7 @@ fn merge_close_collapses_close_partitions_into_the_largest() {
         examples_per_partition: 10,
         ..config(Semantics::TwoPhase)
     };
-    let mut bl = Builder::new(vec![0.0, 0.0], 0.05, cfg).unwrap();
+    let mut bl = builder(backend, vec![0.0, 0.0], 0.05, cfg);
     bl.add_batch(&ActivationBatch::from_rows(rows(&b), 2, 0))
         .unwrap();
     let out = bl
@@ -549,6 +615,7 @@ fn merge_close_collapses_close_partitions_into_the_largest() {
     assert_eq!(dict.closest_examples(0)[0].distance, 0.0);
     // Without merging: two partitions.
     let sep = build(
+        backend,
         &[rows(&b), rows(&a)].concat(),
         2,
         0.05,
@@ -557,9 +624,13 @@ fn merge_close_collapses_close_partitions_into_the_largest() {
     );
     assert_eq!(sep.dictionary.len(), 2);
 }
+test_device!(
+    merge_close_collapses_close_partitions_into_the_largest,
+    merge_close_collapses_close_partitions_into_the_largest_cpu,
+    merge_close_collapses_close_partitions_into_the_largest_cuda
+);
 
-#[test]
-fn saturation_stops_after_w_batches_without_a_new_partition() {
+fn saturation_stops_after_w_batches_without_a_new_partition(backend: &Backend) {
     // Batch 0 creates partitions; batches 1.. repeat the same directions and create none.
     let base = rows(&[0.0, 90.0, 180.0]);
     let run = |w: u64| {
@@ -567,7 +638,7 @@ fn saturation_stops_after_w_batches_without_a_new_partition() {
             saturation_window: Some(w),
             ..config(Semantics::TwoPhase)
         };
-        let mut b = Builder::new(vec![0.0, 0.0], 0.1, cfg).unwrap();
+        let mut b = builder(backend, vec![0.0, 0.0], 0.1, cfg);
         let mut batches = 0;
         for i in 0..10u64 {
             let o = b
@@ -583,20 +654,28 @@ fn saturation_stops_after_w_batches_without_a_new_partition() {
     assert_eq!(run(1), (2, true));
     assert_eq!(run(3), (4, true));
 }
+test_device!(
+    saturation_stops_after_w_batches_without_a_new_partition,
+    saturation_stops_after_w_batches_without_a_new_partition_cpu,
+    saturation_stops_after_w_batches_without_a_new_partition_cuda
+);
 
-#[test]
-fn finish_with_min_members_drops_small_partitions_and_remaps_assignments() {
+fn finish_with_min_members_drops_small_partitions_and_remaps_assignments(backend: &Backend) {
     let data = rows(&[0.0, 1.0, 2.0, 90.0, 3.0, 180.0, 181.0]);
-    let mut b = Builder::new(vec![0.0, 0.0], 0.1, config(Semantics::TwoPhase)).unwrap();
+    let mut b = builder(backend, vec![0.0, 0.0], 0.1, config(Semantics::TwoPhase));
     b.add_batch(&ActivationBatch::from_rows(data, 2, 0))
         .unwrap();
     let out = b.finish(2);
     assert_eq!(out.dictionary.member_counts(), &[4, 2]);
     assert_eq!(assignments(&out, 7), vec![0, 0, 0, -1, 0, 1, 1]);
 }
+test_device!(
+    finish_with_min_members_drops_small_partitions_and_remaps_assignments,
+    finish_with_min_members_drops_small_partitions_and_remaps_assignments_cpu,
+    finish_with_min_members_drops_small_partitions_and_remaps_assignments_cuda
+);
 
-#[test]
-fn with_merges_over_many_batches_assignments_still_match_member_counts() {
+fn with_merges_over_many_batches_assignments_still_match_member_counts(backend: &Backend) {
     // Merge threshold well above θ, so partitions merge (also in chains) after many batches;
     // every row's final id must point at the partition that holds it.
     let (n, d) = (3000, 12);
@@ -605,7 +684,7 @@ fn with_merges_over_many_batches_assignments_still_match_member_counts() {
         merge_threshold: Some(0.45),
         ..config(Semantics::TwoPhase)
     };
-    let mut b = Builder::new(vec![0.0; d], 0.2, cfg).unwrap();
+    let mut b = builder(backend, vec![0.0; d], 0.2, cfg);
     let mut merged = 0;
     for (s, chunk) in data.chunks(150 * d).enumerate() {
         merged += b
@@ -647,3 +726,218 @@ fn with_merges_over_many_batches_assignments_still_match_member_counts() {
         }
     }
 }
+test_device!(
+    with_merges_over_many_batches_assignments_still_match_member_counts,
+    with_merges_over_many_batches_assignments_still_match_member_counts_cpu,
+    with_merges_over_many_batches_assignments_still_match_member_counts_cuda
+);
+
+/// A build on `backend` equals the CPU build bit for bit (all but the recorded backend) at a
+/// realistic width: D = 256, 300 clusters, 20,000 rows in batches of 4,096, θ the 2nd
+/// percentile of 2,048 rows (itself equal on both backends), both semantics. On the CPU this
+/// says the build is deterministic.
+fn a_build_equals_the_cpu_build(backend: &Backend) {
+    let (n, d) = (20_000, 256);
+    let x = rows_around(n, d, 300, 8);
+    let center: Vec<f32> = (0..d)
+        .map(|j| (0..n).map(|i| x[i * d + j]).sum::<f32>() / n as f32)
+        .collect();
+    let u = directions(&x, &center).unwrap();
+    let theta = Backend::Cpu
+        .pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
+        .unwrap();
+    assert_eq!(
+        theta.to_bits(),
+        backend
+            .pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
+            .unwrap()
+            .to_bits()
+    );
+    for semantics in [Semantics::TwoPhase, Semantics::StrictOrder] {
+        let cfg = BuildConfig {
+            semantics,
+            saturation_window: None,
+            record_assignments: Some(n as u64),
+            ..BuildConfig::default()
+        };
+        let want = build_centered(&Backend::Cpu, &x, d, &center, theta, 4096, cfg.clone());
+        let got = build_centered(backend, &x, d, &center, theta, 4096, cfg);
+        assert!(want.dictionary.len() > 50, "K = {}", want.dictionary.len());
+        assert_eq!(
+            want.assignments, got.assignments,
+            "{semantics:?}: assignments"
+        );
+        assert_same_but_backend(
+            &want.dictionary,
+            &got.dictionary,
+            backend,
+            &format!("{semantics:?}"),
+        );
+    }
+}
+test_device!(
+    a_build_equals_the_cpu_build,
+    a_build_equals_the_cpu_build_cpu,
+    a_build_equals_the_cpu_build_cuda
+);
+
+/// Builds `x` (n × d) on `backend` around `center`, in batches of `batch`.
+fn build_centered(
+    backend: &Backend,
+    x: &[f32],
+    d: usize,
+    center: &[f32],
+    theta: f64,
+    batch: usize,
+    cfg: BuildConfig,
+) -> BuildOutput {
+    let mut b = builder(backend, center.to_vec(), theta, cfg);
+    for (s, chunk) in x.chunks(batch * d).enumerate() {
+        b.add_batch(&ActivationBatch::from_rows(
+            chunk.to_vec(),
+            d,
+            (s * batch) as u64,
+        ))
+        .unwrap();
+    }
+    b.finish(1)
+}
+
+/// One build of `x` in batches of the sizes `sizes` (cycled), with the dictionary taken after
+/// batch `checkpoint_at` (what a checkpoint saves); with `resume`, the build then continues from
+/// `Builder::restore` of that checkpoint. Returns the output, each batch's outcome, and the
+/// checkpoint's dictionary.
+struct Run {
+    out: BuildOutput,
+    outcomes: Vec<exemplar::build::BatchOutcome>,
+    checkpoint: Dictionary,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn staged_build(
+    backend: &Backend,
+    x: &[f32],
+    d: usize,
+    center: &[f32],
+    theta: f64,
+    cfg: &BuildConfig,
+    sizes: &[usize],
+    checkpoint_at: usize,
+    resume: bool,
+) -> Run {
+    let n = x.len() / d;
+    let mut b = builder(backend, center.to_vec(), theta, cfg.clone());
+    let (mut outcomes, mut checkpoint) = (Vec::new(), None);
+    let (mut r0, mut s) = (0usize, 0usize);
+    while r0 < n {
+        let m = sizes[s % sizes.len()].min(n - r0);
+        let batch = ActivationBatch::from_rows(x[r0 * d..(r0 + m) * d].to_vec(), d, r0 as u64);
+        outcomes.push(b.add_batch(&batch).unwrap());
+        r0 += m;
+        s += 1;
+        if s == checkpoint_at {
+            let dict = b.dictionary().clone();
+            if resume {
+                let state = b.state();
+                let assignments = b.recorded_assignments().map(|a| a.to_vec());
+                b = Builder::restore(dict.clone(), state, assignments, cfg.clone())
+                    .unwrap()
+                    .with_backend(backend.clone());
+            }
+            checkpoint = Some(dict);
+        }
+    }
+    Run {
+        out: b.finish(1),
+        outcomes,
+        checkpoint: checkpoint.expect("checkpoint_at is within the build"),
+    }
+}
+
+/// Whole builds on `backend`, checkpointed and resumed from `Builder::restore` midway, equal
+/// the uninterrupted CPU build bit for bit (all but the recorded backend): per-batch outcomes,
+/// the checkpoint, assignments and the final dictionary. Random rows at θ = 0.72 (cosine ≥ 0.28
+/// is about 4.5 standard deviations at D = 256, so most rows become exemplars and a few follow:
+/// K > 4,096, the device buffer grows many times, and phase A switches to the tensor-core
+/// screen on sm_80+), and clustered rows at θ = the 2nd percentile with merges (threshold
+/// 1.8 θ, so merges fire); both semantics; batch sizes from 1 to 2,049 (a one-row first batch,
+/// the founder alone, then sizes across the leaders kernel's 512-row chunk and the CPU's
+/// 256-row chunk). On the CPU this checks that resuming from a checkpoint changes nothing.
+fn whole_builds_with_growth_merges_and_resume_equal_the_cpu_build(backend: &Backend) {
+    let sizes = [1, 333, 64, 1000, 7, 512, 2049, 300];
+    let cases = [
+        ("random", 256, 0usize, 8000usize, None, None),
+        ("clustered", 64, 40, 9000, Some(2.0f64), Some(1.8)),
+    ];
+    for (name, d, clusters, n, pct, merge) in cases {
+        let x = rows_around(n, d, clusters, 21 + clusters as u64);
+        let center: Vec<f32> = (0..d)
+            .map(|j| (0..n).map(|i| x[i * d + j]).sum::<f32>() / n as f32)
+            .collect();
+        let u = directions(&x, &center).unwrap();
+        let theta = pct.map_or(0.72, |pct| {
+            pairwise_distance_percentile(&u[..1500 * d], d, pct, PercentileMethod::Linear).unwrap()
+        });
+        let mut two_phase = None;
+        for semantics in [Semantics::TwoPhase, Semantics::StrictOrder] {
+            let what = format!("{name} {semantics:?}");
+            let cfg = BuildConfig {
+                semantics,
+                saturation_window: None,
+                record_assignments: Some(n as u64),
+                merge_threshold: merge.map(|f| f * theta),
+                reservoir_size: 5,
+                ..BuildConfig::default()
+            };
+            let stage = |backend: &Backend, resume: bool| {
+                staged_build(backend, &x, d, &center, theta, &cfg, &sizes, 6, resume)
+            };
+            let want = stage(&Backend::Cpu, false);
+            // The workload exercises what it claims.
+            let k = want.out.dictionary.len();
+            let merged: usize = want.outcomes.iter().map(|o| o.merged).sum();
+            let new: usize = want.outcomes.iter().map(|o| o.new_partitions).sum();
+            eprintln!(
+                "{what}: K = {k}, {new} created, {merged} merged, {} batches",
+                want.outcomes.len()
+            );
+            assert!(
+                want.outcomes.len() > 10,
+                "{what}: {} batches",
+                want.outcomes.len()
+            );
+            if merge.is_some() {
+                assert!(merged > 0 && k > 20, "{what}: K = {k}, merged {merged}");
+            } else {
+                assert!(k > 4096, "{what}: K = {k}");
+            }
+            assert!(new > k / 2, "{what}: {new} created, K = {k}");
+            match semantics {
+                Semantics::TwoPhase => two_phase = Some(want.out.assignments.clone()),
+                // The strict-order pass moves rows here (so the prefix search is used).
+                Semantics::StrictOrder if merge.is_some() => {
+                    assert_ne!(two_phase.take().unwrap(), want.out.assignments, "{name}")
+                }
+                Semantics::StrictOrder => {}
+            }
+            let got = stage(backend, true);
+            assert_eq!(want.outcomes, got.outcomes, "{what}: per-batch outcomes");
+            assert_same_but_backend(
+                &want.checkpoint,
+                &got.checkpoint,
+                backend,
+                &format!("{what}, checkpoint"),
+            );
+            assert_eq!(
+                want.out.assignments, got.out.assignments,
+                "{what}: assignments"
+            );
+            assert_same_but_backend(&want.out.dictionary, &got.out.dictionary, backend, &what);
+        }
+    }
+}
+test_device!(
+    whole_builds_with_growth_merges_and_resume_equal_the_cpu_build,
+    whole_builds_with_growth_merges_and_resume_equal_the_cpu_build_cpu,
+    whole_builds_with_growth_merges_and_resume_equal_the_cpu_build_cuda
+);

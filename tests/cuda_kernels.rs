@@ -3,7 +3,10 @@
 //! and sets EXEMPLAR_REQUIRE_NVRTC=1 so this test cannot skip silently in CI).
 #![cfg(feature = "cuda")]
 
-use exemplar::backend::cuda::{compile, driver_available, nvrtc_available, ENTRY_POINTS, KERNELS};
+use exemplar::backend::cuda::{
+    compile, driver_available, nvrtc_available, with_common_header, CudaError, ENTRY_POINTS,
+    KERNELS,
+};
 
 #[test]
 fn every_kernel_compiles_with_nvrtc_for_ampere_and_hopper() {
@@ -119,4 +122,61 @@ fn screen_names_parse_and_a_bad_one_is_named() {
         e.contains("EXEMPLAR_NEAREST_SCREEN") && e.contains("tf32"),
         "{e}"
     );
+}
+
+/// The reduction order is defined once, in kernels/common.cuh: every module includes it, none
+/// repeats the warp sum, and NVRTC gets the header in place of the include line, with `#line`
+/// markers so its messages name the right file and line.
+#[test]
+fn the_reduction_order_is_defined_once_and_reaches_nvrtc_through_the_include_line() {
+    for (name, src) in KERNELS {
+        assert!(
+            src.contains("#include \"common.cuh\""),
+            "kernels/{name}.cu does not include common.cuh"
+        );
+        assert!(
+            !src.contains("+= __shfl_down_sync"),
+            "kernels/{name}.cu has its own warp sum; use common.cuh's warp_sum_f64 / warp_dot_f64"
+        );
+    }
+    let out = with_common_header("m", "// one\n#include \"common.cuh\"\nint x;\n");
+    assert!(
+        !out.lines().any(|l| l.trim() == "#include \"common.cuh\""),
+        "{out}"
+    );
+    assert!(out.contains("warp_sum_f64") && out.contains("struct Top2"));
+    let (head, tail) = out
+        .split_once("#line 3 \"m.cu\"\n")
+        .expect("a #line back to m.cu");
+    assert!(
+        head.starts_with("// one\n#line 1 \"common.cuh\"\n"),
+        "{head}"
+    );
+    assert_eq!(tail, "int x;\n");
+    // A source without the include is left as it is.
+    assert_eq!(with_common_header("m", "int y;\n"), "int y;\n");
+}
+
+/// A kernel that does not compile is a typed error that keeps NVRTC's error, with its log, as
+/// the source (not a string).
+#[test]
+fn a_compile_failure_is_a_typed_error_with_nvrtc_s_error_as_its_source() {
+    if !nvrtc_available() {
+        if std::env::var_os("EXEMPLAR_REQUIRE_NVRTC").is_some() {
+            panic!("EXEMPLAR_REQUIRE_NVRTC is set but libnvrtc.so.13 cannot be loaded");
+        }
+        eprintln!("skipping: libnvrtc.so.13 cannot be loaded");
+        return;
+    }
+    let src = "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }";
+    let err = compile("broken", src, "compute_80").unwrap_err();
+    let source = std::error::Error::source(&err).expect("the NVRTC error is kept as the source");
+    assert!(
+        source.to_string().contains("undefined_name"),
+        "the source carries NVRTC's log: {source}"
+    );
+    match err {
+        exemplar::Error::Cuda(CudaError::Compile { module, .. }) => assert_eq!(module, "broken"),
+        e => panic!("expected CudaError::Compile, got {e:?}"),
+    }
 }

@@ -1,61 +1,23 @@
 //! CUDA kernels against their CPU twins (the oracle). Each test skips, saying why, where no
-//! CUDA driver is present; on a GPU machine they run via scripts/gpu-run.sh.
+//! CUDA driver is present; on a GPU machine they run via scripts/gpu-run.sh. Whole builds on
+//! every backend (two-phase, strict order, growth, merges, resume) are in tests/clustering.rs,
+//! one body per backend.
 #![cfg(feature = "cuda")]
 
-use exemplar::backend::cuda::{bf16_screen_margin, driver_available, CudaDevice, ScreenKind};
-use exemplar::backend::leaders::{leaders_cpu, nearest_prefix_cpu, LeaderDecision};
+mod devices;
+
+use devices::rows_around as data;
+use exemplar::backend::cpu::{
+    leaders_cpu, nearest_prefix_cpu, nearest_rows, pairwise_distance_percentile, screen_rows,
+    LeaderDecision,
+};
+use exemplar::backend::cuda::{bf16_screen_margin, CudaDevice, ScreenKind};
 use exemplar::backend::Backend;
-use exemplar::calibrate::{pairwise_distance_percentile, PercentileMethod};
+use exemplar::calibrate::PercentileMethod;
 use exemplar::geometry::directions;
-use exemplar::linalg::{nearest_rows, screen_rows};
 
 fn device() -> Option<CudaDevice> {
-    if !driver_available() {
-        if std::env::var_os("EXEMPLAR_REQUIRE_CUDA").is_some() {
-            panic!("EXEMPLAR_REQUIRE_CUDA is set but the CUDA driver cannot be loaded");
-        }
-        eprintln!(
-            "skipping: no CUDA driver on this machine (GPU parity runs via scripts/gpu-run.sh)"
-        );
-        return None;
-    }
-    let dev = CudaDevice::open(0).expect("a driver is present, so device 0 must open");
-    eprintln!(
-        "device: {} (sm_{}{})",
-        dev.name(),
-        dev.compute_capability().0,
-        dev.compute_capability().1
-    );
-    Some(dev)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
-}
-
-/// `n` rows around `c` cluster centers (c = 0: uniform noise), plus an offset so centering matters.
-fn data(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
-    let mut r = Rng(seed);
-    let centers: Vec<f32> = (0..clusters.max(1) * d).map(|_| r.f() * 4.0).collect();
-    (0..n)
-        .flat_map(|i| {
-            let c = if clusters == 0 {
-                None
-            } else {
-                Some(i * 7919 % clusters)
-            };
-            (0..d)
-                .map(|j| 3.0 + c.map_or(0.0, |c| centers[c * d + j]) + r.f())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    devices::cuda_device()
 }
 
 #[test]
@@ -269,66 +231,6 @@ fn statistics_sums_are_bit_identical_to_the_cpu_order() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("outside"), "{err}");
-}
-
-#[test]
-fn a_build_on_the_gpu_equals_the_build_on_the_cpu() {
-    let Some(dev) = device() else { return };
-    use exemplar::backend::Backend;
-    use exemplar::build::{BuildConfig, Builder, Semantics};
-    use exemplar::data::ActivationBatch;
-    let gpu = Backend::Cuda(std::sync::Arc::new(dev));
-    let (n, d) = (20_000, 256);
-    let x = data(n, d, 300, 8);
-    let center: Vec<f32> = (0..d)
-        .map(|j| (0..n).map(|i| x[i * d + j]).sum::<f32>() / n as f32)
-        .collect();
-    let u = directions(&x, &center).unwrap();
-    let theta = Backend::Cpu
-        .pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
-        .unwrap();
-    assert_eq!(
-        theta.to_bits(),
-        gpu.pairwise_percentile(&u[..2048 * d], d, 2.0, PercentileMethod::Linear)
-            .unwrap()
-            .to_bits()
-    );
-    for semantics in [Semantics::TwoPhase, Semantics::StrictOrder] {
-        let run = |backend: &Backend| {
-            let cfg = BuildConfig {
-                semantics,
-                saturation_window: None,
-                record_assignments: Some(n as u64),
-                ..BuildConfig::default()
-            };
-            let mut b = Builder::new(center.clone(), theta, cfg)
-                .unwrap()
-                .with_backend(backend.clone());
-            for (s, chunk) in x.chunks(4096 * d).enumerate() {
-                b.add_batch(&ActivationBatch::from_rows(
-                    chunk.to_vec(),
-                    d,
-                    (s * 4096) as u64,
-                ))
-                .unwrap();
-            }
-            b.finish(1)
-        };
-        let (c, g) = (run(&Backend::Cpu), run(&gpu));
-        assert!(c.dictionary.len() > 50, "K = {}", c.dictionary.len());
-        assert_eq!(c.assignments, g.assignments, "{semantics:?}: assignments");
-        let (mut cd, mut gd) = (c.dictionary, g.dictionary);
-        assert!(
-            gd.info().backend.starts_with("cuda"),
-            "{}",
-            gd.info().backend
-        );
-        // Everything but the recorded backend is identical, bit for bit.
-        let info = cd.info().clone();
-        gd.set_info(info.clone());
-        cd.set_info(info);
-        assert_eq!(cd, gd, "{semantics:?}: dictionary");
-    }
 }
 
 #[test]
@@ -567,7 +469,7 @@ fn torch_sees_cuda() -> bool {
 #[cfg(feature = "torch")]
 #[test]
 fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
-    use exemplar::backend::cuda_torch::{pointer_context, TorchDtype, TorchRows};
+    use exemplar::backend::cuda::torch::{pointer_context, TorchDtype, TorchRows};
     use tch::{Device, Kind, Tensor};
     let Some(dev) = device() else { return };
     if !torch_sees_cuda() {
@@ -661,183 +563,6 @@ fn torch_tensors_are_read_in_place_in_order_and_equal_the_copy_path() {
         .contains("shape"));
 }
 
-/// One build of `x` in batches of the sizes `sizes` (cycled), with a checkpoint taken after
-/// batch `resume_at`: the build continues from `Builder::restore` of that checkpoint on
-/// `resume_on`. Returns the output, each batch's outcome, and the checkpoint's dictionary.
-struct Run {
-    out: exemplar::build::BuildOutput,
-    outcomes: Vec<exemplar::build::BatchOutcome>,
-    checkpoint: exemplar::Dictionary,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn staged_build(
-    x: &[f32],
-    d: usize,
-    center: &[f32],
-    theta: f64,
-    cfg: &exemplar::build::BuildConfig,
-    sizes: &[usize],
-    resume_at: usize,
-    backend: &Backend,
-) -> Run {
-    use exemplar::build::Builder;
-    use exemplar::data::ActivationBatch;
-    let n = x.len() / d;
-    let mut b = Builder::new(center.to_vec(), theta, cfg.clone())
-        .unwrap()
-        .with_backend(backend.clone());
-    let (mut outcomes, mut checkpoint) = (Vec::new(), None);
-    let (mut r0, mut s) = (0usize, 0usize);
-    while r0 < n {
-        let m = sizes[s % sizes.len()].min(n - r0);
-        let batch = ActivationBatch::from_rows(x[r0 * d..(r0 + m) * d].to_vec(), d, r0 as u64);
-        outcomes.push(b.add_batch(&batch).unwrap());
-        r0 += m;
-        s += 1;
-        if s == resume_at {
-            // What a checkpoint saves, then a builder restored from it.
-            let dict = b.dictionary().clone();
-            let state = b.state();
-            let assignments = b.recorded_assignments().map(|a| a.to_vec());
-            checkpoint = Some(dict.clone());
-            b = Builder::restore(dict, state, assignments, cfg.clone())
-                .unwrap()
-                .with_backend(backend.clone());
-        }
-    }
-    Run {
-        out: b.finish(1),
-        outcomes,
-        checkpoint: checkpoint.expect("resume_at is within the build"),
-    }
-}
-
-/// Equal in everything, bit for bit, but the recorded backend.
-#[track_caller]
-fn assert_same_but_backend(cpu: &exemplar::Dictionary, gpu: &exemplar::Dictionary, what: &str) {
-    assert!(
-        gpu.info().backend.starts_with("cuda"),
-        "{what}: backend {}",
-        gpu.info().backend
-    );
-    let mut g = gpu.clone();
-    g.set_info(cpu.info().clone());
-    assert_eq!(cpu.len(), g.len(), "{what}: K");
-    assert_eq!(cpu.exemplars(), g.exemplars(), "{what}: exemplars");
-    assert_eq!(cpu.member_counts(), g.member_counts(), "{what}: counts");
-    for k in 0..cpu.len() {
-        assert_eq!(
-            cpu.direction_sum(k),
-            g.direction_sum(k),
-            "{what}: Σu of {k}"
-        );
-        assert_eq!(
-            cpu.distance_sums(k),
-            g.distance_sums(k),
-            "{what}: Σd of {k}"
-        );
-        assert_eq!(cpu.reservoir(k), g.reservoir(k), "{what}: reservoir of {k}");
-    }
-    assert!(*cpu == g, "{what}: the dictionaries differ");
-}
-
-#[test]
-fn whole_builds_on_the_gpu_equal_the_cpu_build_with_growth_merges_and_resume() {
-    use exemplar::build::{BuildConfig, Semantics};
-    // Batch sizes: a one-row first batch (the founder alone), then sizes across the leaders
-    // kernel's 512-row chunk and the CPU's 256-row chunk.
-    let sizes = [1, 333, 64, 1000, 7, 512, 2049, 300];
-    // Random rows at θ = 0.72 (cosine ≥ 0.28 is about 4.5 standard deviations at D = 256, so
-    // most rows become exemplars and a few follow: K > 4,096, the device buffer grows many
-    // times, and phase A switches to the tensor-core screen on sm_80+), and clustered rows at
-    // θ = the 2nd percentile with merges (threshold 1.8 θ, so merges fire).
-    let cases = [
-        ("random", 256, 0usize, 8000usize, None, None),
-        ("clustered", 64, 40, 9000, Some(2.0f64), Some(1.8)),
-    ];
-    let mut cpu_runs = Vec::new();
-    for (name, d, clusters, n, pct, merge) in cases {
-        let x = data(n, d, clusters, 21 + clusters as u64);
-        let center: Vec<f32> = (0..d)
-            .map(|j| (0..n).map(|i| x[i * d + j]).sum::<f32>() / n as f32)
-            .collect();
-        let u = directions(&x, &center).unwrap();
-        let theta = pct.map_or(0.72, |pct| {
-            pairwise_distance_percentile(&u[..1500 * d], d, pct, PercentileMethod::Linear).unwrap()
-        });
-        let mut two_phase = None;
-        for semantics in [Semantics::TwoPhase, Semantics::StrictOrder] {
-            let cfg = BuildConfig {
-                semantics,
-                saturation_window: None,
-                record_assignments: Some(n as u64),
-                merge_threshold: merge.map(|f| f * theta),
-                reservoir_size: 5,
-                ..BuildConfig::default()
-            };
-            let cpu = staged_build(&x, d, &center, theta, &cfg, &sizes, 6, &Backend::Cpu);
-            // The workload exercises what it claims (checked on the CPU, so also here).
-            let k = cpu.out.dictionary.len();
-            let merged: usize = cpu.outcomes.iter().map(|o| o.merged).sum();
-            let new: usize = cpu.outcomes.iter().map(|o| o.new_partitions).sum();
-            eprintln!(
-                "{name} {semantics:?}: K = {k}, {new} created, {merged} merged, {} batches",
-                cpu.outcomes.len()
-            );
-            assert!(
-                cpu.outcomes.len() > 10,
-                "{name}: {} batches",
-                cpu.outcomes.len()
-            );
-            if merge.is_some() {
-                assert!(
-                    merged > 0 && k > 20,
-                    "{name} {semantics:?}: K = {k}, merged {merged}"
-                );
-            } else {
-                assert!(k > 4096, "{name} {semantics:?}: K = {k}");
-            }
-            assert!(new > k / 2, "{name}: {new} created, K = {k}");
-            match semantics {
-                Semantics::TwoPhase => two_phase = Some(cpu.out.assignments.clone()),
-                // The strict-order pass moves rows here (so the GPU's prefix search is used).
-                Semantics::StrictOrder if merge.is_some() => {
-                    assert_ne!(two_phase.take().unwrap(), cpu.out.assignments, "{name}")
-                }
-                Semantics::StrictOrder => {}
-            }
-            cpu_runs.push((
-                name,
-                semantics,
-                d,
-                x.clone(),
-                center.clone(),
-                theta,
-                cfg,
-                cpu,
-            ));
-        }
-    }
-    let Some(dev) = device() else { return };
-    let gpu = Backend::Cuda(std::sync::Arc::new(dev));
-    for (name, semantics, d, x, center, theta, cfg, cpu) in cpu_runs {
-        let what = format!("{name} {semantics:?}");
-        let g = staged_build(&x, d, &center, theta, &cfg, &sizes, 6, &gpu);
-        assert_eq!(cpu.outcomes, g.outcomes, "{what}: per-batch outcomes");
-        assert_same_but_backend(
-            &cpu.checkpoint,
-            &g.checkpoint,
-            &format!("{what}, checkpoint"),
-        );
-        assert_eq!(
-            cpu.out.assignments, g.out.assignments,
-            "{what}: assignments"
-        );
-        assert_same_but_backend(&cpu.out.dictionary, &g.out.dictionary, &what);
-    }
-}
-
 /// A build from text on the GPU reads the hooked tensor in place after the calibration (no
 /// activation bytes cross to the host for those batches) and gives the dictionary the CPU
 /// backend builds from the same model's rows copied to the host.
@@ -869,7 +594,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
     let words = [
         "the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far",
     ];
-    let mut rng = Rng(17);
+    let mut rng = devices::Lcg(17);
     let text: String = (0..200)
         .map(|_| {
             let n = 4 + (rng.f().abs() * 20.0) as usize;
@@ -939,6 +664,6 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
         );
         assert_eq!(g.info().timings.activation_d2h_bytes, Some(d2h));
         assert!(g.len() > 5, "K = {}", g.len());
-        assert_same_but_backend(&cpu, &g, &format!("text build, {kind:?}"));
+        devices::assert_same_but_backend(&cpu, &g, &gpu, &format!("text build, {kind:?}"));
     }
 }

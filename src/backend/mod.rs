@@ -1,16 +1,18 @@
-//! Compute backends. The CPU backend is the oracle: its operations live in [`crate::linalg`],
-//! [`crate::geometry`], [`crate::calibrate`] and [`crate::build`]; every CUDA kernel has a CPU
-//! twin there, with the same semantics, and a parity test against it.
+//! Compute backends. The CPU backend is the oracle: [`cpu`] holds the twins of the CUDA
+//! kernels (`nearest`, `leaders`, `calibrate`; the twins of `prepare` and `stats` are
+//! [`crate::geometry::directions`] and the builder's running sums), built on [`crate::linalg`]'s
+//! GEMM and canonical f64 dot product. Every CUDA kernel has its CPU twin, with the same
+//! semantics, and a parity test against it. `cuda` (feature `cuda`) holds the launchers.
 //!
 //! [`Backend`] is what the builder, calibration and assignment run on. Its GPU steps return the
 //! same ids and exact similarities as the CPU (see `docs/semantics.md`), so a dictionary built
 //! on either backend is the same.
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-#[cfg(all(feature = "cuda", feature = "torch"))]
-pub mod cuda_torch;
-pub mod leaders;
+
+pub use cpu::LeaderDecision;
 
 use crate::error::{Error, Result};
 #[cfg(feature = "cuda")]
@@ -176,8 +178,14 @@ impl Backend {
     /// similarities, identical on every backend.
     pub fn nearest_among(&self, u: &[f32], cands: &Candidates<'_>) -> Result<(Vec<u32>, Vec<f64>)> {
         let d = cands.d;
+        if u.len() % d != 0 {
+            return Err(Error::param(
+                "rows",
+                format!("{} values are not rows of width {d}", u.len()),
+            ));
+        }
         match self {
-            Backend::Cpu => Ok(crate::linalg::nearest_rows(u, cands.host, d)),
+            Backend::Cpu => Ok(cpu::nearest_rows(u, cands.host, d)),
             #[cfg(feature = "cuda")]
             Backend::Cuda(dev) => {
                 let g = cands.device.as_ref().ok_or_else(|| {
@@ -195,15 +203,10 @@ impl Backend {
         self.nearest_among(u, &self.candidates(cands, d)?)
     }
 
-    /// Phase B of a batch, [`leaders::leaders_cpu`], on this backend: identical decisions and
+    /// Phase B of a batch, [`cpu::leaders_cpu`], on this backend: identical decisions and
     /// similarities on every backend. `rows` are the unmatched unit rows (`m × d`) in stream
     /// order.
-    pub fn leaders(
-        &self,
-        rows: &[f32],
-        d: usize,
-        theta: f64,
-    ) -> Result<Vec<leaders::LeaderDecision>> {
+    pub fn leaders(&self, rows: &[f32], d: usize, theta: f64) -> Result<Vec<LeaderDecision>> {
         if d == 0 || rows.len() % d != 0 {
             return Err(Error::param(
                 "rows",
@@ -215,7 +218,7 @@ impl Backend {
             return Ok(Vec::new());
         }
         match self {
-            Backend::Cpu => Ok(leaders::leaders_cpu(rows, d, theta)),
+            Backend::Cpu => Ok(cpu::leaders_cpu(rows, d, theta)),
             #[cfg(feature = "cuda")]
             Backend::Cuda(dev) => {
                 let w = dev.upload(rows)?;
@@ -225,7 +228,7 @@ impl Backend {
         }
     }
 
-    /// The strict-order rule's search, [`leaders::nearest_prefix_cpu`], on this backend: for
+    /// The strict-order rule's search, [`cpu::nearest_prefix_cpu`], on this backend: for
     /// each unit row, the exact nearest of the first `limits[r]` rows of `leaders`.
     pub fn nearest_prefix(
         &self,
@@ -250,7 +253,7 @@ impl Backend {
             return Ok(vec![None; limits.len()]);
         }
         match self {
-            Backend::Cpu => Ok(leaders::nearest_prefix_cpu(rows, limits, leaders, d)),
+            Backend::Cpu => Ok(cpu::nearest_prefix_cpu(rows, limits, leaders, d)),
             #[cfg(feature = "cuda")]
             Backend::Cuda(dev) => {
                 let lim: Vec<i32> = limits.iter().map(|&x| x.min(l as u32) as i32).collect();
@@ -274,12 +277,10 @@ impl Backend {
         u: &[f32],
         d: usize,
         percentile: f64,
-        method: crate::calibrate::PercentileMethod,
+        method: cpu::PercentileMethod,
     ) -> Result<f64> {
         match self {
-            Backend::Cpu => {
-                crate::calibrate::pairwise_distance_percentile(u, d, percentile, method)
-            }
+            Backend::Cpu => cpu::pairwise_distance_percentile(u, d, percentile, method),
             #[cfg(feature = "cuda")]
             Backend::Cuda(dev) => {
                 dev.pairwise_percentile(&dev.upload(u)?, u.len() / d, d, percentile, method)

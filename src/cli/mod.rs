@@ -8,7 +8,7 @@ mod evaluate;
 mod report;
 mod sae;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exemplar Partitioning: interpretable dictionaries of language-model activations.
@@ -421,9 +421,12 @@ pub struct DemoArgs {
     pub force: bool,
 }
 
-/// Parses arguments, runs the command, prints errors with their causes.
+/// Parses arguments, runs the command, prints errors with their causes and, where a flag of
+/// the command would help, a hint naming it (the library's messages name no flags).
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let subcommand = matches.subcommand_name().unwrap_or_default().to_string();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Calibrate(a) => commands::calibrate(a),
         Command::Build(a) => commands::build(*a),
@@ -458,7 +461,35 @@ pub fn main() -> std::process::ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
+            if let Some(hint) = flag_hint(&subcommand, &e) {
+                eprintln!("hint: {hint}");
+            }
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The flag of `subcommand` that would avoid the library error in `e`'s chain, if the command
+/// has it: `--force` for an existing output, `--skip-nonfinite` for a NaN/Inf row, `--tensor`
+/// for a safetensors file with several candidate tensors.
+fn flag_hint(subcommand: &str, e: &anyhow::Error) -> Option<&'static str> {
+    let cli = Cli::command();
+    let cmd = cli.find_subcommand(subcommand)?;
+    let has = |long: &str| cmd.get_arguments().any(|a| a.get_long() == Some(long));
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<exemplar::Error>())
+        .find_map(|err| match err {
+            exemplar::Error::OutputExists(_) if has("force") => {
+                Some("pass --force to overwrite it")
+            }
+            exemplar::Error::NonFinite { .. } if has("skip-nonfinite") => {
+                Some("pass --skip-nonfinite to drop such rows")
+            }
+            exemplar::Error::Format { message, .. }
+                if message.starts_with("several 2-D tensors") && has("tensor") =>
+            {
+                Some("choose the tensor with --tensor NAME")
+            }
+            _ => None,
+        })
 }

@@ -139,7 +139,7 @@ fn choose_tensor(
         _ => Err(Error::format(
             path,
             format!(
-                "several 2-D tensors and none named `{DEFAULT_TENSOR}`; choose one with --tensor \
+                "several 2-D tensors and none named `{DEFAULT_TENSOR}`; name the one to read \
                  (candidates: {})",
                 describe(&mut two_d.into_iter())
             ),

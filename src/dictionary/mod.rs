@@ -5,9 +5,10 @@
 pub mod encode;
 pub mod file;
 
+use crate::backend::cpu::nearest_rows;
 use crate::data::TokenRef;
 use crate::geometry;
-use crate::linalg::{matmul_abt, nearest_rows};
+use crate::linalg::matmul_abt;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 

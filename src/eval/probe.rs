@@ -159,7 +159,7 @@ pub fn token_features(
             Ok((dict.encode(rows, basis, Readout::TopK(t))?, dict.len()))
         }
         FeatureKind::Sae => {
-            let sae = sae.ok_or_else(|| Error::param("features", "SAE features need --sae"))?;
+            let sae = sae.ok_or_else(|| Error::param("features", "SAE features need an SAE"))?;
             Ok((sae.encode(rows)?, sae.d_sae))
         }
     }

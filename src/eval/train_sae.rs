@@ -223,7 +223,7 @@ pub fn train_topk_sae(
         if !fvu.is_finite() {
             return Err(Error::param(
                 "training",
-                format!("the loss became non-finite at step {steps}; lower --lr"),
+                format!("the loss became non-finite at step {steps}; lower the learning rate"),
             ));
         }
         recent_fvu.push(fvu);

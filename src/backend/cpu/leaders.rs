@@ -9,8 +9,9 @@
 //! f64 decisions in the canonical order of [`crate::linalg::dot_f64`]. The CPU builder
 //! (`build.rs`) calls them, and the GPU parity tests compare the CUDA kernels with them.
 
+use super::nearest::{exact_nearest, screen_margin, top2_screen, Top2};
 use crate::geometry::distance_from_similarity;
-use crate::linalg::{dot_f64, exact_nearest, matmul_abt, screen_margin, top2_screen, Top2};
+use crate::linalg::{dot_f64, matmul_abt};
 use rayon::prelude::*;
 
 /// What phase B decided for one unmatched row.
@@ -38,6 +39,10 @@ fn exact_best(row: &[f32], cands: &[f32], d: usize, t: &Top2, margin: f32) -> (u
 
 /// Sequential leader clustering of the unit rows `rows` (`m × d`, stream order) with threshold
 /// `theta`: one decision per row. Leaders get ordinals 0, 1, … in creation order.
+///
+/// # Panics
+/// If `d` is 0 or `rows` is not whole rows of width `d` ([`crate::backend::Backend::leaders`]
+/// checks these, and θ, and returns an error instead).
 pub fn leaders_cpu(rows: &[f32], d: usize, theta: f64) -> Vec<LeaderDecision> {
     assert!(
         d > 0 && rows.len() % d == 0,
@@ -87,6 +92,10 @@ pub fn leaders_cpu(rows: &[f32], d: usize, theta: f64) -> Vec<LeaderDecision> {
 /// For every unit row of `rows` (`n × d`), the exact nearest among the first `limits[r]` rows
 /// of `leaders` (`l × d`): `Some((index, f64 similarity))` (lowest index on ties), `None` when
 /// the limit is 0. The strict-order rule asks this with "leaders created before the row".
+///
+/// # Panics
+/// If `d` is 0, `rows` does not hold one row of width `d` per limit, or `leaders` is not whole
+/// rows ([`crate::backend::Backend::nearest_prefix`] returns an error instead).
 pub fn nearest_prefix_cpu(
     rows: &[f32],
     limits: &[u32],
@@ -186,7 +195,7 @@ mod tests {
     }
 
     /// The CUDA kernels' decomposition, on the CPU: per chunk, each row's exact nearest among
-    /// earlier chunks' leaders (`linalg::nearest_rows`), then one in-order scan over exact pair
+    /// earlier chunks' leaders (`nearest::nearest_rows`), then one in-order scan over exact pair
     /// similarities inside the chunk (ties to the lower ordinal; earlier chunks win ties).
     fn chunked_like_the_gpu(
         rows: &[f32],
@@ -200,7 +209,7 @@ mod tests {
             let c = w.len() / d;
             let made = lead.len() / d;
             let prev = if made > 0 {
-                let (i, s) = crate::linalg::nearest_rows(w, &lead, d);
+                let (i, s) = super::super::nearest::nearest_rows(w, &lead, d);
                 i.into_iter().map(|i| i as i64).zip(s).collect()
             } else {
                 vec![(-1i64, f64::NEG_INFINITY); c]

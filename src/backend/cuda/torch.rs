@@ -12,7 +12,9 @@
 //!   ordered after the forward pass that wrote the tensor (no event needed). Work that torch
 //!   queued on a side stream must be synchronised by the caller.
 
-use super::cuda::{CudaDevice, PrepInput};
+use super::launch::driver;
+use super::prepare::PrepInput;
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaSlice};
 use tch::{Device, Kind, Tensor};
@@ -103,10 +105,19 @@ impl<'a> TorchRows<'a> {
     }
 }
 
-/// The CUDA context that owns device address `ptr`.
+/// The CUDA context that owns device address `ptr`. This only asks the driver about the
+/// address (nothing is read or written there), which is defined for any value: an address the
+/// driver does not know is an error. Without a CUDA driver it is [`Error::CudaUnavailable`].
 pub fn pointer_context(ptr: u64) -> Result<sys::CUcontext> {
+    if !super::driver_available() {
+        return Err(Error::CudaUnavailable(
+            "the CUDA driver (libcuda.so) cannot be loaded".into(),
+        ));
+    }
     let mut ctx: sys::CUcontext = std::ptr::null_mut();
-    // SAFETY: the attribute CONTEXT writes one CUcontext to `data`, which points at `ctx`.
+    // SAFETY: the driver library is loaded (probed above, so cudarc's loader cannot panic); the
+    // attribute CONTEXT writes one CUcontext to `data`, which points at `ctx`; `ptr` is only
+    // looked up, never dereferenced.
     let r = unsafe {
         sys::cuPointerGetAttribute(
             &mut ctx as *mut sys::CUcontext as *mut std::ffi::c_void,
@@ -114,11 +125,7 @@ pub fn pointer_context(ptr: u64) -> Result<sys::CUcontext> {
             ptr,
         )
     };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(Error::Cuda(format!(
-            "cuPointerGetAttribute(CONTEXT) on a torch tensor: {r:?}"
-        )));
-    }
+    r.result().map_err(driver("pointer context query"))?;
     Ok(ctx)
 }
 
@@ -134,15 +141,20 @@ impl CudaDevice {
         rows: Option<&CudaSlice<i64>>,
     ) -> Result<CudaSlice<f32>> {
         let n = rows.map_or(x.rows, |r| r.len());
-        let len = x.rows * x.dim;
-        let out = match x.dtype {
-            TorchDtype::F32 => {
-                let input = PrepInput::Raw(x.ptr);
-                self.prepare::<f32>("prepare_f32", input, len, n, x.dim, center, rows)
-            }
-            TorchDtype::Bf16 => {
-                let input = PrepInput::Raw(x.ptr);
-                self.prepare::<u16>("prepare_bf16", input, len, n, x.dim, center, rows)
+        let (ptr, len) = (x.ptr, x.rows * x.dim);
+        // SAFETY: TorchRows::new checked that the tensor is on this device, in this device's
+        // context, contiguous, of the element type named by x.dtype, with rows·dim = len
+        // elements at ptr; `x` borrows the tensor, so the memory stays allocated through this
+        // call. Launches use the legacy default stream, so they run after torch's writes on its
+        // default stream (side streams are the caller's to synchronise, as documented).
+        let out = unsafe {
+            match x.dtype {
+                TorchDtype::F32 => {
+                    self.prepare::<f32>(PrepInput::Raw { ptr, len }, n, x.dim, center, rows)
+                }
+                TorchDtype::Bf16 => {
+                    self.prepare::<u16>(PrepInput::Raw { ptr, len }, n, x.dim, center, rows)
+                }
             }
         }?;
         self.count_read_in_place(n);
