@@ -368,8 +368,7 @@ fn bad_interventions_are_refused_before_any_work() {
     let err = |iv: Intervention| {
         model
             .forward(&ids, &mask, &[], &[iv], true)
-            .err()
-            .expect("must be refused")
+            .expect_err("must be refused")
             .to_string()
     };
     let z = HookPoint::parse("blocks.1.attn.hook_z").unwrap();

@@ -389,7 +389,7 @@ impl Gemma {
             / hd as f64;
         let mut inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
         if rope.linear_factor != 1.0 {
-            inv_freq = inv_freq / rope.linear_factor;
+            inv_freq /= rope.linear_factor;
         }
         let pos = Tensor::arange(t, (Kind::Float, self.device));
         let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
