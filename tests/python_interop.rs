@@ -1,6 +1,10 @@
 //! Interoperability with Python: the files `exemplar` writes are read by a real Python with
-//! `numpy`, `scipy` and `safetensors`, and calibration and assignment are checked against
-//! independent numpy/scipy computations of the reference's formulas.
+//! `numpy`, `scipy`, `safetensors` and `safetensors.torch`; calibration, assignment and every
+//! `encode` readout are checked against independent numpy/scipy computations of the reference's
+//! formulas.
+//!
+//! The packages are the project's pins (`PY_PACKAGES` in scripts/venv.sh; the clients:
+//! `sae-lens==6.54.12 transformer-lens==3.9.0`).
 //!
 //! The interpreter comes from `EXEMPLAR_PYTHON` (`scripts/test.sh` sets it to the project's
 //! `.venv`). Without it these tests skip with a message — unless `EXEMPLAR_REQUIRE_PYTHON=1`,
@@ -309,4 +313,205 @@ print("ok", len(ids), int(diff.sum()), err)
     );
     assert!(out.starts_with("ok 400 "), "{out}");
     assert!(dict.len() > 1);
+}
+
+/// The dictionary through `safetensors.torch` (argv: the dictionary, the activations, the
+/// `assign` output): every tensor with its dtype and the values numpy reads, the metadata, and
+/// the nearest exemplar computed in torch. Prints a JSON object.
+const TORCH_READS_DICTIONARY: &str = r#"
+import json, sys
+import numpy as np, torch
+from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file
+
+t = load_file(sys.argv[1])
+n = load_numpy(sys.argv[1])
+assert sorted(t) == sorted(n), (sorted(t), sorted(n))
+for name, v in t.items():
+    assert isinstance(v, torch.Tensor), name
+    assert np.array_equal(v.numpy(), n[name], equal_nan=True), name
+with safe_open(sys.argv[1], framework="pt") as f:
+    meta = f.metadata()
+    reservoir = f.get_slice("reservoir")
+    shape = reservoir.get_shape()
+    first = reservoir[0:1]
+assert meta["format"] == "exemplar-dictionary"
+info = json.loads(meta["exemplar"])
+K, D = info["partitions"], info["dim"]
+assert first.shape == (1, shape[1], D) and torch.equal(first, t["reservoir"][:1])
+x = torch.from_numpy(np.load(sys.argv[2])).double()
+c, E = t["center"].double(), t["exemplars"].double()
+u = torch.nn.functional.normalize(x - c, dim=1, eps=0.0)
+s = u @ E.T
+ids = s.argmax(1)
+z = np.load(sys.argv[3])
+top2 = s.topk(2, dim=1).values
+gap = (top2[:, 0] - top2[:, 1]).numpy()
+differ = ids.numpy() != z["ids"]
+assert not (differ & (gap > 1e-6)).any(), np.flatnonzero(differ)[:10]
+dist = (1 - s.gather(1, torch.from_numpy(z["ids"])[:, None])[:, 0]).clamp(0, 2)
+err = float((dist - torch.from_numpy(z["distances"]).double()).abs().max())
+print(json.dumps({"K": K, "D": D, "dtypes": {k: str(v.dtype) for k, v in t.items()},
+                  "shapes": {k: list(v.shape) for k, v in t.items()},
+                  "theta": info["theta"], "distance_err": err, "rows": len(ids)}))
+"#;
+
+#[test]
+fn dictionary_reads_with_safetensors_torch() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(600, 4);
+    exemplar(
+        dir.path(),
+        &[
+            "assign",
+            "-d",
+            "d.safetensors",
+            "-a",
+            "acts.npy",
+            "-o",
+            "r.npz",
+        ],
+    )
+    .ok();
+    let out: serde_json::Value = serde_json::from_str(
+        run_python(
+            &py,
+            dir.path(),
+            TORCH_READS_DICTIONARY,
+            &["d.safetensors", "acts.npy", "r.npz"],
+        )
+        .trim(),
+    )
+    .unwrap();
+    let (k, d) = (dict.len(), D);
+    let n_ex = dict.info().examples_per_partition as usize;
+    assert_eq!(out["K"], k);
+    assert_eq!(out["D"], d);
+    assert_eq!(out["theta"].as_f64().unwrap(), dict.theta());
+    assert_eq!(out["rows"], 600);
+    assert!(out["distance_err"].as_f64().unwrap() < 1e-5, "{out}");
+    // docs/format.md's dtypes, as torch sees them.
+    for (name, dtype, shape) in [
+        ("center", "torch.float32", vec![d]),
+        ("exemplars", "torch.float32", vec![k, d]),
+        ("mean_directions", "torch.float32", vec![k, d]),
+        ("direction_sums", "torch.float64", vec![k, d]),
+        ("member_counts", "torch.int64", vec![k]),
+        ("coherence", "torch.float32", vec![k]),
+        ("closest_distances", "torch.float32", vec![k, n_ex]),
+        ("closest_doc_ids", "torch.int64", vec![k, n_ex]),
+        ("document_tokens", "torch.uint8", vec![]),
+    ] {
+        assert_eq!(out["dtypes"][name], dtype, "{name}: {out}");
+        if !shape.is_empty() {
+            assert_eq!(out["shapes"][name], serde_json::json!(shape), "{name}");
+        }
+    }
+}
+
+/// `exemplar encode`'s readouts recomputed in numpy from the dictionary file (argv: the
+/// dictionary, the activations, k, then `readout:basis:codes.npy` triples). Prints, per triple,
+/// the largest absolute difference and what the codes look like.
+const ENCODE_REFERENCE: &str = r#"
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+
+t = load_file(sys.argv[1])
+x = np.load(sys.argv[2]).astype(np.float64)
+k = int(sys.argv[3])
+c = t["center"].astype(np.float64)
+xc = x - c
+u = xc / (np.linalg.norm(xc, axis=1, keepdims=True) + 1e-12)
+
+def keep_top(s, k):
+    # The k largest (ties to the lowest index: a stable sort), ReLU'd; zeros elsewhere.
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    out = np.zeros_like(s)
+    np.put_along_axis(out, idx, np.maximum(np.take_along_axis(s, idx, 1), 0.0), 1)
+    return out
+
+out = {}
+for spec in sys.argv[4:]:
+    readout, basis, path = spec.split(":")
+    w = t["exemplars" if basis == "exemplar" else "mean_directions"].astype(np.float64)
+    want = {
+        "signed": lambda: xc @ w.T,
+        "cosine": lambda: u @ w.T,
+        "topk": lambda: keep_top(xc @ w.T, k),
+        "topk-cosine": lambda: keep_top(u @ w.T, k),
+        "one-hot": lambda: np.eye(len(w))[(u @ w.T).argmax(1)],
+    }[readout]()
+    got = np.load(path)
+    assert got.dtype == np.float32 and got.shape == want.shape, (spec, got.dtype, got.shape, want.shape)
+    out[spec] = {"max_abs_err": float(np.abs(got - want).max()),
+                 "scale": float(np.abs(want).max()),
+                 "nonzero_per_row_max": int((got != 0).sum(1).max()),
+                 "negative": int((got < 0).sum())}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn encode_readouts_equal_numpy() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(500, 6);
+    // Rows the dictionary has not seen, some far from every exemplar (negative codes).
+    let mut x = Clusters::new(D, 6, 6).sample(200, 0.08, 91);
+    x.extend(clustered(100, D, 3, 0.5, 92));
+    write_npy(&dir.path().join("new.npy"), &x, D);
+    let k = 3;
+    assert!(dict.len() > 2 * k, "K = {}", dict.len());
+    let mut specs = Vec::new();
+    for readout in ["signed", "cosine", "topk", "topk-cosine", "one-hot"] {
+        for basis in ["exemplar", "mean"] {
+            let out = format!("{readout}-{basis}.npy");
+            exemplar(
+                dir.path(),
+                &[
+                    "encode",
+                    "-d",
+                    "d.safetensors",
+                    "-a",
+                    "new.npy",
+                    "--readout",
+                    readout,
+                    "--basis",
+                    basis,
+                    "-k",
+                    &k.to_string(),
+                    "-o",
+                    &out,
+                ],
+            )
+            .ok();
+            specs.push(format!("{readout}:{basis}:{out}"));
+        }
+    }
+    let mut args = vec!["d.safetensors", "new.npy", "3"];
+    args.extend(specs.iter().map(String::as_str));
+    let out: serde_json::Value =
+        serde_json::from_str(run_python(&py, dir.path(), ENCODE_REFERENCE, &args).trim()).unwrap();
+    for spec in &specs {
+        let r = &out[spec.as_str()];
+        let (err, scale) = (
+            r["max_abs_err"].as_f64().unwrap(),
+            r["scale"].as_f64().unwrap(),
+        );
+        assert!(err <= 1e-5 * scale.max(1.0), "{spec}: {r}");
+        let nonzero = r["nonzero_per_row_max"].as_u64().unwrap();
+        let negative = r["negative"].as_u64().unwrap();
+        let readout = spec.split(':').next().unwrap();
+        match readout {
+            // Dense and signed: rows far from the dictionary project negatively.
+            "signed" | "cosine" => assert!(
+                negative > 0 && nonzero as usize == dict.len(),
+                "{spec}: {r}"
+            ),
+            "topk" | "topk-cosine" => {
+                assert!(negative == 0 && nonzero as usize == k, "{spec}: {r}")
+            }
+            _ => assert!(negative == 0 && nonzero == 1, "{spec}: {r}"),
+        }
+    }
 }
