@@ -7,7 +7,6 @@ Subcommands (each prints JSON on stdout when it has results):
                                     DTYPE (float16|bfloat16); FLAT=1 writes a pre-6.0 flat cfg
                                     (topk via activation_fn_str/activation_fn_kwargs), FLAT=0 a v6
                                     cfg (standard); x.npy and torch's codes expected.npy
-  topk-argmax SAE_DIR X.npy         SAELens' TopK encode from cfg.json in plain torch → argmax per row
   lsa SEED                          random rectangular matrices and scipy's optimal totals
   compare-ref SAE DICT X.npy TOPK MINACT   §8.2 in numpy/scipy (an independent implementation)
   match-ref A B CUTOFF BASIS        §8.3 in numpy/scipy
@@ -80,25 +79,6 @@ def saelens(out, d, f, n, seed, dtype, flat):
     else:
         codes = pre.relu()
     np.save(os.path.join(out, "expected.npy"), codes.numpy())
-
-
-def topk_argmax(sae_dir, x_path):
-    """SAELens' TopK SAE encode, written from its cfg.json with plain torch."""
-    import torch
-    from safetensors.torch import load_file
-
-    cfg = json.load(open(os.path.join(sae_dir, "cfg.json")))
-    assert cfg["architecture"] == "topk", cfg
-    w = {k: v.float() for k, v in load_file(os.path.join(sae_dir, "sae_weights.safetensors")).items()}
-    assert tuple(w["W_enc"].shape) == (cfg["d_in"], cfg["d_sae"])
-    x = torch.from_numpy(np.load(x_path)).float()
-    sae_in = x - w["b_dec"] if cfg["apply_b_dec_to_input"] else x
-    hidden_pre = sae_in @ w["W_enc"] + w["b_enc"]
-    topk = torch.topk(hidden_pre, k=cfg["k"], dim=-1)
-    values = torch.relu(topk.values)
-    feats = torch.zeros_like(hidden_pre).scatter(-1, topk.indices, values)
-    print(json.dumps({"argmax": feats.argmax(dim=-1).tolist(),
-                      "zero_rows": int((feats.max(dim=-1).values <= 0).sum())}))
 
 
 def lsa(seed):
@@ -273,8 +253,6 @@ if __name__ == "__main__":
         gemma_npz(args[0], *map(int, args[1:5]))
     elif cmd == "saelens":
         saelens(args[0], *map(int, args[1:5]), args[5], args[6] == "1")
-    elif cmd == "topk-argmax":
-        topk_argmax(*args)
     elif cmd == "lsa":
         lsa(int(args[0]))
     elif cmd == "compare-ref":

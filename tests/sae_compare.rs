@@ -1,7 +1,9 @@
-//! SAE interop, EP ↔ SAE correspondence and dictionary matching, end to end through the binary
-//! and against independent numpy/scipy/torch implementations in `scripts/sae_fixtures.py`
-//! (python from `EXEMPLAR_PYTHON`; without it the Python-backed tests skip with a message, unless
-//! `EXEMPLAR_REQUIRE_PYTHON=1`, which makes the skip a failure).
+//! SAE interop, EP ↔ SAE correspondence and dictionary matching, end to end through the binary,
+//! against the released SAELens itself (the export loads there and encodes alike; SAEs it writes
+//! encode alike here) and against independent numpy/scipy/torch implementations in
+//! `scripts/sae_fixtures.py` (python from `EXEMPLAR_PYTHON`, with the packages pinned in
+//! scripts/venv.sh, among them `sae-lens==6.54.12`; without it the Python-backed tests skip with
+//! a message, unless `EXEMPLAR_REQUIRE_PYTHON=1`, which makes the skip a failure).
 
 mod common;
 
@@ -206,13 +208,115 @@ fn hand_computed_correspondence() {
 // ---------------------------------------------------------------------------------------------
 // Export and import
 
+/// The released SAELens on `export-sae`'s (and `train-sae`'s) directories (argv: the directories, then the
+/// activations `.npy`): `SAE.load_from_disk` (a strict `load_state_dict`: a tensor SAELens' class
+/// does not have is an error), the cfg as SAELens' own config class writes it
+/// (`SAE.from_dict`), the metadata SAELens exposes, and SAELens' `encode` of the activations
+/// (`<dir>.codes.npy`). Each export is then saved again by SAELens (`save_model`) into
+/// `<dir>.saelens`. Prints a JSON object per directory.
+const SAELENS_READS_EXPORTS: &str = r#"
+import json, sys, warnings
+import numpy as np, torch
+warnings.simplefilter("ignore")
+import sae_lens
+from sae_lens import SAE, TopKSAE
+
+*dirs, x_path = sys.argv[1:]
+x = torch.from_numpy(np.load(x_path))
+out = {"sae_lens_version": sae_lens.__version__}
+for d in dirs:
+    cfg = json.load(open(f"{d}/cfg.json"))
+    sae = SAE.load_from_disk(d)
+    assert isinstance(sae, TopKSAE), type(sae)
+    # Every field we write is a field of SAELens' config (none is silently dropped), and
+    # SAELens builds the same SAE from the dict alone.
+    written = sae.cfg.to_dict()
+    assert sorted(cfg) == sorted(written), (sorted(cfg), sorted(written))
+    rebuilt = SAE.from_dict(cfg).cfg.to_dict()
+    assert rebuilt == written, ("SAE.from_dict and load_from_disk disagree", rebuilt, written)
+    with torch.no_grad():
+        codes = sae.encode(x)
+    np.save(f"{d}.codes.npy", codes.numpy())
+    sae.save_model(f"{d}.saelens")
+    m = sae.cfg.metadata
+    out[d] = {"class": type(sae).__name__, "k": sae.cfg.k, "d_in": sae.cfg.d_in,
+              "d_sae": sae.cfg.d_sae, "hook_name": m.hook_name, "model_name": m.model_name,
+              "exemplar": m.exemplar, "state_dict": sorted(sae.state_dict())}
+print(json.dumps(out))
+"#;
+
+/// `export-sae` writes what the released SAELens loads (`SAE.load_from_disk`, `SAE.from_dict`),
+/// with the build record's model and hook in its metadata, and SAELens' own `encode` equals
+/// `exemplar assign` (k = 1) and `exemplar encode --readout topk` (k > 1, both bases).
 #[test]
-fn exported_sae_topk_in_torch_picks_the_assigned_region() {
+fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() {
     let Some(py) = python() else { return };
     let dir = clustered_dir(900, 5);
     let root = dir.path();
-    build(root, "acts.npy", "10", "d.safetensors");
-    exemplar(root, &["export-sae", "-d", "d.safetensors", "-o", "sae"]).ok();
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--batch-size",
+            "128",
+            "--no-saturation",
+            "--model-name",
+            "gemma-2-2b",
+            "--hook",
+            "blocks.12.hook_resid_post",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .ok();
+    let dict = load_dict(&root.join("d.safetensors"));
+    let k = dict.len();
+    assert!(k >= 4, "K = {k}");
+    let exports: [(&str, &str, usize); 3] = [
+        ("sae", "exemplar", 1),
+        ("sae_k3", "exemplar", 3),
+        ("sae_mean", "mean", 2),
+    ];
+    for (out, basis, kk) in exports {
+        exemplar(
+            root,
+            &[
+                "export-sae",
+                "-d",
+                "d.safetensors",
+                "--basis",
+                basis,
+                "-k",
+                &kk.to_string(),
+                "-o",
+                out,
+            ],
+        )
+        .ok();
+        exemplar(
+            root,
+            &[
+                "encode",
+                "-d",
+                "d.safetensors",
+                "-a",
+                "acts.npy",
+                "--readout",
+                "topk",
+                "-k",
+                &kk.to_string(),
+                "--basis",
+                basis,
+                "-o",
+                &format!("{out}.topk.npy"),
+            ],
+        )
+        .ok();
+    }
     exemplar(
         root,
         &[
@@ -226,41 +330,130 @@ fn exported_sae_topk_in_torch_picks_the_assigned_region() {
         ],
     )
     .ok();
+    // `train-sae` writes the same layout (feature `torch`): SAELens reads that too.
+    let mut dirs = vec!["sae", "sae_k3", "sae_mean"];
+    if cfg!(feature = "torch") {
+        exemplar(
+            root,
+            &[
+                "train-sae",
+                "-a",
+                "acts.npy",
+                "--width",
+                "32",
+                "-k",
+                "4",
+                "--sae-batch-size",
+                "128",
+                "-o",
+                "trained",
+            ],
+        )
+        .ok();
+        exemplar(
+            root,
+            &[
+                "sae-encode",
+                "--sae",
+                "trained",
+                "-a",
+                "acts.npy",
+                "-o",
+                "trained.ours.npy",
+            ],
+        )
+        .ok();
+        dirs.push("trained");
+    }
+    let mut args = dirs.clone();
+    args.push("acts.npy");
+    let report = json_of(&run_python(&py, root, SAELENS_READS_EXPORTS, &args));
+    eprintln!("SAELens {}", report["sae_lens_version"]);
+    if dirs.contains(&"trained") {
+        assert_eq!(report["trained"]["k"], 4);
+        assert_eq!(report["trained"]["d_sae"], 32);
+        codes_close(
+            f32_data(&read_npy(&root.join("trained.ours.npy"))),
+            f32_data(&read_npy(&root.join("trained.codes.npy"))),
+            "train-sae's SAE: sae-encode vs SAELens encode",
+        );
+    }
+    for (out, basis, kk) in exports {
+        let r = &report[out];
+        assert_eq!(r["class"], "TopKSAE", "{out}: {r}");
+        assert_eq!(r["k"], kk);
+        assert_eq!(r["d_in"], D, "d_in is the dictionary's width");
+        assert_eq!(r["d_sae"], k);
+        assert_eq!(
+            r["state_dict"],
+            serde_json::json!(["W_dec", "W_enc", "b_dec", "b_enc"])
+        );
+        // The build record's model and hook, as SAELens reads them.
+        assert_eq!(r["hook_name"], "blocks.12.hook_resid_post");
+        assert_eq!(r["model_name"], "gemma-2-2b");
+        // EP's own data rides in metadata.exemplar, which SAELens keeps.
+        let ep = &r["exemplar"];
+        assert_eq!(ep["basis"], basis);
+        assert_eq!(ep["n_partitions"], k);
+        assert_eq!(ep["threshold_cos"].as_f64().unwrap(), dict.theta());
+        let counts: Vec<u64> = ep["region_count"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, dict.member_counts());
+        // SAELens' encode equals the top-k readout, value for value.
+        let theirs = read_npy(&root.join(format!("{out}.codes.npy")));
+        let ours = read_npy(&root.join(format!("{out}.topk.npy")));
+        assert_eq!(theirs.shape(), &[900, k]);
+        codes_close(
+            f32_data(&theirs),
+            f32_data(&ours),
+            &format!("{out}: SAELens encode vs topk readout"),
+        );
+        for row in f32_data(&theirs).chunks(k) {
+            assert!(row.iter().filter(|&&v| v != 0.0).count() <= kk);
+        }
+        // What SAELens saves again reads here with the same codes and the same EP record.
+        let again = exemplar::eval::sae::Sae::load(&root.join(format!("{out}.saelens"))).unwrap();
+        assert_eq!(again.metadata["exemplar"], *ep);
+        assert_eq!(again.metadata["hook_name"], "blocks.12.hook_resid_post");
+        exemplar(
+            root,
+            &[
+                "sae-encode",
+                "--sae",
+                &format!("{out}.saelens"),
+                "-a",
+                "acts.npy",
+                "-o",
+                &format!("{out}.again.npy"),
+            ],
+        )
+        .ok();
+        codes_close(
+            f32_data(&read_npy(&root.join(format!("{out}.again.npy")))),
+            f32_data(&theirs),
+            &format!("{out}: sae-encode of SAELens' save_model"),
+        );
+    }
+    // k = 1 on the exemplars: SAELens' active feature is `exemplar assign`'s region.
     let ids = exemplar::data::npy::read_npz(&root.join("ids.npz")).unwrap();
     let ids = i64_data(&ids.iter().find(|(n, _)| n == "ids").unwrap().1).to_vec();
-    let k = load_dict(&root.join("d.safetensors")).len();
-    assert!(k >= 4, "K = {k}");
-    let out = json_of(&fixtures(&py, root, &["topk-argmax", "sae", "acts.npy"]));
+    let codes = read_npy(&root.join("sae.codes.npy"));
+    let mut active = 0;
+    for (row, &id) in f32_data(&codes).chunks(k).zip(&ids) {
+        if let Some(j) = row.iter().position(|&v| v > 0.0) {
+            assert_eq!(j as i64, id, "SAELens' active feature vs exemplar assign");
+            active += 1;
+        }
+    }
     assert_eq!(
-        out["zero_rows"], 0,
+        active, 900,
         "every row has a positive projection on its exemplar"
     );
-    let argmax: Vec<i64> = out["argmax"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(argmax, ids, "SAELens TopK argmax vs exemplar assign");
-    // The mean basis exports too; the cfg names the basis; an existing export is kept.
-    exemplar(
-        root,
-        &[
-            "export-sae",
-            "-d",
-            "d.safetensors",
-            "--basis",
-            "mean",
-            "-k",
-            "2",
-            "-o",
-            "sae_mean",
-        ],
-    )
-    .ok();
-    let cfg = read_json(&root.join("sae_mean/cfg.json"));
-    assert_eq!(cfg["k"], 2);
-    assert_eq!(cfg["metadata"]["exemplar"]["basis"], "mean");
+    // The mean basis and an existing export is kept without --force.
     let before = std::fs::read(root.join("sae/sae_weights.safetensors")).unwrap();
     let e = exemplar(
         root,
@@ -281,6 +474,165 @@ fn exported_sae_topk_in_torch_picks_the_assigned_region() {
         before
     );
     assert_no_temp_files(&root.join("sae"));
+}
+
+/// SAEs written by the released SAELens itself (`save_model`) from its inference classes, with
+/// random weights (argv: the activations `.npy`, `min_activations`): standard (ReLU), JumpReLU
+/// (thresholds that bite), TopK, and TopK with `rescale_acts_by_decoder_norm` (decoder rows of
+/// unequal norms, so the rescaling changes which features win), with and without
+/// `apply_b_dec_to_input`, one in bfloat16. Writes `<name>/` and the codes of SAELens' `encode`
+/// after SAELens reads `<name>/` back in f32, `<name>.codes.npy`; prints, per SAE, its architecture and the number of features with at
+/// least `min_activations` positive codes.
+const SAELENS_WRITES_SAES: &str = r#"
+import json, sys, warnings
+import numpy as np, torch
+warnings.simplefilter("ignore")
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+x = torch.from_numpy(np.load(sys.argv[1]))
+min_act = int(sys.argv[2])
+n, d = x.shape
+f = 48
+torch.manual_seed(0)
+meta = {"model_name": "gemma-2-2b", "hook_name": "blocks.12.hook_resid_post"}
+specs = {
+    "standard": (StandardSAE, StandardSAEConfig, {}, "float32", True),
+    "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}, "float32", False),
+    "topk": (TopKSAE, TopKSAEConfig, {"k": 4}, "float32", True),
+    "topk_rescale": (TopKSAE, TopKSAEConfig, {"k": 4, "rescale_acts_by_decoder_norm": True}, "float32", True),
+    "topk_bf16": (TopKSAE, TopKSAEConfig, {"k": 3}, "bfloat16", False),
+}
+out = {}
+for name, (cls, cfg_cls, extra, dtype, apply_b_dec) in specs.items():
+    cfg = cfg_cls(d_in=d, d_sae=f, dtype=dtype, apply_b_dec_to_input=apply_b_dec, **extra)
+    for k, v in meta.items():
+        cfg.metadata[k] = v
+    sae = cls(cfg)
+    with torch.no_grad():
+        dt = sae.W_enc.dtype
+        sae.W_enc.copy_((torch.randn(d, f) / d ** 0.5).to(dt))
+        # Decoder rows of norms 0.2 .. 3, so that rescaling by them changes the top k.
+        norms = torch.linspace(0.2, 3.0, f)[torch.randperm(f)]
+        w_dec = torch.randn(f, d)
+        sae.W_dec.copy_((w_dec / w_dec.norm(dim=1, keepdim=True) * norms[:, None]).to(dt))
+        sae.b_enc.copy_((0.1 * torch.randn(f)).to(dt))
+        sae.b_dec.copy_(x.float().mean(0).to(dt))
+        if name == "jumprelu":
+            sae.threshold.copy_(torch.rand(f) * 0.6)
+    sae.save_model(name)
+    # SAELens' encode of what it wrote, computed in f32 (as sae-encode does; a bf16 file is
+    # widened exactly).
+    sae = SAE.load_from_disk(name, dtype="float32")
+    assert type(sae) is cls, type(sae)
+    with torch.no_grad():
+        codes = sae.encode(x)
+    np.save(f"{name}.codes.npy", codes.numpy())
+    active = (codes > 0).sum(0)
+    info = {"architecture": sae.cfg.architecture(), "n_eligible": int((active >= min_act).sum()),
+            "active": int((codes > 0).sum())}
+    if name == "jumprelu":
+        with torch.no_grad():
+            pre = (x - sae.b_dec * sae.cfg.apply_b_dec_to_input) @ sae.W_enc + sae.b_enc
+        info["bitten"] = int(((pre > 0) & (pre <= sae.threshold)).sum())
+    if name == "topk_rescale":
+        with torch.no_grad():
+            pre = (x - sae.b_dec * sae.cfg.apply_b_dec_to_input) @ sae.W_enc + sae.b_enc
+            plain = pre.topk(4, dim=-1).indices.sort(-1).values
+            scaled = (pre * sae.W_dec.norm(dim=-1)).topk(4, dim=-1).indices.sort(-1).values
+        info["rows_rescaling_changes"] = int((plain != scaled).any(-1).sum())
+    out[name] = info
+print(json.dumps(out))
+"#;
+
+/// An SAE that SAELens writes (`save_model`: standard, JumpReLU, TopK with and without
+/// `rescale_acts_by_decoder_norm`, f32 and bf16) imports into `sae-encode` and `compare-sae`,
+/// and `sae-encode` gives SAELens' own `encode`.
+#[test]
+fn saes_written_by_saelens_import_and_encode_like_saelens() {
+    let Some(py) = python() else { return };
+    let dir = clustered_dir(400, 8);
+    let root = dir.path();
+    build(root, "acts.npy", "10", "d.safetensors");
+    let min_act = 5;
+    let report = json_of(&run_python(
+        &py,
+        root,
+        SAELENS_WRITES_SAES,
+        &["acts.npy", &min_act.to_string()],
+    ));
+    assert!(
+        report["jumprelu"]["bitten"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+    assert!(
+        report["topk_rescale"]["rows_rescaling_changes"]
+            .as_u64()
+            .unwrap()
+            > 50,
+        "{report}"
+    );
+    for (name, arch) in [
+        ("standard", "standard"),
+        ("jumprelu", "jumprelu"),
+        ("topk", "topk"),
+        ("topk_rescale", "topk"),
+        ("topk_bf16", "topk"),
+    ] {
+        let r = &report[name];
+        assert_eq!(r["architecture"], arch);
+        let sae = exemplar::eval::sae::Sae::load(&root.join(name)).unwrap();
+        assert_eq!(sae.activation.architecture(), arch, "{name}");
+        assert_eq!(sae.metadata["hook_name"], "blocks.12.hook_resid_post");
+        let out = format!("{name}.ours.npy");
+        let run = exemplar(
+            root,
+            &["sae-encode", "--sae", name, "-a", "acts.npy", "-o", &out],
+        )
+        .ok();
+        assert_mentions(&run.stdout, &["400 × 48", arch]);
+        let theirs = read_npy(&root.join(format!("{name}.codes.npy")));
+        let ours = read_npy(&root.join(&out));
+        assert_eq!(ours.shape(), &[400, 48]);
+        let active = f32_data(&theirs).iter().filter(|&&v| v > 0.0).count();
+        assert_eq!(active as u64, r["active"].as_u64().unwrap());
+        assert!(
+            active > 400,
+            "{name}: codes are not all zero ({active} active)"
+        );
+        codes_close(
+            f32_data(&ours),
+            f32_data(&theirs),
+            &format!("{name}: sae-encode vs SAELens encode"),
+        );
+        // compare-sae reads it too, and finds the features SAELens' codes make eligible.
+        let run = exemplar(
+            root,
+            &[
+                "compare-sae",
+                "-d",
+                "d.safetensors",
+                "--sae",
+                name,
+                "-a",
+                "acts.npy",
+                "--basis",
+                "exemplar",
+                "--top-k",
+                "20",
+                "--min-activations",
+                &min_act.to_string(),
+                "--json",
+            ],
+        )
+        .ok();
+        let c = json_of(&run.stdout);
+        assert_eq!(c["config"]["sae_architecture"], arch);
+        assert_eq!(c["config"]["n_sae_features"], 48);
+        assert_eq!(
+            c["results_by_basis"]["exemplar"]["n_eligible_sae"], r["n_eligible"],
+            "{name}: eligible SAE features vs SAELens' codes"
+        );
+    }
 }
 
 fn codes_close(got: &[f32], want: &[f32], what: &str) {
@@ -1322,4 +1674,47 @@ fn small_random_gemma2_end_to_end() {
         ],
     )
     .ok();
+    // A dictionary built from text knows its model and hook; the export hands both to SAELens,
+    // with the context size and the BOS.
+    let m = model.to_str().unwrap();
+    exemplar(
+        root,
+        &[
+            "build",
+            "--model",
+            m,
+            "--hook",
+            "blocks.1.hook_resid_mid",
+            "--corpus",
+            "docs.txt",
+            "--ctx",
+            "16",
+            "--batch-documents",
+            "8",
+            "-p",
+            "10",
+            "--calibration-activations",
+            "64",
+            "--device",
+            "cpu",
+            "--no-saturation",
+            "-o",
+            "text.safetensors",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &["export-sae", "-d", "text.safetensors", "-o", "text_sae"],
+    )
+    .ok();
+    let cfg = read_json(&root.join("text_sae/cfg.json"));
+    let meta = &cfg["metadata"];
+    assert_eq!(meta["hook_name"], "blocks.1.hook_resid_mid", "{cfg}");
+    assert_eq!(meta["model_name"], m, "{cfg}");
+    assert_eq!(meta["context_size"], 16);
+    assert_eq!(meta["prepend_bos"], true);
+    assert_eq!(cfg["d_in"], 64);
+    let sae = exemplar::eval::sae::Sae::load(&root.join("text_sae")).unwrap();
+    assert_eq!(sae.metadata["hook_name"], "blocks.1.hook_resid_mid");
 }

@@ -18,6 +18,12 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// `metadata.sae_lens_version` written by [`Sae::save_saelens`] when the metadata has none: the
+/// SAELens cfg layout (v6) the file follows. SAELens reads a cfg without a version ≥ 6 as a
+/// pre-6.0 config, and then keeps only the top-level metadata keys it knows (so an EP export's
+/// `metadata` would be dropped).
+pub const SAELENS_LAYOUT_VERSION: &str = "6.0.0";
+
 /// The nonlinearity that turns pre-activations into codes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SaeActivation {
@@ -60,11 +66,9 @@ pub struct Sae {
     /// Scope: false).
     pub apply_b_dec_to_input: bool,
     pub activation: SaeActivation,
-    /// SAELens' `metadata` block (model_name, hook_name, context_size, ...), kept as read.
+    /// SAELens' `metadata` block (model_name, hook_name, context_size, ...), kept as read. The
+    /// EP view keeps its own record (basis, θ, region counts) under `metadata.exemplar`.
     pub metadata: Map<String, Value>,
-    /// Extra tensors written next to the weights (the EP view's `threshold_cos`,
-    /// `region_count`); not used by encode.
-    pub extras: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
 impl Sae {
@@ -199,6 +203,12 @@ impl Sae {
     /// basis and k = 1 the active feature is the nearest exemplar (‖x − c‖ is constant per
     /// row); its value is the projection `(x − c)·e`, ReLU'd (so a row whose every projection is
     /// negative gets an all-zero code).
+    ///
+    /// SAELens' `metadata` gets what the dictionary's build record knows: `model_name` and
+    /// `hook_name` (when recorded), and for a build from text `context_size` and
+    /// `prepend_bos`. EP's own data (basis, θ, K, region counts, percentile) goes under
+    /// `metadata.exemplar`, which SAELens carries along without using it; the weights file
+    /// holds exactly the tensors SAELens' TopK SAE has, so `SAE.load_from_disk` accepts it.
     pub fn from_dictionary(dict: &Dictionary, basis: Basis, k: usize) -> Result<Sae> {
         if dict.is_empty() {
             return Err(Error::EmptyInput(
@@ -215,20 +225,28 @@ impl Sae {
         let w_dec = dict.basis(basis);
         let info = dict.info();
         let mut metadata = Map::new();
-        let opt = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
-        metadata.insert("model_name".into(), opt(&info.model));
-        metadata.insert("hook_name".into(), opt(&info.hook));
-        metadata.insert("prepend_bos".into(), Value::Bool(true));
+        if let Some(model) = &info.model {
+            metadata.insert("model_name".into(), json!(model));
+        }
+        if let Some(hook) = &info.hook {
+            metadata.insert("hook_name".into(), json!(hook));
+        }
+        if let Some(ctx) = info.ctx {
+            // A build from text: documents of at most `ctx` tokens, each with its BOS.
+            metadata.insert("context_size".into(), json!(ctx));
+            metadata.insert("prepend_bos".into(), json!(true));
+        }
         metadata.insert(
             "exemplar".into(),
             json!({
                 "basis": match basis { Basis::Exemplar => "exemplar", Basis::Mean => "mean" },
                 "threshold_cos": dict.theta(),
                 "n_partitions": kk,
+                "region_count": dict.member_counts(),
+                "percentile": info.percentile,
                 "crate_version": env!("CARGO_PKG_VERSION"),
             }),
         );
-        let counts: Vec<f32> = dict.member_counts().iter().map(|&c| c as f32).collect();
         Ok(Sae {
             d_in: d,
             d_sae: kk,
@@ -239,16 +257,15 @@ impl Sae {
             apply_b_dec_to_input: true,
             activation: SaeActivation::TopK { k },
             metadata,
-            extras: vec![
-                ("threshold_cos".into(), vec![], vec![dict.theta() as f32]),
-                ("region_count".into(), vec![kk], counts),
-            ],
         })
     }
 
-    /// Writes the SAELens layout into directory `dir` (created if needed): `cfg.json` and
-    /// `sae_weights.safetensors` (f32). Each file is written atomically; neither is replaced
-    /// without `force`.
+    /// Writes the SAELens (v6) layout into directory `dir` (created if needed): `cfg.json` and
+    /// `sae_weights.safetensors` (f32, exactly the tensors of SAELens' class for the
+    /// architecture). `cfg.json` holds the fields SAELens' config class for the architecture has
+    /// and `metadata`, with `metadata.sae_lens_version` set to `6.0.0` unless the metadata
+    /// names one: SAELens reads a cfg without it as a pre-6.0 config and drops its metadata.
+    /// Each file is written atomically; neither is replaced without `force`.
     pub fn save_saelens(&self, dir: &Path, force: bool) -> Result<()> {
         self.validate(dir)?;
         let cfg_path = dir.join("cfg.json");
@@ -270,8 +287,13 @@ impl Sae {
         cfg.insert("reshape_activations".into(), json!("none"));
         if let SaeActivation::TopK { k } = self.activation {
             cfg.insert("k".into(), json!(k));
+            cfg.insert("rescale_acts_by_decoder_norm".into(), json!(false));
         }
-        cfg.insert("metadata".into(), Value::Object(self.metadata.clone()));
+        let mut metadata = self.metadata.clone();
+        metadata
+            .entry("sae_lens_version")
+            .or_insert_with(|| json!(SAELENS_LAYOUT_VERSION));
+        cfg.insert("metadata".into(), Value::Object(metadata));
         let (d, f) = (self.d_in, self.d_sae);
         let mut tensors = vec![
             TensorOut::f32("W_enc", vec![d, f], &self.w_enc),
@@ -282,12 +304,9 @@ impl Sae {
         if let SaeActivation::JumpRelu { threshold } = &self.activation {
             tensors.push(TensorOut::f32("threshold", vec![f], threshold));
         }
-        for (name, shape, data) in &self.extras {
-            tensors.push(TensorOut::f32(name, shape.clone(), data));
-        }
         // Weights first: a reader that finds cfg.json finds the weights it describes.
         tensorfile::write(&weights_path, tensors, &BTreeMap::new(), force)?;
-        let text = serde_json::to_string_pretty(&Value::Object(cfg)).expect("json");
+        let text = pretty_json_flat_arrays(&Value::Object(cfg));
         write_atomic(&cfg_path, text.as_bytes(), force)
     }
 
@@ -311,12 +330,25 @@ impl Sae {
                 .ok_or_else(|| Error::format(&cfg_path, format!("missing or non-integer `{key}`")))
         };
         let (d, f) = (uint("d_in")?, uint("d_sae")?);
-        if let Some(norm) = cfg.get("normalize_activations").and_then(Value::as_str) {
-            if norm != "none" {
+        match cfg.get("normalize_activations") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::String(norm)) if norm == "none" => {}
+            Some(other) => {
                 return Err(Error::format(
                     &cfg_path,
-                    format!("normalize_activations = `{norm}` is not supported (only `none`)"),
-                ));
+                    format!("normalize_activations = {other} is not supported (only \"none\")"),
+                ))
+            }
+        }
+        // `hook_z`: SAELens flattens `[.., n_heads, d_head]` to `[.., d_in]` before encoding,
+        // which is the row layout the activations given here already have.
+        match cfg.get("reshape_activations").and_then(Value::as_str) {
+            None | Some("none") | Some("hook_z") => {}
+            Some(other) => {
+                return Err(Error::format(
+                    &cfg_path,
+                    format!("reshape_activations = `{other}` is not supported (none, hook_z)"),
+                ))
             }
         }
         let arch = cfg
@@ -375,7 +407,7 @@ impl Sae {
                 metadata.entry(new.to_string()).or_insert(v.clone());
             }
         }
-        let sae = Sae {
+        let mut sae = Sae {
             d_in: d,
             d_sae: f,
             w_enc: tensor("W_enc", &[d, f])?,
@@ -388,10 +420,41 @@ impl Sae {
                 .unwrap_or(true),
             activation,
             metadata,
-            extras: Vec::new(),
         };
         sae.validate(&weights_path)?;
+        let rescale = cfg
+            .get("rescale_acts_by_decoder_norm")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if rescale && matches!(sae.activation, SaeActivation::TopK { .. }) {
+            sae.fold_decoder_norms();
+        }
         Ok(sae)
+    }
+
+    /// Folds the decoder rows' norms into the encoder, as SAELens' `fold_W_dec_norm` does:
+    /// `W_enc[:, i] ·= n_i`, `b_enc[i] ·= n_i`, `W_dec[i] /= n_i` with `n_i = ‖W_dec[i]‖`. A TopK
+    /// SAE with `rescale_acts_by_decoder_norm` (SAELens scales the pre-activations by `n_i`
+    /// before the top-k, and the codes by `1/n_i` before decoding) becomes a plain TopK SAE
+    /// with the same codes and reconstructions. A zero decoder row leaves its feature's
+    /// pre-activation at 0 either way.
+    fn fold_decoder_norms(&mut self) {
+        let (d, f) = (self.d_in, self.d_sae);
+        for i in 0..f {
+            let row = &mut self.w_dec[i * d..(i + 1) * d];
+            let n = row
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+            if n > 0.0 {
+                row.iter_mut().for_each(|v| *v /= n);
+            }
+            for j in 0..d {
+                self.w_enc[j * f + i] *= n;
+            }
+            self.b_enc[i] *= n;
+        }
     }
 
     /// Reads Gemma Scope's `params.npz` (`W_enc (d_in, d_sae)`, `W_dec (d_sae, d_in)`, `b_enc`,
@@ -442,7 +505,6 @@ impl Sae {
                 threshold: expect("threshold", &[f])?,
             },
             metadata: Map::new(),
-            extras: Vec::new(),
         };
         sae.validate(path)?;
         Ok(sae)
@@ -594,6 +656,59 @@ impl Sae {
     }
 }
 
+/// JSON indented like `serde_json::to_string_pretty`, except that arrays stay on one line (the
+/// export's `region_count` holds K numbers).
+fn pretty_json_flat_arrays(v: &Value) -> String {
+    use serde::Serialize;
+    use serde_json::ser::{Formatter, PrettyFormatter};
+    use std::io::{Result as IoResult, Write};
+    struct FlatArrays<'a> {
+        pretty: PrettyFormatter<'a>,
+    }
+    impl Formatter for FlatArrays<'_> {
+        fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            w.write_all(b"[")
+        }
+        fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            w.write_all(b"]")
+        }
+        fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> IoResult<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn end_array_value<W: ?Sized + Write>(&mut self, _w: &mut W) -> IoResult<()> {
+            Ok(())
+        }
+        fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            self.pretty.begin_object(w)
+        }
+        fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            self.pretty.end_object(w)
+        }
+        fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> IoResult<()> {
+            self.pretty.begin_object_key(w, first)
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            self.pretty.begin_object_value(w)
+        }
+        fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> IoResult<()> {
+            self.pretty.end_object_value(w)
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut out,
+        FlatArrays {
+            pretty: PrettyFormatter::new(),
+        },
+    );
+    v.serialize(&mut ser).expect("serialising JSON to memory");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 /// `m × n` row-major → `n × m` row-major.
 pub fn transpose(a: &[f32], m: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * n, "transpose: length is not m × n");
@@ -649,7 +764,6 @@ mod tests {
             apply_b_dec_to_input: true,
             activation: SaeActivation::Relu,
             metadata: Map::new(),
-            extras: vec![],
         }
     }
 
@@ -695,7 +809,6 @@ mod tests {
             apply_b_dec_to_input: true,
             activation: SaeActivation::Relu,
             metadata: Map::new(),
-            extras: vec![],
         };
         let xt = tch::Tensor::from_slice(&x).view([n as i64, d as i64]);
         for act in [
@@ -739,6 +852,45 @@ mod tests {
         s.encode_tch(x).is_err()
     }
 
+    /// A TopK cfg with `rescale_acts_by_decoder_norm` reads with the norms folded in: codes are
+    /// SAELens' (`topk(relu(pre · n))`) and reconstructions `Σ (code / n_i) W_dec[i] + b_dec`.
+    #[test]
+    fn rescaled_topk_is_folded_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = tiny();
+        s.activation = SaeActivation::TopK { k: 1 };
+        // Decoder row norms 1, 1, 1 → make them 1, 0.5, 3.
+        let norms = [1.0f32, 0.5, 3.0];
+        for (i, n) in norms.iter().enumerate() {
+            s.w_dec[i * 2..(i + 1) * 2].iter_mut().for_each(|v| *v *= n);
+        }
+        let out = dir.path().join("sae");
+        s.save_saelens(&out, false).unwrap();
+        let cfg = out.join("cfg.json");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "\"rescale_acts_by_decoder_norm\": false",
+            "\"rescale_acts_by_decoder_norm\": true",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let r = Sae::load(&out).unwrap();
+        // x − b_dec = (1.5, 0.5): pre = (1.5, 0, 1), scaled (1.5, 0, 3): feature 2, where plain
+        // TopK picks feature 0. x − b_dec = (0.5, −1.5): pre = (0.5, −2, 2), scaled (0.5, −1, 6).
+        let x = [2.0, 1.0, 1.0, -1.0];
+        assert_eq!(s.encode(&x[..2]).unwrap(), vec![1.5, 0.0, 0.0]);
+        let codes = r.encode(&x).unwrap();
+        let want = [0.0, 0.0, 3.0, 0.0, 0.0, 6.0];
+        for (a, b) in codes.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{codes:?}");
+        }
+        // SAELens decodes (code / n_i) · W_dec[i] + b_dec: 3/3 · (1.8, −2.4) + (0.5, 0.5), and
+        // 6/3 · (1.8, −2.4) + (0.5, 0.5).
+        let recon = r.decode(&codes).unwrap();
+        let want = [2.3, -1.9, 4.1, -4.3];
+        for (a, b) in recon.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{recon:?}");
+        }
+    }
+
     #[test]
     fn top_k_ties_go_to_the_lowest_index() {
         assert_eq!(top_k_indices(&[1.0, 3.0, 3.0, 2.0], 2), vec![1, 2]);
@@ -756,7 +908,11 @@ mod tests {
             .insert("hook_name".into(), json!("blocks.1.hook_resid_post"));
         let out = dir.path().join("sae");
         s.save_saelens(&out, false).unwrap();
-        assert_eq!(Sae::load(&out).unwrap(), s);
+        // The v6 layout's version marker is added on write (SAELens needs it to keep metadata).
+        let mut want = s.clone();
+        want.metadata
+            .insert("sae_lens_version".into(), json!(SAELENS_LAYOUT_VERSION));
+        assert_eq!(Sae::load(&out).unwrap(), want);
         // Never overwritten without force.
         assert!(matches!(
             s.save_saelens(&out, false),

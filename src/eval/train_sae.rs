@@ -295,7 +295,6 @@ pub fn train_topk_sae(
         apply_b_dec_to_input: true,
         activation: SaeActivation::TopK { k: cfg.k },
         metadata,
-        extras: Vec::new(),
     };
     sae.validate(std::path::Path::new("<trained SAE>"))?;
     Ok((sae, record))
