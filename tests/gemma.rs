@@ -690,3 +690,224 @@ fn bf16_on_a_gpu_is_within_bf16_tolerance_of_hf() {
         assert!(e < 5e-2, "{name} logits: bf16 relative error {e:e}");
     }
 }
+
+#[test]
+fn cached_generation_equals_recomputing_the_prefix_with_and_without_edits() {
+    let Some(root) = fixtures() else { return };
+    for name in CONFIGS {
+        let dir = root.join(name);
+        let exp = expected(&dir);
+        let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
+        let gen: Vec<i64> = Vec::<i64>::try_from(exp["generated_ids"].view([-1])).unwrap();
+        let prompt = &gen[..7];
+        let d = model.config.hidden_size;
+        // Plain, then with an edit at every position, then at one absolute position only.
+        let e = unit(seeded(d, 4));
+        let edits: Vec<Vec<Intervention>> = vec![
+            vec![],
+            vec![Intervention::new(
+                HookPoint::parse("blocks.0.hook_resid_post").unwrap(),
+                Edit::Add {
+                    direction: e.shallow_clone(),
+                    alpha: 20.0,
+                },
+            )],
+            vec![Intervention::new(
+                HookPoint::parse("blocks.1.hook_resid_mid").unwrap(),
+                Edit::Add {
+                    direction: e.shallow_clone(),
+                    alpha: 40.0,
+                },
+            )
+            .at_positions(vec![8])],
+        ];
+        let mut plain_logprobs: Option<Vec<f64>> = None;
+        for ivs in &edits {
+            let slow = model.generate_greedy(prompt, 6, ivs).unwrap();
+            let fast = model
+                .generate(prompt, 6, exemplar::model::Sampling::Greedy, false, ivs)
+                .unwrap();
+            assert_eq!(
+                fast.ids,
+                slow,
+                "{name}: cached greedy differs ({} edits)",
+                ivs.len()
+            );
+            // Each step's log-probability is the uncached forward's.
+            let t = slow.len() as i64;
+            let full = model
+                .forward(
+                    &Tensor::from_slice(&slow).view([1, t]),
+                    &Tensor::ones([1, t], (Kind::Int64, Device::Cpu)),
+                    &[],
+                    ivs,
+                    true,
+                )
+                .unwrap()
+                .logits
+                .unwrap()
+                .get(0)
+                .log_softmax(-1, Kind::Double);
+            for (i, lp) in fast.logprobs.iter().enumerate() {
+                let pos = prompt.len() + i;
+                let want = full.double_value(&[pos as i64 - 1, slow[pos]]);
+                assert!((lp - want).abs() < 1e-4, "{name} step {i}: {lp} vs {want}");
+            }
+            // Every edit changes what the model predicts (so the comparison above has teeth:
+            // an edit the cache skipped would have shown).
+            match &plain_logprobs {
+                None => plain_logprobs = Some(fast.logprobs.clone()),
+                Some(p) => assert_ne!(p, &fast.logprobs, "{name}: the edit changed nothing"),
+            }
+        }
+        // Seeded sampling is reproducible, and another seed differs somewhere.
+        let sample = |seed| {
+            model
+                .generate(
+                    prompt,
+                    6,
+                    exemplar::model::Sampling::Sample {
+                        temperature: 2.0,
+                        top_k: None,
+                        seed,
+                    },
+                    false,
+                    &[],
+                )
+                .unwrap()
+                .ids
+        };
+        assert_eq!(sample(1), sample(1));
+        assert!(
+            (2..8).any(|s| sample(s) != sample(1)),
+            "{name}: seeds never differ"
+        );
+        // top_k = 1 is greedy.
+        let k1 = model
+            .generate(
+                prompt,
+                6,
+                exemplar::model::Sampling::Sample {
+                    temperature: 1.0,
+                    top_k: Some(1),
+                    seed: 9,
+                },
+                false,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(k1.ids, gen, "{name}: top-1 sampling is greedy");
+    }
+}
+
+#[test]
+fn gated_raised_and_norm_keeping_edits_touch_only_what_they_should() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("gemma3");
+    let exp = expected(&dir);
+    let model = Gemma::load(&dir, Kind::Float, Device::Cpu).unwrap();
+    let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
+    let d = model.config.hidden_size;
+    let at = HookPoint::parse("blocks.2.hook_resid_post").unwrap();
+    let base = model.forward(ids, mask, &[at], &[], false).unwrap().hooks[&at].shallow_clone();
+    let c = base.mean_dim([0, 1].as_slice(), false, Kind::Float);
+    // Two "regions": the directions of two positions' activations; the gate opens where a
+    // position's nearest of them is region 1 within θ.
+    let dir_of = |b: i64, p: i64| {
+        let u = base.get(b).get(p) - &c;
+        &u / u.norm()
+    };
+    let exemplars = Tensor::stack(&[dir_of(0, 3), dir_of(0, 9)], 0);
+    let gate = || exemplar::model::RegionGate {
+        center: c.shallow_clone(),
+        exemplars: exemplars.shallow_clone(),
+        regions: vec![1],
+        theta: 0.5,
+    };
+    let e = unit(seeded(d, 5));
+    let gated = Intervention::new(
+        at,
+        Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 5.0,
+        },
+    )
+    .gated(gate());
+    let out = model
+        .forward(ids, mask, &[at], &[gated], false)
+        .unwrap()
+        .hooks[&at]
+        .shallow_clone();
+    let changed = (&out - &base).abs().amax([-1].as_slice(), false).gt(0.0);
+    // The gate's own decision, by hand in f64.
+    let xc = base.to_kind(Kind::Double) - c.to_kind(Kind::Double);
+    let u = &xc / xc.norm_scalaropt_dim(2, [-1].as_slice(), true);
+    let sims = u.matmul(&exemplars.to_kind(Kind::Double).tr());
+    let (best, id) = sims.max_dim(-1, false);
+    let open = id.eq(1).logical_and(&(best.neg() + 1.0).le(0.5));
+    assert!(
+        bool::try_from(changed.eq_tensor(&open).all()).unwrap(),
+        "the gate decides"
+    );
+    let opened = i64::try_from(open.sum(Kind::Int64)).unwrap();
+    assert!(
+        opened >= 1 && opened < ids.numel() as i64,
+        "{opened} positions open"
+    );
+    // Raise: positions below the value reach it, those above are untouched.
+    let raise = Intervention::new(
+        at,
+        Edit::RaiseProjection {
+            direction: e.shallow_clone(),
+            center: c.shallow_clone(),
+            value: 0.0,
+        },
+    );
+    let out = model
+        .forward(ids, mask, &[at], &[raise], false)
+        .unwrap()
+        .hooks[&at]
+        .shallow_clone();
+    let before = (&base - &c).matmul(&e);
+    let after = (&out - &c).matmul(&e);
+    let want = before.clamp_min(0.0);
+    assert!(f64::try_from((&after - &want).abs().max()).unwrap() < 1e-4);
+    // Keep-norm: the projection moves, the norm does not.
+    let kept = Intervention::new(
+        at,
+        Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 30.0,
+        },
+    )
+    .keeping_norm();
+    let out = model
+        .forward(ids, mask, &[at], &[kept], false)
+        .unwrap()
+        .hooks[&at]
+        .shallow_clone();
+    let n0 = base.norm_scalaropt_dim(2, [-1].as_slice(), false);
+    let n1 = out.norm_scalaropt_dim(2, [-1].as_slice(), false);
+    assert!(f64::try_from(((&n1 - &n0) / &n0).abs().max()).unwrap() < 1e-5);
+    assert!(f64::try_from((&out - &base).abs().max()).unwrap() > 1.0);
+    // A gate on a per-head hook, or with a region out of range, is refused.
+    let bad = Intervention::new(
+        at,
+        Edit::Add {
+            direction: e.shallow_clone(),
+            alpha: 1.0,
+        },
+    )
+    .gated(exemplar::model::RegionGate {
+        regions: vec![2],
+        ..gate()
+    });
+    let err = model
+        .forward(ids, mask, &[at], &[bad], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gate region 2") && err.contains("2 regions"),
+        "{err}"
+    );
+}

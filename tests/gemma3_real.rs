@@ -219,6 +219,36 @@ fn greedy_decoding_equals_hf_generate() {
         .generate_greedy(&prompt, want.len() - prompt.len(), &[])
         .unwrap();
     assert_eq!(got, want);
+    // With the key/value cache too, and its log-probabilities are the full forward's.
+    let cached = model
+        .generate(
+            &prompt,
+            want.len() - prompt.len(),
+            exemplar::model::Sampling::Greedy,
+            false,
+            &[],
+        )
+        .unwrap();
+    assert_eq!(cached.ids, want);
+    let t = want.len() as i64;
+    let full = model
+        .forward(
+            &Tensor::from_slice(&want).view([1, t]),
+            &Tensor::ones([1, t], (Kind::Int64, Device::Cpu)),
+            &[],
+            &[],
+            true,
+        )
+        .unwrap()
+        .logits
+        .unwrap()
+        .get(0)
+        .log_softmax(-1, Kind::Double);
+    for (i, lp) in cached.logprobs.iter().enumerate() {
+        let pos = prompt.len() + i;
+        let w = full.double_value(&[pos as i64 - 1, want[pos]]);
+        assert!((lp - w).abs() < 1e-4, "step {i}: {lp} vs {w}");
+    }
     // " the capital of the country of France. It is the largest"
     let words: String = tok.token_strings(&got[prompt.len()..]).concat();
     assert_eq!(

@@ -97,6 +97,43 @@ pub struct ForwardOutput {
     pub logits: Option<Tensor>,
 }
 
+/// Keys and values of earlier positions for incremental decoding ([`Gemma::forward_cached`]):
+/// per block, `[B, kv_heads, T, head_dim]` after the k-norm and RoPE, and the key mask.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    mask: Option<Tensor>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// No position cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends block `layer`'s new keys and values; returns all of them.
+    fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if layer == self.keys.len() {
+            self.keys.push(k.shallow_clone());
+            self.values.push(v.shallow_clone());
+        } else {
+            self.keys[layer] = Tensor::cat(&[&self.keys[layer], &k], 2);
+            self.values[layer] = Tensor::cat(&[&self.values[layer], &v], 2);
+        }
+        (
+            self.keys[layer].shallow_clone(),
+            self.values[layer].shallow_clone(),
+        )
+    }
+}
+
 /// Reads every tensor of a checkpoint directory: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`.
 fn read_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
@@ -445,6 +482,63 @@ impl Gemma {
         interventions: &[Intervention],
         logits: Logits,
     ) -> Result<ForwardOutput> {
+        self.forward_core(
+            input_ids,
+            attention_mask,
+            hooks,
+            interventions,
+            logits,
+            None,
+        )
+    }
+
+    /// An empty key/value cache for [`Gemma::forward_cached`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            keys: Vec::new(),
+            values: Vec::new(),
+            mask: None,
+            len: 0,
+        }
+    }
+
+    /// [`Gemma::forward_with`] over the next `T` positions of sequences whose earlier positions
+    /// are in `cache` (which this call extends), through every block: incremental decoding.
+    /// Hooks see the new positions only; intervention positions are absolute.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+        hooks: &[HookPoint],
+        interventions: &[Intervention],
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
+        if logits == Logits::None {
+            return Err(Error::param(
+                "forward",
+                "a cached forward runs every block: ask for logits",
+            ));
+        }
+        self.forward_core(
+            input_ids,
+            attention_mask,
+            hooks,
+            interventions,
+            logits,
+            Some(cache),
+        )
+    }
+
+    fn forward_core(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &[HookPoint],
+        interventions: &[Intervention],
+        logits: Logits,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
         let c = &self.config;
         let size = input_ids.size();
         if size.len() != 2 || attention_mask.size() != size {
@@ -459,6 +553,19 @@ impl Gemma {
         }
         self.check_request(hooks, interventions)?;
         let (b, t) = (size[0], size[1]);
+        // With a cache: `past` earlier positions, whose keys and values it holds.
+        let past = cache.as_ref().map_or(0, |k| k.len);
+        if let Some(k) = cache.as_ref() {
+            if let Some(m) = &k.mask {
+                if m.size()[0] != b {
+                    return Err(Error::param(
+                        "input",
+                        format!("the cache holds {} sequences, the input {b}", m.size()[0]),
+                    ));
+                }
+            }
+        }
+        let total = past + t;
         // Where the work ends: the last block, or the deepest hook's part of its block.
         let (last, last_part) = if logits != Logits::None {
             (c.num_hidden_layers - 1, Part::Mlp)
@@ -477,7 +584,7 @@ impl Gemma {
             interventions
                 .iter()
                 .filter(|iv| iv.hook == hp)
-                .try_fold(x, |x, iv| iv.apply(&x))
+                .try_fold(x, |x, iv| iv.apply(&x, past))
         };
         let record = |hp: HookPoint, x: &Tensor, out: &mut ForwardOutput| {
             if want(hp) {
@@ -493,18 +600,24 @@ impl Gemma {
         let mut ropes: HashMap<AttentionKind, (Tensor, Tensor)> = HashMap::new();
         for &kind in c.layer_types.iter().take(last + 1) {
             ropes.entry(kind).or_insert_with(|| {
-                let (cos, sin) = self.rope(c.rope(kind), t);
+                let (cos, sin) = self.rope(c.rope(kind), total);
+                let (cos, sin) = (cos.narrow(0, past, t), sin.narrow(0, past, t));
                 (cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1]))
             });
         }
-        // Masks: causal, sliding window, key padding. [B, 1, T, T] booleans (true = attend).
-        let i_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([t, 1]);
-        let j_idx = Tensor::arange(t, (Kind::Int64, self.device)).view([1, t]);
+        // Masks: causal, sliding window, key padding. [B, 1, T, T_keys] booleans (true =
+        // attend); queries are positions past.., keys 0..past + T.
+        let key_mask = match cache.as_ref().and_then(|k| k.mask.as_ref()) {
+            Some(m) => Tensor::cat(&[m, &mask], 1),
+            None => mask.shallow_clone(),
+        };
+        let i_idx = Tensor::arange_start(past, total, (Kind::Int64, self.device)).view([t, 1]);
+        let j_idx = Tensor::arange(total, (Kind::Int64, self.device)).view([1, total]);
         let causal = j_idx.le_tensor(&i_idx);
-        let keys = mask.view([b, 1, 1, t]);
-        let full_mask = causal.view([1, 1, t, t]).logical_and(&keys);
+        let keys = key_mask.view([b, 1, 1, total]);
+        let full_mask = causal.view([1, 1, t, total]).logical_and(&keys);
         let window = (&i_idx - &j_idx).lt(c.sliding_window as i64);
-        let sliding_mask = full_mask.logical_and(&window.view([1, 1, t, t]));
+        let sliding_mask = full_mask.logical_and(&window.view([1, 1, t, total]));
         // The same masks as additive biases (0 or f32::MIN) in the model's dtype, for the
         // fused attention kernel.
         let bias_of = |m: &Tensor| {
@@ -556,6 +669,11 @@ impl Gemma {
             let k = edit(hp(HookKind::RotK), k.transpose(1, 2))?;
             record(hp(HookKind::RotK), &k, &mut out);
             let (q, k) = (q.transpose(1, 2), k.transpose(1, 2));
+            // Earlier positions' keys and values from the cache, this call's appended to it.
+            let (k, v) = match cache.as_deref_mut() {
+                Some(cache) => cache.extend(l, k, v),
+                None => (k, v),
+            };
             let sliding = c.layer_types[l] == AttentionKind::Sliding;
             let maps_wanted = want(hp(HookKind::AttnScores)) || want(hp(HookKind::Pattern));
             let z = if maps_wanted || c.attn_logit_softcapping.is_some() {
@@ -618,6 +736,10 @@ impl Gemma {
             record(hp(HookKind::MlpOut), &mlp_out, &mut out);
             x = edit(hp(HookKind::ResidPost), &x + &mlp_out)?;
             record(hp(HookKind::ResidPost), &x, &mut out);
+        }
+        if let Some(cache) = cache {
+            cache.mask = Some(key_mask);
+            cache.len = total;
         }
         match logits {
             Logits::None => {}

@@ -157,9 +157,50 @@ pub enum Edit {
         center: Tensor,
         value: f64,
     },
+    /// Raises the centered projection on the unit direction `e` to at least `value`:
+    /// `x ↦ x + max(0, value − (x − c)·e)·e` (positions already above it are untouched).
+    RaiseProjection {
+        direction: Tensor,
+        center: Tensor,
+        value: f64,
+    },
     /// `x ↦ value`, broadcast to the hook's shape (activation patching: `value` is another
     /// run's activation at the same hook; zero or mean ablation: a constant).
     Replace { value: Tensor },
+}
+
+/// Where an edit applies, decided by the activation itself at each position: the positions
+/// whose centered direction `u = (x − c)/‖x − c‖` has its nearest exemplar (largest `u·e_k`,
+/// ties to the lowest index) among `regions` and within the cosine-distance threshold θ
+/// (`1 − u·e ≤ θ`): EP's own assignment, so "steer where the concept is present".
+#[derive(Debug)]
+pub struct RegionGate {
+    /// The dictionary's center `[D]`.
+    pub center: Tensor,
+    /// The dictionary's unit exemplars `[K, D]`.
+    pub exemplars: Tensor,
+    /// The regions that open the gate.
+    pub regions: Vec<i64>,
+    /// The dictionary's θ.
+    pub theta: f64,
+}
+
+impl RegionGate {
+    /// `[B, T]` booleans: the positions of `x` (`[B, T, D]`) the gate opens.
+    fn mask(&self, x: &Tensor) -> Tensor {
+        let dev = x.device();
+        let xc = x.to_kind(Kind::Double) - self.center.to_kind(Kind::Double).to_device(dev);
+        let norm = xc.norm_scalaropt_dim(2, [-1].as_slice(), true) + 1e-12;
+        let u = xc / norm;
+        let sims = u.matmul(&self.exemplars.to_kind(Kind::Double).to_device(dev).tr());
+        let (best, id) = sims.max_dim(-1, false);
+        let regions = Tensor::from_slice(&self.regions).to_device(dev);
+        let member = id
+            .unsqueeze(-1)
+            .eq_tensor(&regions.view([1, 1, -1]))
+            .any_dim(-1, false);
+        member.logical_and(&(best.neg() + 1.0).le(self.theta))
+    }
 }
 
 /// An edit at a hook, at every position or at chosen positions, and at a per-head hook on
@@ -172,6 +213,10 @@ pub struct Intervention {
     pub positions: Option<Vec<i64>>,
     /// Heads to edit at a per-head hook (`None`: all); must be `None` elsewhere.
     pub heads: Option<Vec<i64>>,
+    /// Edit only the positions whose activation falls in these regions (d_model-wide hooks).
+    pub gate: Option<RegionGate>,
+    /// Rescale each edited position back to its norm before the edit (`‖x'‖ = ‖x‖`).
+    pub keep_norm: bool,
 }
 
 impl Intervention {
@@ -182,7 +227,21 @@ impl Intervention {
             edit,
             positions: None,
             heads: None,
+            gate: None,
+            keep_norm: false,
         }
+    }
+
+    /// Only where `gate` opens (EP's own assignment of the activation at the hook).
+    pub fn gated(mut self, gate: RegionGate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Each edited position keeps its norm.
+    pub fn keeping_norm(mut self) -> Self {
+        self.keep_norm = true;
+        self
     }
 
     /// Only at these token positions.
@@ -232,6 +291,26 @@ impl Intervention {
             }
             _ => {}
         }
+        if let Some(g) = &self.gate {
+            if heads.is_some() {
+                return Err(bad("a region gate needs a d_model-wide hook".into()));
+            }
+            let (es, cs) = (g.exemplars.size(), g.center.size());
+            if es.len() != 2 || es[1] != d || cs != [d] {
+                return Err(bad(format!(
+                    "the gate's exemplars {es:?} and center {cs:?} do not match the hook's width {d}"
+                )));
+            }
+            if let Some(r) = g.regions.iter().find(|&&r| r < 0 || r >= es[0]) {
+                return Err(bad(format!(
+                    "gate region {r} is out of range (the dictionary has {} regions)",
+                    es[0]
+                )));
+            }
+            if !g.theta.is_finite() {
+                return Err(bad(format!("the gate's θ {} is not finite", g.theta)));
+            }
+        }
         match &self.edit {
             Edit::Add { direction, alpha } => {
                 if !alpha.is_finite() {
@@ -253,9 +332,14 @@ impl Intervention {
                 direction,
                 center,
                 value,
+            }
+            | Edit::RaiseProjection {
+                direction,
+                center,
+                value,
             } => {
                 if !value.is_finite() {
-                    return Err(bad(format!("the clamp value {value} is not finite")));
+                    return Err(bad(format!("the projection value {value} is not finite")));
                 }
                 vec_ok(direction, "direction")?;
                 vec_ok(center, "center")
@@ -272,9 +356,10 @@ impl Intervention {
         }
     }
 
-    /// Applies the edit to `x` (`[B, T, D]`, or `[B, T, H, D]` at a per-head hook), computing
-    /// in f32 and returning `x`'s kind.
-    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    /// Applies the edit to `x` (`[B, T, D]`, or `[B, T, H, D]` at a per-head hook) whose first
+    /// position is absolute position `offset` (a cached forward), computing in f32 and
+    /// returning `x`'s kind.
+    pub(crate) fn apply(&self, x: &Tensor, offset: i64) -> Result<Tensor> {
         let kind = x.kind();
         let dev = x.device();
         let xf = x.to_kind(Kind::Float);
@@ -297,6 +382,15 @@ impl Intervention {
                 let proj = (&xf - f(center)).matmul(&e).unsqueeze(-1);
                 &xf + (proj.neg() + *value) * e
             }
+            Edit::RaiseProjection {
+                direction,
+                center,
+                value,
+            } => {
+                let e = f(direction);
+                let proj = (&xf - f(center)).matmul(&e).unsqueeze(-1);
+                &xf + (proj.neg() + *value).clamp_min(0.0) * e
+            }
             Edit::Replace { value } => {
                 let v = f(value);
                 let (vs, xs) = (v.size(), xf.size());
@@ -318,10 +412,21 @@ impl Intervention {
                 v.expand(xs.as_slice(), false)
             }
         };
+        let edited = if self.keep_norm {
+            let n0 = xf.norm_scalaropt_dim(2, [-1].as_slice(), true);
+            let n1 = edited.norm_scalaropt_dim(2, [-1].as_slice(), true);
+            edited * (n0 / n1.clamp_min(1e-30))
+        } else {
+            edited
+        };
         let mut mask: Option<Tensor> = None;
         let size = x.size();
-        let select = |n: i64, idx: &[i64], dim: usize| -> Tensor {
-            let keep: Vec<i64> = idx.iter().copied().filter(|&p| p >= 0 && p < n).collect();
+        let select = |n: i64, idx: &[i64], dim: usize, offset: i64| -> Tensor {
+            let keep: Vec<i64> = idx
+                .iter()
+                .map(|&p| p - offset)
+                .filter(|&p| p >= 0 && p < n)
+                .collect();
             let m = Tensor::zeros([n], (Kind::Bool, dev)).index_fill(
                 0,
                 &Tensor::from_slice(&keep).to_device(dev),
@@ -332,10 +437,17 @@ impl Intervention {
             m.view(shape.as_slice())
         };
         if let Some(pos) = &self.positions {
-            mask = Some(select(size[1], pos, 1));
+            mask = Some(select(size[1], pos, 1, offset));
+        }
+        if let Some(g) = &self.gate {
+            let m = g.mask(x).unsqueeze(-1);
+            mask = Some(match mask {
+                Some(old) => old.logical_and(&m),
+                None => m,
+            });
         }
         if let Some(heads) = &self.heads {
-            let h = select(size[2], heads, 2);
+            let h = select(size[2], heads, 2, 0);
             mask = Some(match mask {
                 Some(m) => m.logical_and(&h),
                 None => h,

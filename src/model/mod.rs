@@ -5,12 +5,14 @@
 pub mod config;
 pub mod extract;
 pub mod gemma;
+pub mod generate;
 pub mod hooks;
 pub mod rows;
 pub mod tokenizer;
 pub mod windows;
 
 pub use config::{AttentionKind, GemmaConfig, GemmaFamily, Rope};
-pub use gemma::{ForwardOutput, Gemma, Logits};
-pub use hooks::{Edit, HookKind, HookPoint, Intervention};
+pub use gemma::{ForwardOutput, Gemma, KvCache, Logits};
+pub use generate::{Generation, Sampling};
+pub use hooks::{Edit, HookKind, HookPoint, Intervention, RegionGate};
 pub use tokenizer::Tokenizer;
