@@ -46,7 +46,7 @@ echo "    built in $((SECONDS - start)) s"
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$WHEELS"/exemplar-*.whl
 
 echo "==> cargo test (python/: the extension's own unit tests)"
-cargo test --quiet --manifest-path python/Cargo.toml --lib
+cargo test --release --quiet --manifest-path python/Cargo.toml --lib
 
 echo "==> pytest python/tests $*"
 # From the repository root, so the installed package is imported, not python/exemplar/.

@@ -155,3 +155,42 @@ def test_a_saturated_builder_ignores_later_rows(demo_f16):
     d = b.finish()
     assert d.metadata["saturated"] is True
     assert d.metadata["activations_streamed"] == 256 * (first_false + 1)
+
+
+def test_ctrl_c_stops_a_long_build(tmp_path):
+    """SIGINT during a build (in Rust, without the GIL) raises KeyboardInterrupt between two
+    batches, promptly."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import sys, time, numpy as np, exemplar\n"
+        "from safetensors.numpy import load_file\n"
+        f"x = load_file({str(DEMO)!r})['activations'].astype(np.float32)\n"
+        "x = np.concatenate([x + np.random.default_rng(i).normal(0, 0.3, x.shape).astype(np.float32)"
+        " for i in range(40)])\n"
+        "print('start', flush=True)\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    exemplar.build(x, percentile=1, batch_size=256, saturation_window=None,\n"
+        "                   calibration_activations=256)\n"
+        "except KeyboardInterrupt:\n"
+        "    print(f'interrupted after {time.perf_counter() - t:.2f}s', flush=True)\n"
+        "    sys.exit(3)\n"
+        "print('finished', flush=True)\n"
+    )
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "start"
+        time.sleep(1.5)
+        t0 = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 3, out
+    assert out.startswith("interrupted after"), out
+    assert time.perf_counter() - t0 < 10

@@ -67,6 +67,12 @@ def test_build_from_files_with_provenance_is_the_cli_build(cli, tmp_path):
     assert bits_equal(np.load(ids), a)
     # The examples carry the sidecar's text.
     assert any(e["context"] for e in d.examples(0))
+    # Batches of whole documents (`--batch-documents`), as a build from text batches them.
+    ref = tmp_path / "docs.safetensors"
+    cli("build", "-a", DEMO, "-p", 5, "--batch-documents", 8, "-o", ref)
+    exemplar.build(DEMO, percentile=5, batch_documents=8).save(tmp_path / "py-docs.safetensors")
+    assert_same_dictionary(ref, tmp_path / "py-docs.safetensors")
+    assert dictionary_record(ref)[1]["batch_documents"] == 8
 
 
 def test_build_with_the_cli_defaults(cli, files, demo_f16, tmp_path):
