@@ -110,3 +110,22 @@ def test_the_dlpack_view_is_checked_before_any_device_work(d):
     with pytest.raises(exemplar.InvalidInputError, match="the builder reads host memory"):
         b.add(FakeCudaTensor((4, 384)))
     assert np.isfinite(d.theta)
+
+
+def test_a_cuda_tensor_is_assigned_in_place_like_the_host_rows(demo_f16):
+    """On a GPU (unrun so far): ids and distances of a CUDA tensor read in place equal those of
+    the same rows on the host, bit for bit, in f32 and bf16."""
+    torch = pytest.importorskip("torch")
+    if not (exemplar.CUDA_BUILD and exemplar.cuda_status()[0] and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA device, CUDA torch and a build with CUDA")
+    d = exemplar.build(DEMO, percentile=5, batch_size=512)
+    x = torch.from_numpy(demo_f16.astype(np.float32))
+    for dtype in (torch.float32, torch.bfloat16):
+        xc = x.to(dtype).cuda().reshape(2, -1, 384)
+        ids, dist = d.assign(xc)
+        want_ids, want_dist = d.assign(xc.cpu())
+        assert ids.shape == (2, 2274)
+        assert (ids == want_ids).all()
+        assert dist.tobytes() == want_dist.tobytes()
+    with pytest.raises(exemplar.InvalidInputError, match="not contiguous"):
+        d.assign(x.cuda().t())
