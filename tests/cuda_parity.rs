@@ -129,6 +129,41 @@ fn prepare_is_bit_identical_to_the_cpu_for_f32_and_bf16() {
     assert!(err.contains("row 3"), "{err}");
 }
 
+/// The raw-address prepare (what the Python package runs on a DLPack CUDA tensor) reads device
+/// memory it does not own in place, and equals the copy path bit for bit (f32 and bf16).
+#[test]
+fn prepare_raw_reads_foreign_device_memory_like_the_copy_path() {
+    use cudarc::driver::DevicePtr;
+    let Some(dev) = device() else { return };
+    let (n, d) = (300, 384);
+    let x = data(n, d, 8, 3);
+    let center: Vec<f32> = (0..d).map(|j| x[j] * 0.5).collect();
+    let dc = dev.upload(&center).unwrap();
+    let xs = dev.upload(&x).unwrap();
+    let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+    let bs = dev.upload(&bits).unwrap();
+    let (xp, _x_sync) = xs.device_ptr(dev.stream());
+    let (bp, _b_sync) = bs.device_ptr(dev.stream());
+    assert_eq!(
+        exemplar::backend::cuda::pointer_context(xp).unwrap(),
+        dev.context().cu_ctx()
+    );
+    let bits_of = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    // SAFETY: xs and bs hold n·d f32 / bf16 values of this device and outlive the calls.
+    let raw = unsafe { dev.prepare_raw(xp, false, n, d, &dc) }.unwrap();
+    let copy = dev.prepare_f32(&xs, n, d, &dc, None).unwrap();
+    assert_eq!(
+        bits_of(dev.download(&raw).unwrap()),
+        bits_of(dev.download(&copy).unwrap())
+    );
+    let raw = unsafe { dev.prepare_raw(bp, true, n, d, &dc) }.unwrap();
+    let copy = dev.prepare_bf16(&bs, n, d, &dc, None).unwrap();
+    assert_eq!(
+        bits_of(dev.download(&raw).unwrap()),
+        bits_of(dev.download(&copy).unwrap())
+    );
+}
+
 #[test]
 fn nearest_gives_the_cpu_ids_and_exact_similarities() {
     let Some(dev) = device() else { return };

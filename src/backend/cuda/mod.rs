@@ -8,7 +8,7 @@
 //! | `launch.rs` | shape checks, grid shapes and errors shared by every launcher |
 //! | `buffers.rs` | [`GrowableRows`] (the exemplar matrix), [`DeviceSums`] (per-partition direction sums) |
 //! | `prepare.rs`, `nearest.rs`, `leaders.rs`, `calibrate.rs`, `stats.rs` | the launchers of `kernels/<name>.cu`, the crate's only kernel launch sites |
-//! | `torch.rs` | (feature `torch`) a borrowed view of a CUDA tch tensor for the prepare kernel |
+//! | `torch.rs` | (feature `torch`) a borrowed view of a CUDA tch tensor for the prepare kernel ([`CudaDevice::prepare_raw`] reads any device address, e.g. a DLPack tensor's) |
 //!
 //! Every launcher checks lengths and shapes before its `unsafe` launch. Kernels and their CPU
 //! twins:
@@ -43,7 +43,7 @@ pub use crate::error::CudaError;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
 };
 use launch::driver;
 use std::collections::HashMap;
@@ -61,6 +61,30 @@ pub fn driver_available() -> bool {
 pub fn nvrtc_available() -> bool {
     // SAFETY: as above, a dlopen probe.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The CUDA context that owns device address `ptr`. This only asks the driver about the
+/// address (nothing is read or written there), which is defined for any value: an address the
+/// driver does not know is an error. Without a CUDA driver it is [`Error::CudaUnavailable`].
+pub fn pointer_context(ptr: u64) -> Result<sys::CUcontext> {
+    if !driver_available() {
+        return Err(Error::CudaUnavailable(
+            "the CUDA driver (libcuda.so) cannot be loaded".into(),
+        ));
+    }
+    let mut ctx: sys::CUcontext = std::ptr::null_mut();
+    // SAFETY: the driver library is loaded (probed above, so cudarc's loader cannot panic); the
+    // attribute CONTEXT writes one CUcontext to `data`, which points at `ctx`; `ptr` is only
+    // looked up, never dereferenced.
+    let r = unsafe {
+        sys::cuPointerGetAttribute(
+            &mut ctx as *mut sys::CUcontext as *mut std::ffi::c_void,
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_CONTEXT,
+            ptr,
+        )
+    };
+    r.result().map_err(driver("pointer context query"))?;
+    Ok(ctx)
 }
 
 /// A CUDA device with its context, the legacy default stream (which orders with torch's

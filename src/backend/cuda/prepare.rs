@@ -22,14 +22,10 @@ impl PrepElem for u16 {
 }
 
 /// The activations a prepare launch reads: a cudarc buffer, or `len` elements at a device
-/// address owned by someone else (a torch tensor, see `backend::cuda::torch`).
+/// address owned by someone else (a torch or DLPack tensor: `prepare_torch`, `prepare_raw`).
 pub(crate) enum PrepInput<'a, T> {
     Slice(&'a CudaSlice<T>),
-    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
-    Raw {
-        ptr: u64,
-        len: usize,
-    },
+    Raw { ptr: u64, len: usize },
 }
 
 impl CudaDevice {
@@ -62,6 +58,44 @@ impl CudaDevice {
     ) -> Result<CudaSlice<f32>> {
         // SAFETY: as in prepare_f32, a buffer with its own extent.
         unsafe { self.prepare(PrepInput::Slice(x), n, d, center, rows) }
+    }
+
+    /// Centered unit directions of `n` rows of width `d` read in place at the device address
+    /// `ptr`, memory this crate does not own (a DLPack or torch tensor): f32 values, or bf16
+    /// given as raw bits when `bf16`. The same result as [`CudaDevice::prepare_f32`] /
+    /// [`CudaDevice::prepare_bf16`] on a copy. The Python package reads CUDA tensors through
+    /// DLPack with it; [`CudaDevice::prepare_torch`](super::torch) is the checked tch twin.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be the device address of `n·d` initialised, row-major elements (f32, or bf16
+    /// when `bf16`) in this device's context (check it with [`super::pointer_context`]), and
+    /// that memory must stay allocated and unwritten (by any stream) until this call returns;
+    /// it returns only after the kernel has finished. Kernels run on the legacy default stream:
+    /// work that wrote the memory on another stream must be synchronised with it first.
+    pub unsafe fn prepare_raw(
+        &self,
+        ptr: u64,
+        bf16: bool,
+        n: usize,
+        d: usize,
+        center: &CudaSlice<f32>,
+    ) -> Result<CudaSlice<f32>> {
+        let len = n.checked_mul(d).ok_or_else(|| {
+            Error::param(
+                "rows",
+                format!("{n} rows of width {d} overflow the address space"),
+            )
+        })?;
+        // SAFETY: the caller vouches for `len = n·d` elements of the named type at `ptr`, in
+        // this context, allocated and unwritten until this call returns (the contract above).
+        unsafe {
+            if bf16 {
+                self.prepare::<u16>(PrepInput::Raw { ptr, len }, n, d, center, None)
+            } else {
+                self.prepare::<f32>(PrepInput::Raw { ptr, len }, n, d, center, None)
+            }
+        }
     }
 
     /// The launcher behind [`CudaDevice::prepare_f32`], [`CudaDevice::prepare_bf16`] and

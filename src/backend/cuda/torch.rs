@@ -12,11 +12,10 @@
 //!   ordered after the forward pass that wrote the tensor (no event needed). Work that torch
 //!   queued on a side stream must be synchronised by the caller.
 
-use super::launch::driver;
 use super::prepare::PrepInput;
 use super::CudaDevice;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, CudaSlice};
+use cudarc::driver::CudaSlice;
 use tch::{Device, Kind, Tensor};
 
 /// Element type of a torch view.
@@ -105,29 +104,7 @@ impl<'a> TorchRows<'a> {
     }
 }
 
-/// The CUDA context that owns device address `ptr`. This only asks the driver about the
-/// address (nothing is read or written there), which is defined for any value: an address the
-/// driver does not know is an error. Without a CUDA driver it is [`Error::CudaUnavailable`].
-pub fn pointer_context(ptr: u64) -> Result<sys::CUcontext> {
-    if !super::driver_available() {
-        return Err(Error::CudaUnavailable(
-            "the CUDA driver (libcuda.so) cannot be loaded".into(),
-        ));
-    }
-    let mut ctx: sys::CUcontext = std::ptr::null_mut();
-    // SAFETY: the driver library is loaded (probed above, so cudarc's loader cannot panic); the
-    // attribute CONTEXT writes one CUcontext to `data`, which points at `ctx`; `ptr` is only
-    // looked up, never dereferenced.
-    let r = unsafe {
-        sys::cuPointerGetAttribute(
-            &mut ctx as *mut sys::CUcontext as *mut std::ffi::c_void,
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_CONTEXT,
-            ptr,
-        )
-    };
-    r.result().map_err(driver("pointer context query"))?;
-    Ok(ctx)
-}
+pub use super::pointer_context;
 
 impl CudaDevice {
     /// Centered unit directions of a torch tensor's rows, read in place (no copy): the same
