@@ -53,3 +53,5 @@ cargo check --all-targets
 cargo check --all-targets --no-default-features
 echo "==> cargo test --features torch --no-fail-fast $*"
 cargo test --features torch --no-fail-fast "$@"
+echo "==> python/test.sh (the Python package: wheel into .venv, pytest against the CLI)"
+EXEMPLAR_CLI="$PWD/target/debug/exemplar" python/test.sh

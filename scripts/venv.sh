@@ -11,6 +11,8 @@ PY_PACKAGES=(
     # The real clients the interop tests run (tests/sae_compare.rs, tests/python_interop.rs).
     # sae-lens 6.54 requires transformer-lens <4: 3.9.0 is the TransformerLens it installs.
     sae-lens==6.54.12 transformer-lens==3.9.0
+    # The Python package's build and tests (python/test.sh).
+    maturin==1.16.0 pytest==9.2.0 ml-dtypes==0.6.0
 )
 # What must import for the venv to count as ready (a cheap check, no torch import).
 _VENV_CHECK='
