@@ -12,7 +12,7 @@
 //! (`|b1`), as [`NpyArray`]; [`write_npy_file`] and [`write_npz`] (an uncompressed zip of
 //! `name.npy` members, as `numpy.savez` writes) write atomically.
 
-use crate::data::stream::{map_file, ElemType, MappedMatrix};
+use crate::data::mapped::{map_file, ElemType, MappedMatrix};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 use std::io::{Read, Write};
