@@ -109,8 +109,15 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
         // Versions 1.0 and 2.0 use latin-1.
         raw.iter().map(|&b| char::from(b)).collect()
     };
-    let dict = literal::parse_dict(&text)
-        .map_err(|m| fmt(format!("malformed header {}: {m}", text.trim_end())))?;
+    let dict = literal::parse_dict(&text).map_err(|m| {
+        // The header as the message shows it: at most its first 200 characters.
+        let shown = text.trim_end();
+        let shown = match shown.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}… ({} bytes)", &shown[..cut], shown.len()),
+            None => shown.to_string(),
+        };
+        fmt(format!("malformed header {shown}: {m}"))
+    })?;
 
     let mut descr = None;
     let mut fortran_order = None;
@@ -120,7 +127,7 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
             "descr" => {
                 descr = Some(match value.value {
                     literal::Value::Str(s) => s,
-                    _ => value.text,
+                    _ => value.text.to_string(),
                 })
             }
             "fortran_order" => match value.value {
@@ -600,27 +607,36 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
 mod literal {
     /// A parsed literal.
     #[derive(Debug)]
-    pub(super) enum Value {
+    pub(super) enum Value<'a> {
         Str(String),
         Int(i128),
         Bool(bool),
         None,
-        Tuple(Vec<Spanned>),
+        Tuple(Vec<Spanned<'a>>),
         /// A list (its items are parsed, then dropped: only structured dtypes use lists).
         List,
-        Dict(Vec<(Spanned, Spanned)>),
+        Dict(Vec<(Spanned<'a>, Spanned<'a>)>),
     }
 
-    /// A literal and its source text (for error messages).
+    /// A literal and its source text (for error messages), borrowed from the header, so that
+    /// nested literals never copy their text once per level.
     #[derive(Debug)]
-    pub(super) struct Spanned {
-        pub value: Value,
-        pub text: String,
+    pub(super) struct Spanned<'a> {
+        pub value: Value<'a>,
+        pub text: &'a str,
     }
+
+    /// The deepest nesting of containers accepted. numpy's headers nest a few levels (a
+    /// structured dtype's fields); the limit keeps a hostile header from exhausting the stack.
+    pub(super) const MAX_DEPTH: usize = 128;
 
     /// Parses a dict with string keys, the whole of `s` (surrounding whitespace allowed).
-    pub(super) fn parse_dict(s: &str) -> Result<Vec<(String, Spanned)>, String> {
-        let mut p = Parser { s, pos: 0 };
+    pub(super) fn parse_dict(s: &str) -> Result<Vec<(String, Spanned<'_>)>, String> {
+        let mut p = Parser {
+            s,
+            pos: 0,
+            depth: 0,
+        };
         let v = p.value()?;
         p.skip_ws();
         if p.pos != s.len() {
@@ -630,10 +646,11 @@ mod literal {
             return Err("the header is not a dict".into());
         };
         let mut out = Vec::with_capacity(items.len());
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         for (k, v) in items {
             match k.value {
                 Value::Str(k) => {
-                    if out.iter().any(|(seen, _): &(String, Spanned)| *seen == k) {
+                    if !seen.insert(k.clone()) {
                         return Err(format!("key '{k}' appears twice"));
                     }
                     out.push((k, v));
@@ -647,9 +664,11 @@ mod literal {
     struct Parser<'a> {
         s: &'a str,
         pos: usize,
+        /// Containers open around the current position.
+        depth: usize,
     }
 
-    impl Parser<'_> {
+    impl<'a> Parser<'a> {
         fn peek(&self) -> Option<u8> {
             self.s.as_bytes().get(self.pos).copied()
         }
@@ -660,9 +679,19 @@ mod literal {
             }
         }
 
-        fn value(&mut self) -> Result<Spanned, String> {
+        fn value(&mut self) -> Result<Spanned<'a>, String> {
             self.skip_ws();
             let start = self.pos;
+            let container = matches!(self.peek(), Some(b'{' | b'(' | b'['));
+            if container {
+                if self.depth == MAX_DEPTH {
+                    return Err(format!(
+                        "containers nested deeper than {MAX_DEPTH} levels at byte {}",
+                        self.pos
+                    ));
+                }
+                self.depth += 1;
+            }
             let value = match self.peek() {
                 None => return Err("unexpected end of header".into()),
                 Some(b'{') => {
@@ -729,9 +758,12 @@ mod literal {
                     return Err(format!("unexpected character {c:?} at byte {}", self.pos));
                 }
             };
+            if container {
+                self.depth -= 1;
+            }
             Ok(Spanned {
                 value,
-                text: self.s[start..self.pos].to_string(),
+                text: &self.s[start..self.pos],
             })
         }
 
@@ -959,6 +991,50 @@ mod tests {
             let msg = format_msg(parse_header(&npy_bytes(1, dict, &[]), &p()));
             assert!(msg.contains(want), "{dict}: {msg}");
         }
+    }
+
+    /// Deeply nested containers are an error, not a stack overflow: the literal parser recurses
+    /// once per level, and a v2/v3 header may be up to 4 GiB of `(`.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = |levels: usize| {
+            format!(
+                "{{'descr': {}'<f4'{}, 'fortran_order': False, 'shape': (1,), }}",
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        // Up to the limit (the dict itself is one level), nesting parses; the descr is kept as
+        // the text of its literal.
+        let h = parse_header(&npy_bytes(2, &deep(literal::MAX_DEPTH - 1), &[]), &p()).unwrap();
+        assert!(h.descr.starts_with("[[[") && h.descr.ends_with("]]]"));
+        for levels in [literal::MAX_DEPTH, 1_000_000] {
+            let msg = format_msg(parse_header(&npy_bytes(2, &deep(levels), &[]), &p()));
+            assert!(msg.contains("nested deeper than 128 levels"), "{levels}");
+        }
+    }
+
+    /// A header of many keys parses in linear time (duplicate keys were found by comparing
+    /// each key with every earlier one).
+    #[test]
+    fn many_keys_parse_in_linear_time() {
+        let n = 200_000;
+        let mut dict = String::from("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), ");
+        for i in 0..n {
+            dict += &format!("'k{i}': {i}, ");
+        }
+        dict.push('}');
+        let start = std::time::Instant::now();
+        let h = parse_header(&npy_bytes(3, &dict, &[]), &p()).unwrap();
+        assert_eq!(h.shape, [2]);
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+        dict.insert_str(dict.len() - 1, "'k7': 0, ");
+        let msg = format_msg(parse_header(&npy_bytes(3, &dict, &[]), &p()));
+        assert!(
+            msg.contains("key 'k7' appears twice"),
+            "{}",
+            &msg[msg.len() - 40..]
+        );
     }
 
     #[test]
