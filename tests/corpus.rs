@@ -442,8 +442,9 @@ fn corrupt_parquet_pages_are_errors_not_panics() -> TestResult {
             let mut b = bytes.clone();
             b[byte] ^= 1 << bit;
             std::fs::write(&bad, &b)?;
-            let read =
-                std::panic::catch_unwind(|| read_all(&[bad.clone()], CorpusOptions::default()));
+            let read = std::panic::catch_unwind(|| {
+                read_all(std::slice::from_ref(&bad), CorpusOptions::default())
+            });
             let result = read.map_err(|_| format!("byte {byte} bit {bit}: the reader panicked"))?;
             if let Err(e) = result {
                 let e = e.to_string();
