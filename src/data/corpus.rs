@@ -958,6 +958,30 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
+/// Runs a call into the `parquet` crate, turning a panic into an error. Its decoders assert
+/// instead of returning an error on some corrupt inputs (a dictionary page whose value lengths
+/// run past the page: `assertion failed: size <= src.len()` in `bit_util::read_num_bytes`;
+/// upstream apache/arrow-rs#9705 is of the same kind), and a corrupt file must be an error
+/// naming it, not a crash. After such a panic the file's reader is dropped (the error ends the
+/// corpus), so no state it left half-updated is used again.
+fn parquet_guard<T>(
+    call: impl FnOnce() -> parquet::errors::Result<T>,
+) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(format!(
+                "corrupt data (the Parquet decoder panicked: {what})"
+            ))
+        }
+    }
+}
+
 /// The page compressions the Parquet reader decodes.
 const PARQUET_CODECS: &str = "uncompressed, snappy, gzip, zstd, lz4, lz4_raw";
 
@@ -990,7 +1014,7 @@ impl ParquetSource {
     /// Opens `path` and finds the top-level string column `field`.
     fn open(path: &Path, field: &str) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = SerializedFileReader::new(file)
+        let reader = parquet_guard(|| SerializedFileReader::new(file))
             .map_err(|e| Error::format(path, format!("not a readable Parquet file: {e}")))?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
         let fields = schema.root_schema().get_fields();
@@ -1131,13 +1155,13 @@ impl ParquetSource {
                     }
                     let group = self.next_row_group;
                     self.next_row_group += 1;
-                    let pages = self
-                        .reader
-                        .get_row_group(group)
-                        .and_then(|g| g.get_column_page_reader(self.column))
-                        .map_err(|e| {
-                            Error::format(&self.path, format!("row group {group}: {e}"))
-                        })?;
+                    let (reader, column) = (&self.reader, self.column);
+                    let pages = parquet_guard(|| {
+                        reader
+                            .get_row_group(group)
+                            .and_then(|g| g.get_column_page_reader(column))
+                    })
+                    .map_err(|e| Error::format(&self.path, format!("row group {group}: {e}")))?;
                     self.column_reader
                         .insert(ColumnReaderImpl::new(self.descr.clone(), pages))
                 }
@@ -1146,14 +1170,16 @@ impl ParquetSource {
             self.defs.clear();
             self.pos = 0;
             self.value_pos = 0;
-            let (rows, _, _) = column_reader
-                .read_records(PARQUET_BATCH, Some(&mut self.defs), None, &mut self.values)
-                .map_err(|e| {
-                    Error::format(
-                        &self.path,
-                        format!("row {}: cannot decode Parquet data: {e}", self.row),
-                    )
-                })?;
+            let (defs, values) = (&mut self.defs, &mut self.values);
+            let (rows, _, _) = parquet_guard(|| {
+                column_reader.read_records(PARQUET_BATCH, Some(defs), None, values)
+            })
+            .map_err(|e| {
+                Error::format(
+                    &self.path,
+                    format!("row {}: cannot decode Parquet data: {e}", self.row),
+                )
+            })?;
             self.batch_len = rows;
             if rows > 0 {
                 return Ok(true);
