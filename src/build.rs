@@ -223,6 +223,14 @@ impl Builder {
         })
     }
 
+    /// Records the standardisation the batches were put through (from the calibration), so
+    /// the dictionary applies it to every row it reads. The builder itself clusters the rows
+    /// it is given.
+    pub fn with_scaling(mut self, scaling: Option<geometry::Scaling>) -> Result<Self> {
+        self.dict.set_scaling(scaling)?;
+        Ok(self)
+    }
+
     /// Runs the build on `backend` (call it before the first batch). Every backend returns the
     /// same exact decisions, so the dictionary does not change; the backend is recorded in its
     /// metadata.

@@ -49,9 +49,15 @@ impl CalibrationRecord {
         }
     }
 
-    pub fn calibration(&self, center: Vec<f32>) -> Result<Calibration> {
+    /// The calibration, with the dictionary's center and standardisation.
+    pub fn calibration(
+        &self,
+        center: Vec<f32>,
+        scaling: Option<crate::geometry::Scaling>,
+    ) -> Result<Calibration> {
         Ok(Calibration {
             center,
+            scaling,
             theta: self.theta,
             percentile: self.percentile,
             method: PercentileMethod::parse(&self.method).ok_or_else(|| {

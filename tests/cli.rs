@@ -78,6 +78,7 @@ impl Env {
             n_activations: 100,
             batch_size: 100,
             batch_percentiles: vec![theta],
+            scaling: None,
         }
         .save(&self.path(name), &[], None, true)
         .unwrap();

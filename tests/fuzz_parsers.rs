@@ -1187,7 +1187,9 @@ fn fuzz_dictionary_file() {
 /// Loads a checkpoint and, when it loads, continues the build from it.
 fn resume(path: &Path) -> exemplar::Result<()> {
     let (dict, rec, assignments) = checkpoint::load(path)?;
-    let _ = rec.calibration.calibration(dict.center().to_vec());
+    let _ = rec
+        .calibration
+        .calibration(dict.center().to_vec(), dict.scaling().cloned());
     // A state that passed `load` is one `restore` accepts or refuses, never one it panics on;
     // refusals for this run's settings (not the file's) need not name the file.
     if let Ok(mut b) = Builder::restore(dict, rec.builder, assignments, build_config()) {

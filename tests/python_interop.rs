@@ -699,3 +699,187 @@ fn hook_names_are_transformer_lens_names_with_its_shapes_and_values() {
         }
     }
 }
+
+/// `--standardize` is exactly "standardise every dimension with μ and σ of the calibration rows,
+/// then EP": numpy recomputes μ and σ, standardises the rows with the stored f32 μ and 1/σ, and a
+/// plain build of those rows is the standardised build, bit for bit (exemplars, center, θ,
+/// counts, assignments); `assign` and `encode` of raw rows on the standardised dictionary equal
+/// those of numpy's rows on the plain one; a calibration file carries the scaling to a build.
+#[test]
+fn a_standardized_build_is_a_plain_build_of_rows_numpy_standardised() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Clustered rows with one "massive" dimension (offset 5,000, scale 300), as Gemma 3 has.
+    let mut x = clustered(3000, 16, 40, 0.3, 3);
+    for r in x.chunks_mut(16) {
+        r[0] = 5000.0 + 300.0 * r[0];
+    }
+    write_npy(&root.join("x.npy"), &x, 16);
+    let flags = [
+        "-p",
+        "5",
+        "--batch-size",
+        "500",
+        "--calibration-activations",
+        "1000",
+    ];
+    let build = |input: &str, out: &str, ids: &str, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "-a",
+            input,
+            "--no-saturation",
+            "--assignments",
+            ids,
+            "-o",
+            out,
+        ];
+        args.extend(flags);
+        args.extend(extra);
+        exemplar(root, &args).ok();
+    };
+    build(
+        "x.npy",
+        "std.safetensors",
+        "ids_std.npy",
+        &["--standardize"],
+    );
+    let script = r#"
+import numpy as np
+from safetensors.numpy import load_file
+x = np.load("x.npy")
+d = load_file("std.safetensors")
+mu, s = d["scale_mean"], d["scale_inv_std"]
+cal = x[:1000].astype(np.float64)  # the calibration rows: the first two batches of 500
+m64, sd64 = cal.mean(axis=0), cal.std(axis=0)
+assert np.allclose(mu, m64, rtol=1e-6, atol=1e-3), (mu, m64)
+assert np.allclose(s, 1 / np.maximum(sd64, 1e-6 * sd64.max()), rtol=1e-6), (s, 1 / sd64)
+z = ((x - mu) * s).astype(np.float32)  # f32: the subtraction, then the multiplication
+np.save("z.npy", z)
+print("center norm", float(np.linalg.norm(d["center"])))
+"#;
+    let out = run_python(&py, root, script, &[]);
+    build("z.npy", "z.safetensors", "ids_z.npy", &[]);
+    let (a, b) = (
+        load_dict(&root.join("std.safetensors")),
+        load_dict(&root.join("z.safetensors")),
+    );
+    assert!(a.scaling().is_some() && b.scaling().is_none());
+    assert_eq!(a.len(), b.len());
+    assert_eq!(a.exemplars(), b.exemplars());
+    assert_eq!(a.center(), b.center());
+    assert_eq!(a.theta(), b.theta());
+    assert_eq!(a.member_counts(), b.member_counts());
+    assert_eq!(
+        std::fs::read(root.join("ids_std.npy")).unwrap(),
+        std::fs::read(root.join("ids_z.npy")).unwrap()
+    );
+    assert!(out.contains("center norm"), "{out}");
+    // Readers standardise raw rows themselves.
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "std.safetensors",
+            "-a",
+            "x.npy",
+            "-o",
+            "a.npz",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "z.safetensors",
+            "-a",
+            "z.npy",
+            "-o",
+            "b.npz",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "encode",
+            "-d",
+            "std.safetensors",
+            "-a",
+            "x.npy",
+            "--readout",
+            "topk",
+            "-k",
+            "3",
+            "-o",
+            "a.npy",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "encode",
+            "-d",
+            "z.safetensors",
+            "-a",
+            "z.npy",
+            "--readout",
+            "topk",
+            "-k",
+            "3",
+            "-o",
+            "b.npy",
+        ],
+    )
+    .ok();
+    run_python(
+        &py,
+        root,
+        r#"
+import numpy as np
+a, b = np.load("a.npz"), np.load("b.npz")
+for k in a.files:
+    assert np.array_equal(a[k], b[k]), k
+assert np.array_equal(np.load("a.npy"), np.load("b.npy"))
+"#,
+        &[],
+    );
+    // Without standardising, the massive dimension sets the geometry: another dictionary.
+    build("x.npy", "raw.safetensors", "ids_raw.npy", &[]);
+    assert_ne!(load_dict(&root.join("raw.safetensors")).len(), a.len());
+    // A calibration file made with --standardize gives the same build.
+    let mut args = vec![
+        "calibrate",
+        "-a",
+        "x.npy",
+        "--standardize",
+        "-o",
+        "cal.safetensors",
+    ];
+    args.extend(flags);
+    exemplar(root, &args).ok();
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "x.npy",
+            "-c",
+            "cal.safetensors",
+            "--batch-size",
+            "500",
+            "--no-saturation",
+            "-o",
+            "fromcal.safetensors",
+        ],
+    )
+    .ok();
+    let c = load_dict(&root.join("fromcal.safetensors"));
+    assert_eq!(c.exemplars(), a.exemplars());
+    assert_eq!(c.scaling(), a.scaling());
+}

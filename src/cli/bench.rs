@@ -74,6 +74,9 @@ pub struct BenchArgs {
     /// Skip the harvest path.
     #[arg(long)]
     pub no_harvest: bool,
+    /// Standardise every dimension (as `build --standardize`).
+    #[arg(long)]
+    pub standardize: bool,
     /// Seed of the random weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -489,6 +492,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             percentile: a.percentile,
             method: exemplar::calibrate::PercentileMethod::Linear,
             activations: a.calibration_activations,
+            standardize: a.standardize,
         };
         reset_peak_rss();
         let t0 = Instant::now();

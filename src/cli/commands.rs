@@ -93,6 +93,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         method(&a.calibration.percentile_method),
         a.batch_size,
         a.calibration.calibration_activations,
+        a.calibration.standardize,
     )?;
     cal.save(
         &a.out,
@@ -303,6 +304,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         percentile: p,
         method: method(&a.calibration_args.percentile_method),
         activations: a.calibration_args.calibration_activations,
+        standardize: a.calibration_args.standardize,
     };
     let cal = match (&a.calibration, a.percentile.first()) {
         (Some(path), _) => pipeline::CalibrationSpec::Fixed(Calibration::load(path)?),
@@ -548,7 +550,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
                 ..
             } => {
                 // A row equal to the center: name its file and row, not its index in the batch.
-                match exemplar::geometry::directions(&b.data, dict.center()) {
+                match exemplar::geometry::directions(&dict.to_space(&b.data), dict.center()) {
                     Err(z) => {
                         let (path, row) = stream.locate(b.stream_rows[z.index]);
                         exemplar::Error::ZeroNorm {
@@ -634,6 +636,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         PercentileMethod::Linear,
         batch_size,
         all_rows,
+        false,
     )?;
     stream.rewind()?;
     let plan = BuildPlan {

@@ -168,6 +168,12 @@ pub struct CalibrationArgs {
     /// `nearest-rank` (the reference's torch.kthvalue branch).
     #[arg(long, default_value = "linear", value_parser = ["linear", "nearest-rank"])]
     pub percentile_method: String,
+    /// Standardise every dimension first, `z = (x − μ)/σ` with μ and σ estimated on the
+    /// calibration rows and stored in the output; every reader applies it (docs/semantics.md).
+    /// On models with massive activations (Gemma 3's residual stream) regions then follow
+    /// every dimension instead of the few largest.
+    #[arg(long)]
+    pub standardize: bool,
 }
 
 #[derive(Args, Debug)]

@@ -88,9 +88,14 @@ pub fn summary_text(dict: &Dictionary, path: &Path, top: usize, examples: usize)
     .unwrap();
     writeln!(
         s,
-        "  center norm      {:.4}   D = {}",
+        "  center norm      {:.4}   D = {}{}",
         exemplar::geometry::norm(dict.center()),
-        dict.dim()
+        dict.dim(),
+        if dict.scaling().is_some() {
+            "   (rows standardised per dimension first)"
+        } else {
+            ""
+        }
     )
     .unwrap();
     writeln!(
@@ -162,6 +167,7 @@ pub fn summary_json(dict: &Dictionary, top: usize, examples: usize) -> serde_jso
         "nontrivial_partitions": dict.member_counts().iter().filter(|&&c| c >= 2).count(),
         "theta": dict.theta(),
         "center_norm": exemplar::geometry::norm(dict.center()),
+        "standardized": dict.scaling().is_some(),
         "dim": dict.dim(),
         "build": dict.info(),
         "largest_regions": regions,

@@ -221,6 +221,7 @@ pub fn run_sweep(
             PercentileMethod::Linear,
             cfg.batch_size,
             cal_rows,
+            false,
         )?;
         stream.rewind()?;
         let plan = BuildPlan {
