@@ -883,3 +883,161 @@ assert np.array_equal(np.load("a.npy"), np.load("b.npy"))
     assert_eq!(c.exemplars(), a.exemplars());
     assert_eq!(c.scaling(), a.scaling());
 }
+
+/// `exemplar quality` against numpy: the same scored rows, agreements, chance levels and κ,
+/// recomputed from `exemplar assign`'s ids and distances, the sidecar's tokens and the
+/// dictionary's stored exemplar text.
+#[test]
+fn quality_agreements_and_chance_levels_equal_numpy() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let d = 8;
+    let x = clustered(2400, d, 30, 0.25, 11);
+    // Tokens that follow the geometry loosely (signs of two coordinates), plus noise, so κ is
+    // neither 0 nor 1; documents of 16 rows.
+    let mut lines = String::new();
+    for (doc, rows) in x.chunks(16 * d).enumerate() {
+        let mut tokens = vec!["<bos>".to_string()];
+        for (j, r) in rows.chunks(d).enumerate() {
+            let noise = (doc * 16 + j) % 5 == 0;
+            tokens.push(if noise {
+                format!("n{}", (doc + j) % 3)
+            } else {
+                format!("s{}{}", (r[0] > 0.0) as u8, (r[1] > 0.0) as u8)
+            });
+        }
+        let positions: Vec<usize> = (1..=rows.len() / d).collect();
+        lines.push_str(
+            &serde_json::json!({"doc_id": doc, "tokens": tokens, "positions": positions})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    for name in ["train", "held"] {
+        let (a, b) = if name == "train" {
+            (0, 1600)
+        } else {
+            (1600, 2400)
+        };
+        write_npy(&root.join(format!("{name}.npy")), &x[a * d..b * d], d);
+        let docs: Vec<&str> = lines.lines().collect();
+        std::fs::write(
+            root.join(format!("{name}.npy.provenance.jsonl")),
+            docs[a / 16..b / 16]
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    }
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "train.npy",
+            "-p",
+            "20",
+            "--batch-size",
+            "400",
+            "--no-saturation",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .ok();
+    for name in ["train", "held"] {
+        exemplar(
+            root,
+            &[
+                "quality",
+                "-d",
+                "d.safetensors",
+                "-a",
+                &format!("{name}.npy"),
+                "--json",
+                "-o",
+                &format!("q_{name}.json"),
+            ],
+        )
+        .ok();
+        exemplar(
+            root,
+            &[
+                "assign",
+                "-d",
+                "d.safetensors",
+                "-a",
+                &format!("{name}.npy"),
+                "-o",
+                &format!("a_{name}.npz"),
+            ],
+        )
+        .ok();
+    }
+    let script = r#"
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+from safetensors import safe_open
+name = sys.argv[1]
+with safe_open("d.safetensors", framework="numpy") as f:
+    theta = json.loads(f.metadata()["exemplar"])["theta"]
+t = load_file("d.safetensors")
+off = t["document_offsets"]
+store = {int(i): json.loads(bytes(t["document_tokens"][off[j]:off[j + 1]]).decode()) for j, i in enumerate(t["document_ids"])}
+def text(doc, pos):
+    toks = store.get(int(doc))
+    if toks is None or pos < 0 or pos >= len(toks):
+        return None
+    return toks[pos]
+ex = [(text(dd, p), text(dd, p + 1), int(dd), int(p)) for dd, p in zip(t["exemplar_doc_ids"], t["exemplar_positions"])]
+rows = []
+for line in open(f"{name}.npy.provenance.jsonl"):
+    r = json.loads(line)
+    for p in r["positions"]:
+        toks = r["tokens"]
+        rows.append((toks[p], toks[p + 1] if p + 1 < len(toks) else None, r["doc_id"], p))
+a = np.load(f"a_{name}.npz")
+ids, dist = a["ids"], a["distances"]
+S = []
+for (tok, nxt, doc, pos), k, dd in zip(rows, ids, dist):
+    if k < 0 or dd > theta:
+        continue
+    et, en, ed, ep = ex[k]
+    if (ed, ep) == (doc, pos) and tok == et:
+        continue
+    S.append((tok, nxt, doc, et, en, ed))
+n = len(S)
+def chance(rv, ev):
+    from collections import Counter
+    p, q = Counter(v for v in rv if v is not None), Counter(v for v in ev if v is not None)
+    return sum(c * q.get(v, 0) for v, c in p.items()) / n / n
+A_tok = np.mean([s[0] == s[3] for s in S])
+A_next = np.mean([s[1] is not None and s[1] == s[4] for s in S])
+A_tn = np.mean([(s[0] == s[3]) or (s[1] is not None and s[1] == s[4]) for s in S])
+A_doc = np.mean([s[2] == s[5] for s in S])
+C_tok = chance([s[0] for s in S], [s[3] for s in S])
+C_next = chance([s[1] for s in S], [s[4] for s in S])
+pair = lambda a, b: (a, b) if a is not None and b is not None else None
+C_both = chance([pair(s[0], s[1]) for s in S], [pair(s[3], s[4]) for s in S])
+C_doc = chance([s[2] for s in S], [s[5] for s in S])
+q = json.load(open(f"q_{name}.json"))
+assert q["scored"] == n, (q["scored"], n)
+assert q["within_theta"] == int(((ids >= 0) & (dist <= theta)).sum())
+for key, A, C in [("token", A_tok, C_tok), ("next", A_next, C_next), ("token_or_next", A_tn, C_tok + C_next - C_both), ("document", A_doc, C_doc)]:
+    g = q[key]
+    assert abs(g["observed"] - A) < 1e-12 and abs(g["chance"] - C) < 1e-12, (key, g, A, C)
+    assert abs(g["kappa"] - (A - C) / (1 - C)) < 1e-9, (key, g)
+print(name, n, round(q["token"]["kappa"], 3), round(q["token_or_next"]["kappa"], 3))
+"#;
+    for name in ["train", "held"] {
+        let out = run_python(&py, root, script, &[name]);
+        eprintln!("{}", out.trim());
+    }
+    // The geometry-following tokens are well above chance on held-out rows.
+    let q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("q_held.json")).unwrap()).unwrap();
+    assert!(q["token"]["kappa"].as_f64().unwrap() > 0.1, "{q}");
+}

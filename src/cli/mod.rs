@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod compute;
 mod evaluate;
+mod quality;
 mod report;
 mod sae;
 
@@ -31,6 +32,9 @@ pub enum Command {
     Encode(EncodeArgs),
     /// Summarise a dictionary: K, θ, counts, and the largest regions with example text.
     Inspect(InspectArgs),
+    /// Region quality without a person: chance-corrected agreement (κ) of rows with their
+    /// region's exemplar on token, next token and document, on rows with provenance.
+    Quality(quality::QualityArgs),
     /// Intrinsic metrics of a dictionary (coverage, Gini, separation, silhouette, ...).
     Eval(EvalArgs),
     /// Build a dictionary on the embedded sample (MiniLM activations of Python's docs) and show it.
@@ -439,6 +443,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Assign(a) => commands::assign(a),
         Command::Encode(a) => commands::encode(a),
         Command::Inspect(a) => commands::inspect(a),
+        Command::Quality(a) => quality::quality(a),
         Command::Eval(a) => commands::eval(a),
         Command::Demo(a) => commands::demo(a),
         #[cfg(feature = "torch")]

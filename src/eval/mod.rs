@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod ood;
 pub mod plot;
 pub mod probe;
+pub mod quality;
 pub mod sae;
 pub mod synthetic;
 #[cfg(feature = "torch")]
