@@ -582,16 +582,29 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let dict = Dictionary::load(&a.dictionary)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report::summary_json(&dict, a.top, a.examples))?
+    if let Some(&bad) = a.regions.iter().find(|&&k| k >= dict.len()) {
+        anyhow::bail!(
+            "region {bad} is out of range: {} has {} regions (0..{})",
+            a.dictionary.display(),
+            dict.len(),
+            dict.len().saturating_sub(1)
         );
+    }
+    if a.json {
+        let mut j = report::summary_json(&dict, a.top, a.examples);
+        if !a.regions.is_empty() {
+            j["chosen_regions"] = report::regions_json(&dict, &a.regions, a.examples);
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print!(
             "{}",
             report::summary_text(&dict, &a.dictionary, a.top, a.examples)
         );
+        if !a.regions.is_empty() {
+            println!("\nChosen regions:");
+            print!("{}", report::regions_table(&dict, &a.regions, a.examples));
+        }
     }
     Ok(())
 }

@@ -396,6 +396,9 @@ pub struct InspectArgs {
     /// Closest examples shown per region.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub examples: usize,
+    /// Show these regions (ids, comma-separated) after the largest ones.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub regions: Vec<usize>,
 }
 
 #[derive(Args, Debug)]

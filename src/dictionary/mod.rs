@@ -411,7 +411,9 @@ impl Dictionary {
     }
 
     /// A one-line context for an example: up to `window` tokens either side, the example's
-    /// token in `[[…]]`. `None` when the example has no provenance or its text was not kept.
+    /// token in `[[…]]`, newlines as `⏎`. SentencePiece pieces (Gemma: `▁` marks a space) are
+    /// joined back into text; other tokens (WordPiece) are joined with spaces. `None` when the
+    /// example has no provenance or its text was not kept.
     pub fn example_context(&self, ex: &Example, window: usize) -> Option<String> {
         let t = ex.token?;
         let toks = self.document_tokens(t.doc_id)?;
@@ -421,18 +423,26 @@ impl Dictionary {
         }
         let lo = p.saturating_sub(window);
         let hi = (p + window + 1).min(toks.len());
+        let pieces = toks.iter().any(|t| t.contains('\u{2581}'));
         let mut s = String::new();
         for (i, tok) in toks.iter().enumerate().take(hi).skip(lo) {
+            let tok = if pieces {
+                tok.replace('\u{2581}', " ")
+            } else {
+                tok.clone()
+            };
             if i == p {
                 s.push_str("[[");
-                s.push_str(tok);
+                s.push_str(&tok);
                 s.push_str("]]");
             } else {
-                s.push_str(tok);
+                s.push_str(&tok);
             }
-            s.push(' ');
+            if !pieces {
+                s.push(' ');
+            }
         }
-        Some(s.trim_end().replace('\n', "⏎"))
+        Some(s.trim().replace('\n', "⏎"))
     }
 
     /// Centered unit directions of raw activations (`n × D`). Errors on a row equal to the
