@@ -126,7 +126,7 @@ pub struct SaeTrainArgs {
 
 #[cfg(feature = "torch")]
 impl SaeTrainArgs {
-    fn config(&self) -> Result<exemplar::eval::train_sae::TrainConfig> {
+    fn config(&self) -> Result<exemplar::sae::train::TrainConfig> {
         let device = match self.sae_device.as_str() {
             "cuda" => {
                 if !tch::Cuda::is_available() {
@@ -136,7 +136,7 @@ impl SaeTrainArgs {
             }
             _ => tch::Device::Cpu,
         };
-        let mut c = exemplar::eval::train_sae::TrainConfig::new(self.width, self.k);
+        let mut c = exemplar::sae::train::TrainConfig::new(self.width, self.k);
         c.batch_size = self.sae_batch_size;
         c.lr = self.lr;
         c.aux_k_coef = self.aux_k_coef;
@@ -185,7 +185,7 @@ pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
         exemplar::data::ActivationStream::open(&a.input.activations, stream_options(&a.input))?;
     let mut cfg = a.sae.config()?;
     cfg.max_rows = a.max_activations;
-    let (sae, rec) = exemplar::eval::train_sae::train_topk_sae(&mut stream, &cfg)?;
+    let (sae, rec) = exemplar::sae::train::train_topk_sae(&mut stream, &cfg)?;
     sae.save_saelens(&a.out, a.force)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rec)?);

@@ -9,7 +9,7 @@ use exemplar::data::{ActivationStream, StreamOptions};
 use exemplar::dictionary::{Basis, Dictionary};
 use exemplar::eval::compare::{self, basis_name, CompareConfig, F1Stats};
 use exemplar::eval::matching;
-use exemplar::eval::sae::{EncodeDevice, Sae};
+use exemplar::sae::{EncodeDevice, Sae};
 use serde_json::{json, Map};
 use std::path::{Path, PathBuf};
 

@@ -15,7 +15,7 @@
 use crate::dictionary::{Basis, Readout};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{classification_report, ClassificationReport};
-use crate::eval::sae::{top_k_indices, Sae};
+use crate::sae::{top_k_indices, Sae};
 use crate::Dictionary;
 use serde::Serialize;
 
