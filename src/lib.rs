@@ -24,6 +24,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod rng;
 pub mod sae;
 pub mod tensorfile;
 
