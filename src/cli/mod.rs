@@ -302,8 +302,9 @@ pub struct BuildArgs {
     /// have been streamed.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
-    /// Assign every row to the nearest of old and earlier in-batch exemplars (no output then
-    /// depends on batch size). Default: the reference's two-phase rule.
+    /// Assign every row to the nearest of old and earlier in-batch exemplars (the clustering
+    /// then does not depend on batch size; inline calibration's θ still does). Default: the
+    /// reference's two-phase rule.
     #[arg(long)]
     pub strict_order: bool,
     /// Seed of the reservoirs (and of merge sampling).
