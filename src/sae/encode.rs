@@ -137,7 +137,7 @@ const NO_TORCH: &str = "`cuda` SAE encoding runs through libtorch: build exempla
 pub enum EncodeDevice {
     /// [`Sae::encode`] on the CPU.
     Cpu,
-    /// [`Sae::encode_tch`] on the first CUDA device (needs the `torch` feature).
+    /// `Sae::encode_tch` on the first CUDA device (needs the `torch` feature).
     Cuda,
 }
 

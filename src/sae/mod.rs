@@ -4,11 +4,11 @@
 //! * this file: the model ([`Sae`], [`SaeActivation`]), its checks, and the "SAE view" of an EP
 //!   dictionary (architecture.md §8): `W_dec = exemplars`, `W_enc = W_decᵀ`, `b_dec = center`,
 //!   `b_enc = 0`, TopK with k = 1, whose argmax is EP's nearest exemplar;
-//! * [`encode`](self::encode): codes and reconstructions — the encoders (ReLU, JumpReLU, TopK) on
+//! * [`encode`]: codes and reconstructions — the encoders (ReLU, JumpReLU, TopK) on
 //!   the CPU, and with tch on any device (feature `torch`);
 //! * `file.rs`: the SAELens layout (`cfg.json` + `sae_weights.safetensors`, read and written)
 //!   and Gemma Scope's `params.npz` (read);
-//! * [`train`] (feature `torch`): a TopK SAE trained in tch on an activation stream.
+//! * `train` (feature `torch`): a TopK SAE trained in tch on an activation stream.
 //!
 //! Layouts follow SAELens: `W_enc` is `(d_in, d_sae)`, `W_dec` is `(d_sae, d_in)`. The
 //! evaluation ([`crate::eval`]) uses SAEs the way it uses EP dictionaries; nothing here uses it.
