@@ -1575,9 +1575,9 @@ fn missing_output_directory_fails_before_any_work() {
 /// Every command that writes checks its output before any work: with the output in a directory
 /// that does not exist and inputs that do not exist either (which only the work would find),
 /// each fails with a message naming the output and its missing directory, and writes nothing.
-/// (`probe`, `detect`, `ood`, `synth`, `plot-sweep`, `bench`, `train-sae`, `budget-sweep`,
-/// `export-sae` and `match` once checked only that the output did not exist, so they ran their
-/// work and then failed, or made the directories.)
+/// (`probe`, `detect`, `ood`, `quality`, `synth`, `plot-sweep`, `bench`, `train-sae`,
+/// `budget-sweep`, `export-sae` and `match` once checked only that the output did not exist, so
+/// they ran their work and then failed, or made the directories.)
 #[test]
 fn every_output_is_checked_before_any_work() {
     let env = Env::new();
@@ -1661,6 +1661,10 @@ fn every_output_is_checked_before_any_work() {
         (
             vec!["match", "absent.safetensors", "absent2.safetensors"],
             "nodir/match",
+        ),
+        (
+            vec!["quality", "-d", "absent.safetensors", "-a", "absent.npy"],
+            "nodir/quality.json",
         ),
     ];
     if cfg!(feature = "torch") {
