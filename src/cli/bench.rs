@@ -424,7 +424,7 @@ fn gpu_name() -> Option<String> {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(out) = &a.out {
-        exemplar::output::check_writable(out, a.force)?;
+        super::args::check_output(out, a.force)?;
     }
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     let hook = HookPoint::parse(&a.hook)?;

@@ -1,6 +1,7 @@
 //! `exemplar quality`: chance-corrected exemplar agreement of a dictionary's regions on rows
 //! with provenance (`eval::quality`).
 
+use super::args::ReportOut;
 use anyhow::{Context, Result};
 use clap::Args;
 use exemplar::data::{ActivationStream, StreamOptions};
@@ -19,21 +20,12 @@ pub struct QualityArgs {
     /// Tensor to read from .safetensors files.
     #[arg(long, value_name = "NAME")]
     pub tensor: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report here.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 pub fn quality(a: QualityArgs) -> Result<()> {
-    if let Some(out) = &a.out {
-        exemplar::output::check_writable(out, a.force)?;
-    }
+    a.report.check()?;
     let dict = exemplar::Dictionary::load(&a.dictionary)?;
     let mut stream = ActivationStream::open(
         &a.activations,
@@ -54,11 +46,11 @@ pub fn quality(a: QualityArgs) -> Result<()> {
     report["hook"] = dict.info().hook.clone().into();
     report["standardized"] = dict.scaling().is_some().into();
     let text = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &a.out {
-        exemplar::output::write_atomic(out, text.as_bytes(), a.force)
+    if let Some(out) = &a.report.out {
+        exemplar::output::write_atomic(out, text.as_bytes(), a.report.force)
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    if a.json {
+    if a.report.json {
         println!("{text}");
         return Ok(());
     }

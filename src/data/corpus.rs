@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// The extensions [`CorpusReader`] recognises, as listed in its errors.
 pub const SUPPORTED_EXTENSIONS: &str =
@@ -254,7 +255,7 @@ impl CorpusReader {
             kinds.push(kind);
         }
         let shuffle = options.shuffle.map(|s| ShuffleState {
-            rng: SplitMix64(s.seed),
+            rng: SplitMix64::new(s.seed),
             capacity: s.buffer,
             buffer: Vec::with_capacity(s.buffer.min(1 << 16)),
         });
@@ -451,31 +452,6 @@ struct ShuffleState {
     rng: SplitMix64,
     capacity: usize,
     buffer: Vec<Record>,
-}
-
-/// SplitMix64 (Steele, Lea & Flood 2014), the generator of the shuffle.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `[0, n)`, `n > 0` (Lemire's multiply-shift with rejection, unbiased).
-    fn below(&mut self, n: u64) -> u64 {
-        let mut m = u128::from(self.next_u64()) * u128::from(n);
-        if (m as u64) < n {
-            let threshold = n.wrapping_neg() % n;
-            while (m as u64) < threshold {
-                m = u128::from(self.next_u64()) * u128::from(n);
-            }
-        }
-        (m >> 64) as u64
-    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -1192,32 +1168,6 @@ impl ParquetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix64_reference_outputs() {
-        // The first outputs of SplitMix64 seeded with 0 (reference implementation by Vigna).
-        let mut rng = SplitMix64(0);
-        assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
-        assert_eq!(rng.next_u64(), 0x06c4_5d18_8009_454f);
-    }
-
-    #[test]
-    fn below_is_in_range_and_roughly_uniform() {
-        let mut rng = SplitMix64(42);
-        let mut counts = [0u32; 7];
-        for _ in 0..70_000 {
-            counts[rng.below(7) as usize] += 1;
-        }
-        for c in counts {
-            assert!((9_000..11_000).contains(&c), "{counts:?}");
-        }
-        assert_eq!(rng.below(1), 0);
-        let big = u64::MAX - 1;
-        for _ in 0..100 {
-            assert!(rng.below(big) < big);
-        }
-    }
 
     #[test]
     fn json_field_extraction() {
