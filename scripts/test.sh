@@ -48,6 +48,8 @@ export EXEMPLAR_REQUIRE_REAL_MODEL=1
 
 export EXEMPLAR_PYTHON="$PY"
 export EXEMPLAR_REQUIRE_PYTHON=1
+# A one-off full build gains nothing from incremental state, which would be GBs on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "==> cargo check --all-targets (default features) and --no-default-features"
 cargo check --all-targets
 cargo check --all-targets --no-default-features
