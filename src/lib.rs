@@ -7,6 +7,7 @@
 //! and θ) → [`build`] (streaming leader clustering) → [`dictionary`] (the object users hold,
 //! its file, assign/encode) → [`eval`] (metrics). [`pipeline`] drives them over a stream.
 
+pub mod analysis;
 pub mod backend;
 pub mod build;
 pub mod calibrate;
