@@ -56,6 +56,9 @@ fn pad(seqs: &[&[i64]]) -> (Tensor, Tensor) {
     )
 }
 
+/// Per sequence: next-token log-probabilities, and the hook's activations (f32 rows).
+type LogprobsAndRows = (Vec<Vec<f64>>, Vec<Vec<f32>>);
+
 /// Per sequence, the log-probability of each next token: `out[i][t]` = `log p(s[t+1] | s_≤t)`
 /// for `t` in `0..len−1`, under `interventions`; and, with `hook`, each sequence's activations
 /// at `hook` in that forward (after any edit there; `len × D` f32 rows).
@@ -64,7 +67,7 @@ fn next_token_logprobs(
     seqs: &[&[i64]],
     interventions: &[Intervention],
     hook: Option<HookPoint>,
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f32>>)> {
+) -> Result<LogprobsAndRows> {
     let mut lps = vec![];
     let mut acts = vec![];
     for chunk in seqs.chunks(BATCH) {

@@ -308,8 +308,13 @@ pub fn knn_graph(dict: &Dictionary, k: usize) -> Vec<Vec<usize>> {
             let i = start + bi;
             let row = &s[bi * n..(bi + 1) * n];
             let mut cand: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-            cand.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            for &j in cand.iter().take(k) {
+            // The k first in (similarity descending, id ascending): a total order.
+            let order = |&a: &usize, &b: &usize| row[b].total_cmp(&row[a]).then(a.cmp(&b));
+            if k < cand.len() {
+                cand.select_nth_unstable_by(k, order);
+                cand.truncate(k);
+            }
+            for &j in cand.iter() {
                 adj[i].push(j);
                 adj[j].push(i);
             }

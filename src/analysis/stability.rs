@@ -89,6 +89,7 @@ fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
 
 /// Matches every pair of `dicts` (name, dictionary; at least two, one width) on `basis` and
 /// scores persistence at `cutoff`.
+#[allow(clippy::needless_range_loop)] // r indexes every other dictionary's cosines
 pub fn stability(
     dicts: &[(String, &Dictionary)],
     basis: Basis,
