@@ -4,7 +4,7 @@
 Usage
     python scripts/make_corpus.py OUT.jsonl [--max-docs N] [--sources LIST] [--seed S] [--force]
 
-    python scripts/make_corpus.py /tmp/corpus.jsonl                  # everything (~100 MB)
+    python scripts/make_corpus.py /tmp/corpus.jsonl                  # everything (see below)
     python scripts/make_corpus.py /tmp/small.jsonl --max-docs 5000   # a balanced 5,000-doc prefix
     python scripts/make_corpus.py /tmp/en.jsonl --sources pydoc_topics,docstring,info
 
@@ -82,6 +82,12 @@ Order and determinism
     (same Python, same /usr/share) and the same flags give the same file, byte for byte.
     The file is written to OUT.tmp, then renamed to OUT; an existing OUT is refused unless
     --force is given. Counts per source and language, and the size, are printed to stderr.
+
+    On the project's image (Python 3.11.7) the full run takes ~20 s and writes 55,270 documents,
+    121.5 MB: pydoc_topics 282, docstring 1,609, python_source 6,219, messages 27,232 (161
+    languages), info 2,673, man 17,121 (26 languages), license 134. A machine without
+    /usr/share/locale, man or info pages gets only the sources it has (the standard-library
+    ones are always there), with a note per missing source.
 """
 
 from __future__ import annotations

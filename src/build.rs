@@ -33,6 +33,9 @@ use crate::dictionary::{Dictionary, Example};
 use crate::error::{Error, Result};
 use crate::geometry;
 use crate::linalg::{dot_f64, matmul_abt};
+/// The reservoirs' draw: a uniform integer in `[0, n)` that depends only on the seed and the
+/// stream row, so every backend and batch size draws the same (defined in [`crate::rng`]).
+pub use crate::rng::uniform_below;
 use rayon::prelude::*;
 
 /// How rows that match a pre-batch exemplar are assigned.
@@ -221,6 +224,14 @@ impl Builder {
             last_new_batch: 0,
             saturated: false,
         })
+    }
+
+    /// Records the standardisation the batches were put through (from the calibration), so
+    /// the dictionary applies it to every row it reads. The builder itself clusters the rows
+    /// it is given.
+    pub fn with_scaling(mut self, scaling: Option<geometry::Scaling>) -> Result<Self> {
+        self.dict.set_scaling(scaling)?;
+        Ok(self)
     }
 
     /// Runs the build on `backend` (call it before the first batch). Every backend returns the
@@ -1135,17 +1146,4 @@ fn insert_farthest(v: &mut Vec<Example>, ex: Example, n: usize) {
         v.insert(pos, ex);
         v.truncate(n);
     }
-}
-
-/// A uniform integer in `[0, n)` from a counter-based generator (SplitMix64 of seed and
-/// counter; Lemire's multiply-shift), reproducible on any backend.
-pub fn uniform_below(seed: u64, counter: u64, n: u64) -> u64 {
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(counter)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z as u128 * n as u128) >> 64) as u64
 }

@@ -32,6 +32,9 @@ pub struct Calibration {
     pub batch_size: usize,
     /// The p-th percentile of each calibration batch with ≥ 2 rows, in order.
     pub batch_percentiles: Vec<f64>,
+    /// Per-dimension standardisation applied to every row before centering (`--standardize`);
+    /// the center and θ are then those of the standardised rows.
+    pub scaling: Option<geometry::Scaling>,
 }
 
 impl Calibration {
@@ -117,6 +120,25 @@ impl CenterAccumulator {
     }
 }
 
+/// [`calibrate_batches_on`] after standardising every dimension ([`geometry::Scaling`],
+/// estimated on these same rows in f64): the center and θ are those of the standardised rows, and
+/// the calibration carries the scaling.
+pub fn calibrate_standardized_on(
+    backend: &Backend,
+    batches: &[Vec<f32>],
+    d: usize,
+    percentile: f64,
+    method: PercentileMethod,
+    batch_size: usize,
+) -> std::result::Result<Calibration, CalibrationError> {
+    let views: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
+    let scaling = geometry::Scaling::estimate(&views, d)?;
+    let z: Vec<Vec<f32>> = batches.iter().map(|b| scaling.apply(b)).collect();
+    let mut cal = calibrate_batches_on(backend, &z, d, percentile, method, batch_size)?;
+    cal.scaling = Some(scaling);
+    Ok(cal)
+}
+
 /// Calibrates from batches of raw activations (each `n_b × d`): the center from all rows, then
 /// θ as the mean of the per-batch percentiles (batches with fewer than 2 rows are skipped, as in
 /// the reference; every other batch counts equally, even a short last one).
@@ -187,6 +209,7 @@ pub fn calibrate_batches_on(
         n_activations: acc.rows(),
         batch_size,
         batch_percentiles,
+        scaling: None,
     })
 }
 
@@ -221,6 +244,9 @@ struct CalibrationHeader {
     inputs: Vec<String>,
     #[serde(default)]
     input_fingerprint: Option<String>,
+    /// `"standardize"` when the file holds `scale_mean` and `scale_inv_std`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaling: Option<String>,
 }
 
 impl Calibration {
@@ -242,21 +268,30 @@ impl Calibration {
             dim: self.dim(),
             inputs: inputs.to_vec(),
             input_fingerprint: fingerprint.map(String::from),
+            scaling: self.scaling.as_ref().map(|_| "standardize".to_string()),
         };
         let meta = crate::tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
-        crate::tensorfile::write(
-            path,
-            vec![
-                crate::tensorfile::TensorOut::f32("center", vec![self.dim()], &self.center),
-                crate::tensorfile::TensorOut::f64(
-                    "batch_percentiles",
-                    vec![self.batch_percentiles.len()],
-                    &self.batch_percentiles,
-                ),
-            ],
-            &meta,
-            force,
-        )
+        let mut tensors = vec![
+            crate::tensorfile::TensorOut::f32("center", vec![self.dim()], &self.center),
+            crate::tensorfile::TensorOut::f64(
+                "batch_percentiles",
+                vec![self.batch_percentiles.len()],
+                &self.batch_percentiles,
+            ),
+        ];
+        if let Some(sc) = &self.scaling {
+            tensors.push(crate::tensorfile::TensorOut::f32(
+                "scale_mean",
+                vec![self.dim()],
+                &sc.mean,
+            ));
+            tensors.push(crate::tensorfile::TensorOut::f32(
+                "scale_inv_std",
+                vec![self.dim()],
+                &sc.inv_std,
+            ));
+        }
+        crate::tensorfile::write(path, tensors, &meta, force)
     }
 
     /// Loads a calibration file.
@@ -268,7 +303,26 @@ impl Calibration {
         let batch_percentiles = f.f64("batch_percentiles", &[nb])?;
         geometry::check_threshold(h.theta).map_err(|e| Error::format(path, e.to_string()))?;
         check_percentile(h.percentile).map_err(|e| Error::format(path, e.to_string()))?;
+        let scaling = match h.scaling.as_deref() {
+            None => None,
+            Some("standardize") => {
+                let sc = geometry::Scaling {
+                    mean: f.f32("scale_mean", &[h.dim])?,
+                    inv_std: f.f32("scale_inv_std", &[h.dim])?,
+                };
+                sc.check(h.dim)
+                    .map_err(|e| Error::format(path, e.to_string()))?;
+                Some(sc)
+            }
+            Some(other) => {
+                return Err(Error::format(
+                    path,
+                    format!("field `scaling` is `{other}`; only `standardize` is known"),
+                ))
+            }
+        };
         Ok(Calibration {
+            scaling,
             center,
             theta: h.theta,
             percentile: h.percentile,

@@ -49,9 +49,15 @@ impl CalibrationRecord {
         }
     }
 
-    pub fn calibration(&self, center: Vec<f32>) -> Result<Calibration> {
+    /// The calibration, with the dictionary's center and standardisation.
+    pub fn calibration(
+        &self,
+        center: Vec<f32>,
+        scaling: Option<crate::geometry::Scaling>,
+    ) -> Result<Calibration> {
         Ok(Calibration {
             center,
+            scaling,
             theta: self.theta,
             percentile: self.percentile,
             method: PercentileMethod::parse(&self.method).ok_or_else(|| {
@@ -148,7 +154,68 @@ pub fn load(path: &Path) -> Result<(Dictionary, CheckpointRecord, Option<Vec<i64
     } else {
         None
     };
+    check_record(&dict, &record, assignments.as_deref())
+        .map_err(|m| Error::format(path, format!("inconsistent checkpoint: {m}")))?;
     Ok((dict, record, assignments))
+}
+
+/// Checks that the record fits its dictionary, so that a build resumed from it can never index
+/// out of bounds: the calibration's method is known; every current partition's creation id is
+/// a creation id that maps back to it; every creation id maps to a current partition (or to
+/// −1); the batch counters agree with the dictionary's; and every recorded assignment is −1 or
+/// a creation id.
+fn check_record(
+    dict: &Dictionary,
+    record: &CheckpointRecord,
+    assignments: Option<&[i64]>,
+) -> std::result::Result<(), String> {
+    let cal = &record.calibration;
+    if PercentileMethod::parse(&cal.method).is_none() {
+        return Err(format!("unknown percentile method `{}`", cal.method));
+    }
+    let b = &record.builder;
+    let (k, created) = (dict.len(), b.creation_to_current.len());
+    if b.current_to_creation.len() != k {
+        return Err(format!(
+            "the builder maps {} partitions, the dictionary holds {k}",
+            b.current_to_creation.len()
+        ));
+    }
+    for (current, &creation) in b.current_to_creation.iter().enumerate() {
+        let back = usize::try_from(creation)
+            .ok()
+            .and_then(|c| b.creation_to_current.get(c));
+        if back != Some(&(current as i64)) {
+            return Err(format!(
+                "partition {current} has creation id {creation}, which does not map back to it"
+            ));
+        }
+    }
+    if let Some(bad) = b
+        .creation_to_current
+        .iter()
+        .find(|&&c| c < -1 || c >= k as i64)
+    {
+        return Err(format!(
+            "a creation id maps to partition {bad}; the dictionary holds {k}"
+        ));
+    }
+    if b.batches != dict.info.batches || b.last_new_batch > b.batches {
+        return Err(format!(
+            "batch counters {} (last new {}) differ from the dictionary's {}",
+            b.batches, b.last_new_batch, dict.info.batches
+        ));
+    }
+    if let Some(bad) = assignments
+        .unwrap_or_default()
+        .iter()
+        .find(|&&a| a < -1 || a >= created as i64)
+    {
+        return Err(format!(
+            "a recorded assignment names partition {bad}, of {created} created"
+        ));
+    }
+    Ok(())
 }
 
 /// The manifest of a checkpoint set.
@@ -180,7 +247,23 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
             ),
         ));
     }
+    // The set's files are read, and the previous generation's removed, by these names: only
+    // the names `save_set` writes (plain file names in the set's directory) are accepted.
+    for (i, f) in m.files.iter().enumerate() {
+        let want = pair_file(i, m.generation);
+        if *f != want {
+            return Err(Error::format(
+                &p,
+                format!("invalid checkpoint manifest: file {i} is {f:?}, expected {want:?}"),
+            ));
+        }
+    }
     Ok(Some(m))
+}
+
+/// The file name of pair `i` in generation `generation` of a checkpoint set.
+fn pair_file(i: usize, generation: u64) -> String {
+    format!("pair-{i}.g{generation}.safetensors")
 }
 
 /// Writes a checkpoint set into the directory `dir` (created if missing): a new generation of
@@ -200,10 +283,21 @@ pub fn save_set(
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let old = read_manifest(dir)?;
-    let generation = old.as_ref().map_or(0, |m| m.generation + 1);
+    let generation = match &old {
+        None => 0,
+        Some(m) => m.generation.checked_add(1).ok_or_else(|| {
+            Error::format(
+                dir.join(MANIFEST),
+                format!(
+                    "invalid checkpoint manifest: generation {} is the last",
+                    m.generation
+                ),
+            )
+        })?,
+    };
     let mut files = Vec::with_capacity(items.len());
     for (i, (dict, record, assignments)) in items.iter().enumerate() {
-        let name = format!("pair-{i}.g{generation}.safetensors");
+        let name = pair_file(i, generation);
         save(&dir.join(&name), dict, record, *assignments)?;
         files.push(name);
     }
@@ -347,6 +441,144 @@ mod tests {
         a.dictionary.save(&plain, false).unwrap();
         let e = load(&plain).unwrap_err().to_string();
         assert!(e.contains("not a checkpoint"), "{e}");
+    }
+
+    fn small_checkpoint() -> (Builder, CheckpointRecord) {
+        let config = BuildConfig {
+            reservoir_size: 2,
+            examples_per_partition: 2,
+            saturation_window: None,
+            record_assignments: Some(200),
+            ..BuildConfig::default()
+        };
+        let mut b = Builder::new(vec![0.1; 6], 0.05, config).unwrap();
+        b.add_batch(&batch(0, 100, 6)).unwrap();
+        let cal = CalibrationRecord {
+            theta: 0.05,
+            percentile: 5.0,
+            method: "linear".into(),
+            n_activations: 100,
+            batch_size: 100,
+            batch_percentiles: vec![0.05],
+        };
+        let rec = CheckpointRecord::new(
+            serde_json::json!({}),
+            b.state(),
+            cal,
+            serde_json::json!({"rows": 100}),
+        );
+        (b, rec)
+    }
+
+    fn load_error(p: &Path) -> String {
+        let e = load(p).unwrap_err();
+        assert!(
+            matches!(e, Error::Format { ref path, .. } if path == p),
+            "{e}"
+        );
+        e.to_string()
+    }
+
+    /// Found by tests/fuzz_parsers.rs (`fuzz_checkpoint`): one byte of `checkpoint_assignments`
+    /// set to 7 made a resumed build index its remap out of bounds at `finish`.
+    #[test]
+    fn a_checkpoint_inconsistent_with_its_dictionary_is_refused_naming_the_file() {
+        let (b, rec) = small_checkpoint();
+        let k = b.dictionary().len();
+        let created = rec.builder.creation_to_current.len() as i64;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ck.safetensors");
+        let mut assignments = b.recorded_assignments().unwrap().to_vec();
+        assignments[3] = created;
+        save(&p, b.dictionary(), &rec, Some(&assignments)).unwrap();
+        assert!(load_error(&p).contains("recorded assignment names partition"));
+        assignments[3] = -2;
+        save(&p, b.dictionary(), &rec, Some(&assignments)).unwrap();
+        assert!(load_error(&p).contains("recorded assignment"));
+
+        let mut bad = rec.clone();
+        bad.builder.current_to_creation.swap(0, 1);
+        save(&p, b.dictionary(), &bad, None).unwrap();
+        assert!(
+            load_error(&p).contains("does not map back"),
+            "{}",
+            load_error(&p)
+        );
+        let mut bad = rec.clone();
+        bad.builder.creation_to_current.push(k as i64);
+        save(&p, b.dictionary(), &bad, None).unwrap();
+        assert!(load_error(&p).contains("maps to partition"));
+        let mut bad = rec.clone();
+        bad.builder.current_to_creation.pop();
+        save(&p, b.dictionary(), &bad, None).unwrap();
+        assert!(load_error(&p).contains("the builder maps"));
+        let mut bad = rec.clone();
+        bad.builder.last_new_batch = bad.builder.batches + 1;
+        save(&p, b.dictionary(), &bad, None).unwrap();
+        assert!(load_error(&p).contains("batch counters"));
+        let mut bad = rec.clone();
+        bad.calibration.method = "cubic".into();
+        save(&p, b.dictionary(), &bad, None).unwrap();
+        assert!(load_error(&p).contains("unknown percentile method `cubic`"));
+        // The consistent record loads.
+        save(&p, b.dictionary(), &rec, b.recorded_assignments()).unwrap();
+        assert_eq!(load(&p).unwrap().1, rec);
+    }
+
+    /// Found by tests/fuzz_parsers.rs (`fuzz_checkpoint_set_manifest`): a manifest naming
+    /// `../outside.safetensors` made `save_set` remove that file (it removes the previous
+    /// generation's files by the manifest's names), and `load_set` read it.
+    #[test]
+    fn a_manifest_names_only_the_files_of_its_set() {
+        let (b, rec) = small_checkpoint();
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("set");
+        let items = [(b.dictionary(), &rec, None)];
+        save_set(&set, &items).unwrap();
+        let outside = dir.path().join("outside.safetensors");
+        std::fs::copy(set.join("pair-0.g0.safetensors"), &outside).unwrap();
+        let manifest = set.join(MANIFEST);
+        for files in [
+            r#"["../outside.safetensors"]"#,
+            r#"["pair-0.g1.safetensors"]"#,
+            r#"["pair-1.g0.safetensors"]"#,
+            r#"["pair-0.g0.safetensors", "pair-0.g0.safetensors"]"#,
+        ] {
+            std::fs::write(
+                &manifest,
+                format!(r#"{{"version": 1, "generation": 0, "files": {files}}}"#),
+            )
+            .unwrap();
+            for e in [
+                load_set(&set).unwrap_err(),
+                save_set(&set, &items).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&e, Error::Format { path, message }
+                        if *path == manifest && message.contains("invalid checkpoint manifest")),
+                    "{files}: {e}"
+                );
+            }
+            assert!(outside.exists(), "{files}");
+        }
+        // The last generation cannot be followed (it overflowed before).
+        let last = u64::MAX;
+        std::fs::rename(
+            set.join("pair-0.g0.safetensors"),
+            set.join(pair_file(0, last)),
+        )
+        .unwrap();
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"{{"version": 1, "generation": {last}, "files": ["{}"]}}"#,
+                pair_file(0, last)
+            ),
+        )
+        .unwrap();
+        assert_eq!(load_set(&set).unwrap().len(), 1);
+        let e = save_set(&set, &items).unwrap_err().to_string();
+        assert!(e.contains("is the last"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,112 @@ pub fn direction_into(x: &[f32], center: &[f32], out: &mut [f32]) -> bool {
     true
 }
 
+/// Per-dimension standardisation, an optional first step before centering (`--standardize`):
+/// `z_j = (x_j − μ_j) · s_j` in f32 (a subtraction then a multiplication, each rounded), with
+/// `μ` and `s = 1 / max(σ, 1e-6 · max σ)` estimated on the calibration rows. EP then runs
+/// unchanged on `z`. A region's direction `e` in z-space is `σ ⊙ e` in activation space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    /// Per-dimension mean μ (f32, length D).
+    pub mean: Vec<f32>,
+    /// Per-dimension inverse standard deviation s (f32, length D).
+    pub inv_std: Vec<f32>,
+}
+
+impl Scaling {
+    /// Estimates μ and σ (population standard deviation) of every dimension over the rows of
+    /// `batches` (each `n_b × d`), in f64: two passes, rows in order within a column (columns
+    /// in parallel), so the result does not depend on threads. `s_j = 1 / max(σ_j, 1e-6 · max σ)`
+    /// guards constant dimensions.
+    pub fn estimate(batches: &[&[f32]], d: usize) -> Result<Self> {
+        if d == 0 || batches.iter().any(|b| b.len() % d != 0) {
+            return Err(Error::param(
+                "rows",
+                format!("values are not whole rows of width {d}"),
+            ));
+        }
+        let n: usize = batches.iter().map(|b| b.len() / d).sum();
+        if n == 0 {
+            return Err(Error::EmptyInput("no rows to standardise on".into()));
+        }
+        let column = |j: usize| {
+            batches
+                .iter()
+                .flat_map(move |b| b.iter().skip(j).step_by(d))
+        };
+        let stats: Vec<(f64, f64)> = (0..d)
+            .into_par_iter()
+            .map(|j| {
+                let mean = column(j).map(|&v| v as f64).sum::<f64>() / n as f64;
+                let var = column(j)
+                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                    .sum::<f64>()
+                    / n as f64;
+                (mean, var.sqrt())
+            })
+            .collect();
+        let max_sd = stats.iter().map(|s| s.1).fold(0.0f64, f64::max);
+        if !(max_sd > 0.0 && max_sd.is_finite()) {
+            return Err(Error::param(
+                "standardize",
+                "every dimension is constant over the calibration rows: nothing to standardise",
+            ));
+        }
+        let floor = 1e-6 * max_sd;
+        Ok(Scaling {
+            mean: stats.iter().map(|s| s.0 as f32).collect(),
+            inv_std: stats
+                .iter()
+                .map(|s| (1.0 / s.1.max(floor)) as f32)
+                .collect(),
+        })
+    }
+
+    /// Width D.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// `z = (x − μ) · s` of every row of `rows` (`n × D`).
+    pub fn apply(&self, rows: &[f32]) -> Vec<f32> {
+        let d = self.dim();
+        let mut out = vec![0.0f32; rows.len()];
+        out.par_chunks_mut(d)
+            .zip(rows.par_chunks(d))
+            .for_each(|(o, x)| {
+                for (((o, &x), &m), &s) in o.iter_mut().zip(x).zip(&self.mean).zip(&self.inv_std) {
+                    *o = (x - m) * s;
+                }
+            });
+        out
+    }
+
+    /// A z-space vector mapped to activation space: `σ ⊙ v` (σ = 1/s).
+    pub fn to_activation_space(&self, v: &[f32]) -> Vec<f32> {
+        v.iter().zip(&self.inv_std).map(|(&v, &s)| v / s).collect()
+    }
+
+    /// Checks that both vectors have width `d` and finite values, `s > 0`.
+    pub fn check(&self, d: usize) -> Result<()> {
+        if self.mean.len() != d || self.inv_std.len() != d {
+            return Err(Error::DimensionMismatch {
+                what: "standardisation".into(),
+                expected: d,
+                found: self.mean.len(),
+            });
+        }
+        if self.mean.iter().any(|v| !v.is_finite())
+            || self.inv_std.iter().any(|v| !(v.is_finite() && *v > 0.0))
+        {
+            return Err(Error::param(
+                "standardize",
+                "the standardisation holds a non-finite mean or a non-positive scale",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Cosine distance from an (exact) similarity, clamped to `[0, 2]` like the reference's public
 /// outputs.
 #[inline]
@@ -84,6 +190,19 @@ pub fn norm(v: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standardisation_is_estimated_in_f64_and_guards_constant_dimensions() {
+        let rows = [1.0f32, 5.0, 7.0, 3.0, 5.0, 7.0];
+        let s = Scaling::estimate(&[&rows[..3], &rows[3..]], 3).unwrap();
+        assert_eq!(s.mean, [2.0, 5.0, 7.0]);
+        // σ = (1, 0, 0): the constant dimensions get 1 / (1e-6 · 1).
+        assert_eq!(s.inv_std, [1.0, 1e6, 1e6]);
+        assert_eq!(s.apply(&rows), [-1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(s.to_activation_space(&[2.0, 1e6, 0.0]), [2.0, 1.0, 0.0]);
+        assert!(Scaling::estimate(&[&[3.0f32, 3.0][..]], 2).is_err());
+        assert!(Scaling::estimate(&[&rows[..2]], 3).is_err());
+    }
 
     #[test]
     fn directions_are_unit_and_centered() {

@@ -6,6 +6,8 @@
 //! The modules follow the data's path: [`data`] (activation files in) → [`calibrate`] (center
 //! and θ) → [`build`] (streaming leader clustering) → [`dictionary`] (the object users hold,
 //! its file, assign/encode) → [`eval`] (metrics). [`pipeline`] drives them over a stream.
+//! [`sae`] holds the other dictionary kind, sparse autoencoders (SAELens / Gemma Scope files,
+//! encoders, a TopK trainer), which [`eval`] compares with EP.
 
 pub mod analysis;
 pub mod backend;
@@ -23,6 +25,8 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod rng;
+pub mod sae;
 pub mod tensorfile;
 
 pub use build::{BuildConfig, Builder, Semantics};

@@ -2,7 +2,8 @@
 //! (nearest exemplar, in-batch leaders, calibration percentiles, merge, evaluation), and the
 //! exact f64 dot product that every clustering *decision* is made on, in the canonical order
 //! the CUDA kernels share (`kernels/common.cuh`). The screens and selections built on them are
-//! the CPU backend's (`backend::cpu`).
+//! the CPU backend's (`backend::cpu`). [`transpose`] turns row-major layouts around (SAE weights,
+//! code matrices, cost matrices).
 //!
 //! This file holds the crate's only call into raw-pointer GEMM; shapes are checked before it.
 
@@ -97,6 +98,24 @@ pub fn tile_rows(k: usize) -> usize {
     ((16usize << 20) / k.max(1)).clamp(64, 8192)
 }
 
+/// `m × n` row-major → `n × m` row-major (multithreaded over the output's rows).
+///
+/// # Panics
+/// If `a.len() != m·n`.
+pub fn transpose<T: Copy + Default + Send + Sync>(a: &[T], m: usize, n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    assert_eq!(a.len(), m * n, "transpose: length is not m × n");
+    let mut out = vec![T::default(); m * n];
+    out.par_chunks_mut(m.max(1))
+        .enumerate()
+        .for_each(|(j, col)| {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = a[i * n + j];
+            }
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +137,15 @@ mod tests {
                 assert!((out[i * 9 + j] as f64 - e).abs() < 1e-4, "{i},{j}");
             }
         }
+    }
+
+    #[test]
+    fn transpose_any_shape() {
+        let a: Vec<i64> = (0..6).collect();
+        assert_eq!(transpose(&a, 2, 3), vec![0, 3, 1, 4, 2, 5]);
+        assert_eq!(transpose(&transpose(&a, 2, 3), 3, 2), a);
+        assert!(transpose::<f32>(&[], 0, 5).is_empty());
+        assert!(transpose::<f64>(&[], 4, 0).is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! half-written file, and an existing output is never replaced unless the caller says `force`.
 
 use crate::error::{Error, Result};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Fails with [`Error::OutputExists`] when `path` exists and `force` is false.
@@ -95,6 +95,14 @@ impl Write for AtomicFile {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.writer.flush()
+    }
+}
+
+/// Seeking within the temporary file (after flushing what is buffered), for writers that patch
+/// a header once its data is written (`zip::ZipWriter`).
+impl Seek for AtomicFile {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.writer.seek(pos)
     }
 }
 

@@ -78,6 +78,7 @@ impl Env {
             n_activations: 100,
             batch_size: 100,
             batch_percentiles: vec![theta],
+            scaling: None,
         }
         .save(&self.path(name), &[], None, true)
         .unwrap();
@@ -1569,6 +1570,150 @@ fn missing_output_directory_fails_before_any_work() {
         assert_mentions(&e, &["nodir"]);
     }
     assert_eq!(listing(env.root()), ["a.npy"]);
+}
+
+/// Every command that writes checks its output before any work: with the output in a directory
+/// that does not exist and inputs that do not exist either (which only the work would find),
+/// each fails with a message naming the output and its missing directory, and writes nothing.
+/// (`probe`, `detect`, `ood`, `quality`, `synth`, `plot-sweep`, `bench`, `train-sae`,
+/// `budget-sweep`, `export-sae` and `match` once checked only that the output did not exist, so
+/// they ran their work and then failed, or made the directories.)
+#[test]
+fn every_output_is_checked_before_any_work() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("labels.jsonl"),
+        "{\"text\": \"a\", \"label\": \"x\"}\n",
+    )
+    .unwrap();
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["calibrate", "-a", "absent.npy", "-p", "10"],
+            "nodir/c.safetensors",
+        ),
+        (
+            vec!["build", "-a", "absent.npy", "-p", "10"],
+            "nodir/d.safetensors",
+        ),
+        (
+            vec!["assign", "-d", "absent.safetensors", "-a", "absent.npy"],
+            "nodir/a.npz",
+        ),
+        (
+            vec!["encode", "-d", "absent.safetensors", "-a", "absent.npy"],
+            "nodir/c.npy",
+        ),
+        (vec!["demo"], "nodir/d.safetensors"),
+        (vec!["synth", "--rows", "100000"], "nodir/s.safetensors"),
+        (
+            vec![
+                "probe",
+                "-d",
+                "absent.safetensors",
+                "--labels",
+                "labels.jsonl",
+                "-a",
+                "absent.npy",
+            ],
+            "nodir/probe.json",
+        ),
+        (
+            vec![
+                "detect",
+                "-d",
+                "absent.safetensors",
+                "--concepts",
+                "absent.jsonl",
+                "-a",
+                "absent.npy",
+            ],
+            "nodir/detect.json",
+        ),
+        (
+            vec![
+                "ood",
+                "-d",
+                "absent.safetensors",
+                "-a",
+                "absent.npy",
+                "--ood",
+                "absent2.npy",
+            ],
+            "nodir/ood.json",
+        ),
+        (vec!["export-sae", "-d", "absent.safetensors"], "nodir/sae"),
+        (
+            vec!["sae-encode", "--sae", "absent_sae", "-a", "absent.npy"],
+            "nodir/codes.npy",
+        ),
+        (
+            vec![
+                "compare-sae",
+                "-d",
+                "absent.safetensors",
+                "--sae",
+                "absent_sae",
+                "-a",
+                "absent.npy",
+            ],
+            "nodir/compare.json",
+        ),
+        (
+            vec!["match", "absent.safetensors", "absent2.safetensors"],
+            "nodir/match",
+        ),
+        (
+            vec!["quality", "-d", "absent.safetensors", "-a", "absent.npy"],
+            "nodir/quality.json",
+        ),
+    ];
+    if cfg!(feature = "torch") {
+        cases.extend([
+            (
+                vec![
+                    "activations",
+                    "--model",
+                    "absent",
+                    "--hook",
+                    "blocks.0.hook_resid_post",
+                    "--corpus",
+                    "absent.txt",
+                ],
+                "nodir/acts.safetensors",
+            ),
+            (
+                vec!["train-sae", "-a", "absent.npy", "--width", "8", "-k", "2"],
+                "nodir/sae",
+            ),
+            (
+                vec![
+                    "budget-sweep",
+                    "-a",
+                    "absent.npy",
+                    "--eval-activations",
+                    "absent.npy",
+                    "--budgets",
+                    "100",
+                    "-p",
+                    "5",
+                ],
+                "nodir/sweep",
+            ),
+            (vec!["plot-sweep", "absent.json"], "nodir/sweep.png"),
+            (vec!["bench", "--documents", "4000"], "nodir/bench.json"),
+        ]);
+    }
+    for (mut args, out) in cases {
+        args.extend(["-o", out]);
+        let e = env.run(&args).err();
+        assert_mentions(&e, &[out, "the directory nodir does not exist"]);
+        assert!(
+            !e.contains("absent"),
+            "`{}` did work before checking its output:\n{e}",
+            args.join(" ")
+        );
+    }
+    assert_eq!(listing(env.root()), ["labels.jsonl"]);
 }
 
 #[cfg(feature = "cuda")]

@@ -62,9 +62,9 @@ mod torch {
     use std::path::{Path, PathBuf};
 
     use exemplar::data::{ActivationStream, StreamOptions};
-    use exemplar::eval::sae::{Sae, SaeActivation};
     use exemplar::eval::synthetic::{feature_recovery, SyntheticSpec};
-    use exemplar::eval::train_sae::{train_topk_sae, TrainConfig};
+    use exemplar::sae::train::{train_topk_sae, TrainConfig};
+    use exemplar::sae::{Sae, SaeActivation};
 
     fn synth_file(dir: &Path, name: &str, spec: &SyntheticSpec) -> PathBuf {
         let s = spec.generate().unwrap();

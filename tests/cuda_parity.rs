@@ -670,6 +670,7 @@ fn a_text_build_on_the_gpu_reads_the_hooked_tensor_in_place_and_equals_the_cpu_b
                 percentile: 10.0,
                 method: PercentileMethod::Linear,
                 activations: 200,
+                standardize: false,
             };
             let out = pipeline::run_build(backend, &mut src, cal, &plan, None).unwrap();
             (out.dictionary, src.transfer(), src.transfer_at_switch())

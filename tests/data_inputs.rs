@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 mod common;
-use common::write_npy_raw;
+use common::{python, run_python, write_npy_raw};
 
 // ---------------------------------------------------------------------------------------------
 // File builders
@@ -928,8 +928,124 @@ fn npz_writer_round_trips_and_never_overwrites_without_force() {
     assert_eq!(drain(&mut open(&[m]).unwrap(), 1).1, [1.0, 2.0, 3.0, 4.0]);
 }
 
-/// Writes a > 4 GiB `.npz` to exercise the ZIP64 records (about 20 s; needs ~5 GB of memory
-/// and ~5 GB of disk; run with `cargo test --test data_inputs -- --ignored`).
+/// The arrays of the numpy checks below: every dtype and rank the writer handles, empty ones,
+/// and values numpy must read back exactly.
+fn numpy_check_arrays() -> Vec<(&'static str, NpyArray)> {
+    vec![
+        (
+            "ids",
+            NpyArray::vector(vec![0i64, -1, i64::MAX, i64::MIN, 7]),
+        ),
+        (
+            "distances",
+            NpyArray::vector(vec![0.0f32, 1.5, -2.25, f32::NAN, f32::INFINITY]),
+        ),
+        (
+            "codes",
+            NpyArray::matrix((0..12).map(|i| i as f32 * 0.5).collect::<Vec<f32>>(), 3, 4).unwrap(),
+        ),
+        (
+            "within_threshold",
+            NpyArray::vector(vec![true, false, true]),
+        ),
+        ("empty", NpyArray::vector(Vec::<i64>::new())),
+        (
+            "no_rows",
+            NpyArray::matrix(Vec::<f32>::new(), 0, 3).unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn npz_bytes_are_reproducible_with_fixed_timestamps() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+    npy::write_npz(&a, &numpy_check_arrays(), false).unwrap();
+    npy::write_npz(&b, &numpy_check_arrays(), false).unwrap();
+    let bytes = std::fs::read(&a).unwrap();
+    assert_eq!(
+        bytes,
+        std::fs::read(&b).unwrap(),
+        "equal arrays, equal bytes"
+    );
+    // Stored members with the fixed 1980-01-01 00:00 timestamp and mode rw-r--r--, so the bytes
+    // do not depend on when (or by whom) the file was written.
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&a).unwrap()).unwrap();
+    for i in 0..zip.len() {
+        let member = zip.by_index(i).unwrap();
+        assert_eq!(member.compression(), zip::CompressionMethod::Stored);
+        assert_eq!(
+            member.last_modified(),
+            Some(zip::DateTime::default()),
+            "{}",
+            member.name()
+        );
+        assert_eq!(member.unix_mode().map(|m| m & 0o777), Some(0o644));
+    }
+    // The local header of the first member: DOS time 0, DOS date 1980-01-01 (0x0021).
+    assert_eq!(&bytes[10..14], &[0, 0, 0x21, 0]);
+}
+
+#[test]
+fn numpy_reads_every_npz_we_write() {
+    let Some(py) = python() else { return };
+    let dir = TempDir::new().unwrap();
+    npy::write_npz(&dir.path().join("small.npz"), &numpy_check_arrays(), false).unwrap();
+    // More members than a zip without ZIP64 records can count (65,535), each a small array
+    // whose values name it: numpy must read the ZIP64 end-of-central-directory records.
+    const MANY: usize = 70_000;
+    let names: Vec<String> = (0..MANY).map(|i| format!("m{i}")).collect();
+    let many: Vec<(&str, NpyArray)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), NpyArray::vector(vec![i as i64, -(i as i64)])))
+        .collect();
+    let many_path = dir.path().join("many.npz");
+    npy::write_npz(&many_path, &many, false).unwrap();
+    let bytes = std::fs::read(&many_path).unwrap();
+    let eocd64 = b"PK\x06\x06";
+    assert!(
+        bytes.windows(4).any(|w| w == eocd64),
+        "{MANY} members need the ZIP64 end record"
+    );
+    assert_eq!(npy::read_npz(&many_path).unwrap().len(), MANY);
+
+    let out = run_python(
+        &py,
+        dir.path(),
+        r#"
+import numpy as np, sys
+with np.load("small.npz") as z:
+    assert list(z.keys()) == ["ids", "distances", "codes", "within_threshold", "empty", "no_rows"], list(z.keys())
+    assert z["ids"].dtype == np.int64 and z["ids"].tolist() == [0, -1, 2**63 - 1, -2**63, 7]
+    d = z["distances"]
+    assert d.dtype == np.float32 and d.shape == (5,)
+    assert d[:3].tolist() == [0.0, 1.5, -2.25] and np.isnan(d[3]) and d[4] == np.inf
+    c = z["codes"]
+    assert c.dtype == np.float32 and c.shape == (3, 4) and c.flags["C_CONTIGUOUS"]
+    assert (c == np.arange(12, dtype=np.float32).reshape(3, 4) * 0.5).all()
+    w = z["within_threshold"]
+    assert w.dtype == np.bool_ and w.tolist() == [True, False, True]
+    assert z["empty"].dtype == np.int64 and z["empty"].shape == (0,)
+    assert z["no_rows"].dtype == np.float32 and z["no_rows"].shape == (0, 3)
+n = int(sys.argv[1])
+with np.load("many.npz") as z:
+    keys = list(z.keys())
+    assert len(keys) == n and keys[0] == "m0" and keys[-1] == f"m{n - 1}", (len(keys), keys[:2], keys[-2:])
+    # Every member is listed; a sample of them (reading all 70,000 takes numpy seconds) is read.
+    for i in list(range(0, n, 71)) + list(range(n - 5, n)):
+        a = z[f"m{i}"]
+        assert a.dtype == np.int64 and a.tolist() == [i, -i], (i, a)
+print("ok", n)
+"#,
+        &[&MANY.to_string()],
+    );
+    assert_eq!(out.trim(), format!("ok {MANY}"));
+}
+
+/// Writes a > 4 GiB `.npz` to exercise the ZIP64 records (about 20 s, and as long again for the
+/// numpy check; needs ~10 GB of memory and ~5 GB of disk; run with
+/// `cargo test --test data_inputs -- --ignored`).
 #[test]
 #[ignore]
 fn npz_writer_zip64() {
@@ -953,4 +1069,21 @@ fn npz_writer_zip64() {
         npy::read_npy(&after, Path::new("after")).unwrap().data(),
         &NpyData::I64(vec![7, 8, 9])
     );
+    drop(zip);
+    if let Some(py) = python() {
+        let out = run_python(
+            &py,
+            dir.path(),
+            r#"
+import numpy as np
+with np.load("big.npz") as z:
+    assert z["small"].tolist() == [1, 2] and z["after"].tolist() == [7, 8, 9]
+    b = z["big"]
+    assert b.dtype == np.bool_ and b.shape == (2**32 + 100,) and b[-1] and not b[:-1].any()
+print("ok")
+"#,
+            &[],
+        );
+        assert_eq!(out.trim(), "ok");
+    }
 }

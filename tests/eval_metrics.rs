@@ -587,7 +587,7 @@ fn demo_end_to_end_probe_detect_ood() {
     assert_mentions(&e, &["probe.json", "--force"]);
     // SAE features: the dictionary's own SAE view (top-8, exemplar basis) saved as SAELens.
     let dict = load_dict(&d.join("dict.safetensors"));
-    exemplar::eval::sae::Sae::from_dictionary(&dict, Basis::Exemplar, 8)
+    exemplar::sae::Sae::from_dictionary(&dict, Basis::Exemplar, 8)
         .unwrap()
         .save_saelens(&d.join("sae"), false)
         .unwrap();

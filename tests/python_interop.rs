@@ -699,3 +699,345 @@ fn hook_names_are_transformer_lens_names_with_its_shapes_and_values() {
         }
     }
 }
+
+/// `--standardize` is exactly "standardise every dimension with μ and σ of the calibration rows,
+/// then EP": numpy recomputes μ and σ, standardises the rows with the stored f32 μ and 1/σ, and a
+/// plain build of those rows is the standardised build, bit for bit (exemplars, center, θ,
+/// counts, assignments); `assign` and `encode` of raw rows on the standardised dictionary equal
+/// those of numpy's rows on the plain one; a calibration file carries the scaling to a build.
+#[test]
+fn a_standardized_build_is_a_plain_build_of_rows_numpy_standardised() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Clustered rows with one "massive" dimension (offset 5,000, scale 300), as Gemma 3 has.
+    let mut x = clustered(3000, 16, 40, 0.3, 3);
+    for r in x.chunks_mut(16) {
+        r[0] = 5000.0 + 300.0 * r[0];
+    }
+    write_npy(&root.join("x.npy"), &x, 16);
+    let flags = [
+        "-p",
+        "5",
+        "--batch-size",
+        "500",
+        "--calibration-activations",
+        "1000",
+    ];
+    let build = |input: &str, out: &str, ids: &str, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "-a",
+            input,
+            "--no-saturation",
+            "--assignments",
+            ids,
+            "-o",
+            out,
+        ];
+        args.extend(flags);
+        args.extend(extra);
+        exemplar(root, &args).ok();
+    };
+    build(
+        "x.npy",
+        "std.safetensors",
+        "ids_std.npy",
+        &["--standardize"],
+    );
+    let script = r#"
+import numpy as np
+from safetensors.numpy import load_file
+x = np.load("x.npy")
+d = load_file("std.safetensors")
+mu, s = d["scale_mean"], d["scale_inv_std"]
+cal = x[:1000].astype(np.float64)  # the calibration rows: the first two batches of 500
+m64, sd64 = cal.mean(axis=0), cal.std(axis=0)
+assert np.allclose(mu, m64, rtol=1e-6, atol=1e-3), (mu, m64)
+assert np.allclose(s, 1 / np.maximum(sd64, 1e-6 * sd64.max()), rtol=1e-6), (s, 1 / sd64)
+z = ((x - mu) * s).astype(np.float32)  # f32: the subtraction, then the multiplication
+np.save("z.npy", z)
+print("center norm", float(np.linalg.norm(d["center"])))
+"#;
+    let out = run_python(&py, root, script, &[]);
+    build("z.npy", "z.safetensors", "ids_z.npy", &[]);
+    let (a, b) = (
+        load_dict(&root.join("std.safetensors")),
+        load_dict(&root.join("z.safetensors")),
+    );
+    assert!(a.scaling().is_some() && b.scaling().is_none());
+    assert_eq!(a.len(), b.len());
+    assert_eq!(a.exemplars(), b.exemplars());
+    assert_eq!(a.center(), b.center());
+    assert_eq!(a.theta(), b.theta());
+    assert_eq!(a.member_counts(), b.member_counts());
+    assert_eq!(
+        std::fs::read(root.join("ids_std.npy")).unwrap(),
+        std::fs::read(root.join("ids_z.npy")).unwrap()
+    );
+    assert!(out.contains("center norm"), "{out}");
+    // Readers standardise raw rows themselves.
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "std.safetensors",
+            "-a",
+            "x.npy",
+            "-o",
+            "a.npz",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "z.safetensors",
+            "-a",
+            "z.npy",
+            "-o",
+            "b.npz",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "encode",
+            "-d",
+            "std.safetensors",
+            "-a",
+            "x.npy",
+            "--readout",
+            "topk",
+            "-k",
+            "3",
+            "-o",
+            "a.npy",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "encode",
+            "-d",
+            "z.safetensors",
+            "-a",
+            "z.npy",
+            "--readout",
+            "topk",
+            "-k",
+            "3",
+            "-o",
+            "b.npy",
+        ],
+    )
+    .ok();
+    run_python(
+        &py,
+        root,
+        r#"
+import numpy as np
+a, b = np.load("a.npz"), np.load("b.npz")
+for k in a.files:
+    assert np.array_equal(a[k], b[k]), k
+assert np.array_equal(np.load("a.npy"), np.load("b.npy"))
+"#,
+        &[],
+    );
+    // Without standardising, the massive dimension sets the geometry: another dictionary.
+    build("x.npy", "raw.safetensors", "ids_raw.npy", &[]);
+    assert_ne!(load_dict(&root.join("raw.safetensors")).len(), a.len());
+    // A calibration file made with --standardize gives the same build.
+    let mut args = vec![
+        "calibrate",
+        "-a",
+        "x.npy",
+        "--standardize",
+        "-o",
+        "cal.safetensors",
+    ];
+    args.extend(flags);
+    exemplar(root, &args).ok();
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "x.npy",
+            "-c",
+            "cal.safetensors",
+            "--batch-size",
+            "500",
+            "--no-saturation",
+            "-o",
+            "fromcal.safetensors",
+        ],
+    )
+    .ok();
+    let c = load_dict(&root.join("fromcal.safetensors"));
+    assert_eq!(c.exemplars(), a.exemplars());
+    assert_eq!(c.scaling(), a.scaling());
+}
+
+/// `exemplar quality` against numpy: the same scored rows, agreements, chance levels and κ,
+/// recomputed from `exemplar assign`'s ids and distances, the sidecar's tokens and the
+/// dictionary's stored exemplar text.
+#[test]
+fn quality_agreements_and_chance_levels_equal_numpy() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let d = 8;
+    let x = clustered(2400, d, 30, 0.25, 11);
+    // Tokens that follow the geometry loosely (signs of two coordinates), plus noise, so κ is
+    // neither 0 nor 1; documents of 16 rows.
+    let mut lines = String::new();
+    for (doc, rows) in x.chunks(16 * d).enumerate() {
+        let mut tokens = vec!["<bos>".to_string()];
+        for (j, r) in rows.chunks(d).enumerate() {
+            let noise = (doc * 16 + j) % 5 == 0;
+            tokens.push(if noise {
+                format!("n{}", (doc + j) % 3)
+            } else {
+                format!("s{}{}", (r[0] > 0.0) as u8, (r[1] > 0.0) as u8)
+            });
+        }
+        let positions: Vec<usize> = (1..=rows.len() / d).collect();
+        lines.push_str(
+            &serde_json::json!({"doc_id": doc, "tokens": tokens, "positions": positions})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    for name in ["train", "held"] {
+        let (a, b) = if name == "train" {
+            (0, 1600)
+        } else {
+            (1600, 2400)
+        };
+        write_npy(&root.join(format!("{name}.npy")), &x[a * d..b * d], d);
+        let docs: Vec<&str> = lines.lines().collect();
+        std::fs::write(
+            root.join(format!("{name}.npy.provenance.jsonl")),
+            docs[a / 16..b / 16]
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    }
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "train.npy",
+            "-p",
+            "20",
+            "--batch-size",
+            "400",
+            "--no-saturation",
+            "-o",
+            "d.safetensors",
+        ],
+    )
+    .ok();
+    for name in ["train", "held"] {
+        exemplar(
+            root,
+            &[
+                "quality",
+                "-d",
+                "d.safetensors",
+                "-a",
+                &format!("{name}.npy"),
+                "--json",
+                "-o",
+                &format!("q_{name}.json"),
+            ],
+        )
+        .ok();
+        exemplar(
+            root,
+            &[
+                "assign",
+                "-d",
+                "d.safetensors",
+                "-a",
+                &format!("{name}.npy"),
+                "-o",
+                &format!("a_{name}.npz"),
+            ],
+        )
+        .ok();
+    }
+    let script = r#"
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+from safetensors import safe_open
+name = sys.argv[1]
+with safe_open("d.safetensors", framework="numpy") as f:
+    theta = json.loads(f.metadata()["exemplar"])["theta"]
+t = load_file("d.safetensors")
+off = t["document_offsets"]
+store = {int(i): json.loads(bytes(t["document_tokens"][off[j]:off[j + 1]]).decode()) for j, i in enumerate(t["document_ids"])}
+def text(doc, pos):
+    toks = store.get(int(doc))
+    if toks is None or pos < 0 or pos >= len(toks):
+        return None
+    return toks[pos]
+ex = [(text(dd, p), text(dd, p + 1), int(dd), int(p)) for dd, p in zip(t["exemplar_doc_ids"], t["exemplar_positions"])]
+rows = []
+for line in open(f"{name}.npy.provenance.jsonl"):
+    r = json.loads(line)
+    for p in r["positions"]:
+        toks = r["tokens"]
+        rows.append((toks[p], toks[p + 1] if p + 1 < len(toks) else None, r["doc_id"], p))
+a = np.load(f"a_{name}.npz")
+ids, dist = a["ids"], a["distances"]
+S = []
+for (tok, nxt, doc, pos), k, dd in zip(rows, ids, dist):
+    if k < 0 or dd > theta:
+        continue
+    et, en, ed, ep = ex[k]
+    if (ed, ep) == (doc, pos) and tok == et:
+        continue
+    S.append((tok, nxt, doc, et, en, ed))
+n = len(S)
+def chance(rv, ev):
+    from collections import Counter
+    p, q = Counter(v for v in rv if v is not None), Counter(v for v in ev if v is not None)
+    return sum(c * q.get(v, 0) for v, c in p.items()) / n / n
+A_tok = np.mean([s[0] == s[3] for s in S])
+A_next = np.mean([s[1] is not None and s[1] == s[4] for s in S])
+A_tn = np.mean([(s[0] == s[3]) or (s[1] is not None and s[1] == s[4]) for s in S])
+A_doc = np.mean([s[2] == s[5] for s in S])
+C_tok = chance([s[0] for s in S], [s[3] for s in S])
+C_next = chance([s[1] for s in S], [s[4] for s in S])
+pair = lambda a, b: (a, b) if a is not None and b is not None else None
+C_both = chance([pair(s[0], s[1]) for s in S], [pair(s[3], s[4]) for s in S])
+C_doc = chance([s[2] for s in S], [s[5] for s in S])
+q = json.load(open(f"q_{name}.json"))
+assert q["scored"] == n, (q["scored"], n)
+assert q["within_theta"] == int(((ids >= 0) & (dist <= theta)).sum())
+for key, A, C in [("token", A_tok, C_tok), ("next", A_next, C_next), ("token_or_next", A_tn, C_tok + C_next - C_both), ("document", A_doc, C_doc)]:
+    g = q[key]
+    assert abs(g["observed"] - A) < 1e-12 and abs(g["chance"] - C) < 1e-12, (key, g, A, C)
+    assert abs(g["kappa"] - (A - C) / (1 - C)) < 1e-9, (key, g)
+print(name, n, round(q["token"]["kappa"], 3), round(q["token_or_next"]["kappa"], 3))
+"#;
+    for name in ["train", "held"] {
+        let out = run_python(&py, root, script, &[name]);
+        eprintln!("{}", out.trim());
+    }
+    // The geometry-following tokens are well above chance on held-out rows.
+    let q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("q_held.json")).unwrap()).unwrap();
+    assert!(q["token"]["kappa"].as_f64().unwrap() > 0.1, "{q}");
+}

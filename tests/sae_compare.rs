@@ -416,7 +416,7 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
             assert!(row.iter().filter(|&&v| v != 0.0).count() <= kk);
         }
         // What SAELens saves again reads here with the same codes and the same EP record.
-        let again = exemplar::eval::sae::Sae::load(&root.join(format!("{out}.saelens"))).unwrap();
+        let again = exemplar::sae::Sae::load(&root.join(format!("{out}.saelens"))).unwrap();
         assert_eq!(again.metadata["exemplar"], *ep);
         assert_eq!(again.metadata["hook_name"], "blocks.12.hook_resid_post");
         exemplar(
@@ -580,7 +580,7 @@ fn saes_written_by_saelens_import_and_encode_like_saelens() {
     ] {
         let r = &report[name];
         assert_eq!(r["architecture"], arch);
-        let sae = exemplar::eval::sae::Sae::load(&root.join(name)).unwrap();
+        let sae = exemplar::sae::Sae::load(&root.join(name)).unwrap();
         assert_eq!(sae.activation.architecture(), arch, "{name}");
         assert_eq!(sae.metadata["hook_name"], "blocks.12.hook_resid_post");
         let out = format!("{name}.ours.npy");
@@ -740,7 +740,7 @@ fn saelens_half_precision_and_pre_6_configs_load_and_encode() {
         &["saelens", "flat", "10", "32", "200", "3", "bfloat16", "1"],
     );
     for (name, arch) in [("v6", "standard"), ("flat", "topk")] {
-        let sae = exemplar::eval::sae::Sae::load(&root.join(name)).unwrap();
+        let sae = exemplar::sae::Sae::load(&root.join(name)).unwrap();
         assert_eq!(sae.activation.architecture(), arch);
         assert_eq!(sae.metadata["hook_name"], "blocks.0.hook_resid_post");
         let x = format!("{name}/x.npy");
@@ -756,10 +756,10 @@ fn saelens_half_precision_and_pre_6_configs_load_and_encode() {
         }
     }
     assert_eq!(
-        exemplar::eval::sae::Sae::load(&root.join("flat"))
+        exemplar::sae::Sae::load(&root.join("flat"))
             .unwrap()
             .activation,
-        exemplar::eval::sae::SaeActivation::TopK { k: 3 }
+        exemplar::sae::SaeActivation::TopK { k: 3 }
     );
 }
 
@@ -1715,6 +1715,6 @@ fn small_random_gemma2_end_to_end() {
     assert_eq!(meta["context_size"], 16);
     assert_eq!(meta["prepend_bos"], true);
     assert_eq!(cfg["d_in"], 64);
-    let sae = exemplar::eval::sae::Sae::load(&root.join("text_sae")).unwrap();
+    let sae = exemplar::sae::Sae::load(&root.join("text_sae")).unwrap();
     assert_eq!(sae.metadata["hook_name"], "blocks.1.hook_resid_mid");
 }

@@ -928,6 +928,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
                     percentile: 20.0,
                     method: PercentileMethod::Linear,
                     activations: 100,
+                    standardize: false,
                 },
                 hook: Some(hooks[stream].name()),
             })
@@ -974,6 +975,7 @@ fn rows_left_in_the_model_tensors_build_the_same_dictionary() {
             percentile: 20.0,
             method: PercentileMethod::Linear,
             activations: 100,
+            standardize: false,
         };
         let out = pipeline::run_build(&Backend::Cpu, &mut src, cal, &plan, None).unwrap();
         (out.dictionary, src.tensor_batches)

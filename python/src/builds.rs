@@ -423,8 +423,8 @@ impl PyCalibration {
 /// `exemplar calibrate`: the center and θ from the first rows of the inputs.
 #[pyfunction]
 #[pyo3(signature = (inputs, *, percentile, batch_size = 16_384, calibration_activations = 200_000,
-    percentile_method = "linear", tensor = None, skip_nonfinite = false, device = "auto",
-    progress = None))]
+    percentile_method = "linear", standardize = false, tensor = None, skip_nonfinite = false,
+    device = "auto", progress = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate(
     py: Python<'_>,
@@ -433,6 +433,7 @@ pub fn calibrate(
     batch_size: usize,
     calibration_activations: u64,
     percentile_method: &str,
+    standardize: bool,
     tensor: Option<String>,
     skip_nonfinite: bool,
     device: &str,
@@ -467,6 +468,7 @@ pub fn calibrate(
                         percentile,
                         method,
                         calibration_activations,
+                        standardize,
                     )?
                 };
                 let names = paths.iter().map(|p| p.display().to_string()).collect();
@@ -485,6 +487,7 @@ pub fn calibrate(
                         percentile,
                         method,
                         calibration_activations,
+                        standardize,
                     )?
                 };
                 (cal, arr.names.clone(), arr.feed.fingerprint())
@@ -514,6 +517,7 @@ pub struct Flags {
     pub calibration: Option<Calibration>,
     pub calibration_activations: u64,
     pub method: PercentileMethod,
+    pub standardize: bool,
     pub batch_size: usize,
     pub documents: bool,
     pub saturation_window: Option<u64>,
@@ -540,6 +544,7 @@ impl Flags {
                 percentile: p,
                 method: self.method,
                 activations: self.calibration_activations,
+                standardize: self.standardize,
             },
             (None, None) => unreachable!("checked by the caller"),
         };
@@ -614,8 +619,8 @@ fn calibration_arg(
 /// `exemplar build` over activation files or arrays.
 #[pyfunction]
 #[pyo3(signature = (inputs, *, percentile = None, calibration = None,
-    calibration_activations = 200_000, percentile_method = "linear", batch_size = 16_384,
-    batch_documents = None, saturation_window = Some(1), max_activations = None,
+    calibration_activations = 200_000, percentile_method = "linear", standardize = false,
+    batch_size = 16_384, batch_documents = None, saturation_window = Some(1), max_activations = None,
     max_tokens = None, strict_order = false, seed = 0, examples = 10, reservoir = 30,
     min_members = 1, merge_close = false, merge_threshold = None, model_name = None,
     hook = None, tensor = None, skip_nonfinite = false, device = "auto",
@@ -628,6 +633,7 @@ pub fn build<'py>(
     calibration: Option<&Bound<'py, PyAny>>,
     calibration_activations: u64,
     percentile_method: &str,
+    standardize: bool,
     batch_size: usize,
     batch_documents: Option<usize>,
     saturation_window: Option<u64>,
@@ -662,6 +668,7 @@ pub fn build<'py>(
         calibration: cal,
         calibration_activations,
         method,
+        standardize,
         batch_size,
         documents: batch_documents.is_some(),
         saturation_window,
@@ -946,8 +953,8 @@ impl PyBuilder {
 impl PyBuilder {
     #[new]
     #[pyo3(signature = (*, percentile = None, calibration = None,
-        calibration_activations = 200_000, percentile_method = "linear", batch_size = 16_384,
-        saturation_window = Some(1), max_activations = None, max_tokens = None,
+        calibration_activations = 200_000, percentile_method = "linear", standardize = false,
+        batch_size = 16_384, saturation_window = Some(1), max_activations = None, max_tokens = None,
         strict_order = false, seed = 0, examples = 10, reservoir = 30, min_members = 1,
         merge_close = false, merge_threshold = None, model_name = None, hook = None,
         skip_nonfinite = false, device = "auto", progress = None))]
@@ -958,6 +965,7 @@ impl PyBuilder {
         calibration: Option<&Bound<'_, PyAny>>,
         calibration_activations: u64,
         percentile_method: &str,
+        standardize: bool,
         batch_size: usize,
         saturation_window: Option<u64>,
         max_activations: Option<u64>,
@@ -986,6 +994,7 @@ impl PyBuilder {
             calibration: cal,
             calibration_activations,
             method,
+            standardize,
             batch_size,
             documents: false,
             saturation_window,

@@ -74,6 +74,9 @@ pub struct BenchArgs {
     /// Skip the harvest path.
     #[arg(long)]
     pub no_harvest: bool,
+    /// Standardise every dimension (as `build --standardize`).
+    #[arg(long)]
+    pub standardize: bool,
     /// Seed of the random weights and tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -421,7 +424,7 @@ fn gpu_name() -> Option<String> {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(out) = &a.out {
-        exemplar::output::check_writable(out, a.force)?;
+        super::args::check_output(out, a.force)?;
     }
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
     let hook = HookPoint::parse(&a.hook)?;
@@ -489,6 +492,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             percentile: a.percentile,
             method: exemplar::calibrate::PercentileMethod::Linear,
             activations: a.calibration_activations,
+            standardize: a.standardize,
         };
         reset_peak_rss();
         let t0 = Instant::now();

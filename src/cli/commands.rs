@@ -1,5 +1,6 @@
 //! The subcommands.
 
+use super::args::{check_output, check_output_dir};
 use super::report;
 use super::*;
 use anyhow::{bail, Context, Result};
@@ -11,24 +12,6 @@ use exemplar::data::{ActivationStream, StreamOptions};
 use exemplar::dictionary::{Basis, Dictionary, Readout};
 use exemplar::pipeline::{self, BuildPlan};
 use std::path::{Path, PathBuf};
-
-/// Checks an output before any work: it must not exist (unless `force`) and its directory must
-/// exist, so a long run never ends in an error that it could have reported at the start.
-pub(super) fn check_writable(path: &Path, force: bool) -> Result<()> {
-    exemplar::output::check_writable(path, force)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "cannot write {}: the directory {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
 
 /// `path` with its directory resolved (`.`, `..`, symlinks), to tell whether two output paths
 /// name the same file.
@@ -83,7 +66,7 @@ fn note_skipped(stream: &ActivationStream) {
 }
 
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
-    check_writable(&a.out, a.force)?;
+    a.output.check()?;
     let mut stream = open_stream(&a.input)?;
     let dev = backend(&a.device)?;
     let cal = pipeline::calibrate_stream(
@@ -93,14 +76,15 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         method(&a.calibration.percentile_method),
         a.batch_size,
         a.calibration.calibration_activations,
+        a.calibration.standardize,
     )?;
     cal.save(
-        &a.out,
+        &a.output.out,
         &paths(&stream),
         Some(&stream.fingerprint()),
-        a.force,
+        a.output.force,
     )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    .with_context(|| format!("writing {}", a.output.out.display()))?;
     note_skipped(&stream);
     println!(
         "θ = {:.6} (p{} {}, mean of {} batch percentiles over {} rows), ‖c‖ = {:.4}, D = {}",
@@ -112,7 +96,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         exemplar::geometry::norm(&cal.center),
         cal.dim()
     );
-    println!("wrote {}", a.out.display());
+    println!("wrote {}", a.output.out.display());
     Ok(())
 }
 
@@ -208,8 +192,8 @@ fn single<T: serde::Serialize>(v: &[T]) -> serde_json::Value {
 fn build_outputs(a: &BuildArgs) -> Result<Vec<PathBuf>> {
     let pairs = a.hook.len().max(1) * a.percentile.len().max(1);
     if pairs == 1 {
-        check_writable(&a.out, a.force)?;
-        return Ok(vec![a.out.clone()]);
+        a.output.check()?;
+        return Ok(vec![a.output.out.clone()]);
     }
     if a.model.is_none() {
         bail!(
@@ -232,21 +216,18 @@ fn build_outputs(a: &BuildArgs) -> Result<Vec<PathBuf>> {
             bail!("--percentile {p} is given twice");
         }
     }
-    if a.out.exists() && !a.out.is_dir() {
+    if a.output.out.exists() && !a.output.out.is_dir() {
         bail!(
             "with several hooks or percentiles, --out names a directory; {} is a file",
-            a.out.display()
+            a.output.out.display()
         );
     }
+    check_output_dir(&a.output.out)?;
     let mut outs = Vec::with_capacity(pairs);
     for h in &a.hook {
         for p in &a.percentile {
-            let path = a.out.join(format!("{h}.p{p}.safetensors"));
-            if a.out.is_dir() {
-                check_writable(&path, a.force)?;
-            } else {
-                check_writable(&a.out, false)?;
-            }
+            let path = a.output.out.join(format!("{h}.p{p}.safetensors"));
+            exemplar::output::check_writable(&path, a.output.force)?;
             outs.push(path);
         }
     }
@@ -256,23 +237,23 @@ fn build_outputs(a: &BuildArgs) -> Result<Vec<PathBuf>> {
 pub fn build(a: BuildArgs) -> Result<()> {
     let outs = build_outputs(&a)?;
     if let Some(p) = &a.assignments {
-        if p == &a.out || resolved(p) == resolved(&a.out) {
+        if p == &a.output.out || resolved(p) == resolved(&a.output.out) {
             bail!(
                 "--assignments {} and --out {} name the same file",
                 p.display(),
-                a.out.display()
+                a.output.out.display()
             );
         }
         if a.model.is_some() {
             bail!("--assignments needs --activations (a build from text has no input rows to align with)");
         }
-        check_writable(p, a.force)?;
+        check_output(p, a.output.force)?;
     }
     if a.model.is_none() && !a.corpus.corpus.is_empty() {
         bail!("--corpus needs --model (a build from text)");
     }
     if let Some(cp) = &a.checkpoint {
-        if resolved(cp) == resolved(&a.out) {
+        if resolved(cp) == resolved(&a.output.out) {
             bail!("--checkpoint and --out name the same file");
         }
         if outs.len() > 1 && cp.is_file() {
@@ -290,19 +271,20 @@ pub fn build(a: BuildArgs) -> Result<()> {
         if a.resume && !cp.exists() {
             bail!("--resume: the checkpoint {} does not exist", cp.display());
         }
-        if !a.resume && cp.exists() && !a.force {
+        if !a.resume && cp.exists() && !a.output.force {
             bail!(
                 "the checkpoint {} exists: continue it with --resume, or replace it with --force",
                 cp.display()
             );
         }
-        check_writable(cp, true)?;
+        check_output(cp, true)?;
     }
     let dev = backend(&a.device)?;
     let inline = |p: f64| pipeline::CalibrationSpec::Inline {
         percentile: p,
         method: method(&a.calibration_args.percentile_method),
         activations: a.calibration_args.calibration_activations,
+        standardize: a.calibration_args.standardize,
     };
     let cal = match (&a.calibration, a.percentile.first()) {
         (Some(path), _) => pipeline::CalibrationSpec::Fixed(Calibration::load(path)?),
@@ -413,16 +395,16 @@ pub fn build(a: BuildArgs) -> Result<()> {
         }
     };
     if outs.len() > 1 {
-        std::fs::create_dir_all(&a.out)
-            .with_context(|| format!("creating the directory {}", a.out.display()))?;
+        std::fs::create_dir_all(&a.output.out)
+            .with_context(|| format!("creating the directory {}", a.output.out.display()))?;
     }
     for (out, path) in outputs.into_iter().zip(&outs) {
         let dict = out.dictionary;
         // The dictionary first: it is the result; the assignments line up with it.
-        dict.save(path, a.force)
+        dict.save(path, a.output.force)
             .with_context(|| format!("writing {}", path.display()))?;
         if let (Some(path), Some(ids)) = (&a.assignments, out.assignments) {
-            npy::write_npy_file(path, &NpyArray::vector(ids), a.force)
+            npy::write_npy_file(path, &NpyArray::vector(ids), a.output.force)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         report_build(&dict, path, outs.len() > 1);
@@ -472,7 +454,7 @@ fn report_build(dict: &Dictionary, path: &Path, pair: bool) {
 }
 
 pub fn assign(a: AssignArgs) -> Result<()> {
-    check_writable(&a.out, a.force)?;
+    a.output.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
     let mut stream = open_stream(&a.input)?;
     let dev = backend(&a.device)?;
@@ -481,15 +463,15 @@ pub fn assign(a: AssignArgs) -> Result<()> {
     let n_valid = ids.iter().filter(|&&i| i >= 0).count();
     let n_within = within.iter().filter(|&&w| w).count();
     npy::write_npz(
-        &a.out,
+        &a.output.out,
         &[
             ("ids", NpyArray::vector(ids)),
             ("distances", NpyArray::vector(dists.clone())),
             ("within_threshold", NpyArray::vector(within)),
         ],
-        a.force,
+        a.output.force,
     )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    .with_context(|| format!("writing {}", a.output.out.display()))?;
     note_skipped(&stream);
     let mut valid: Vec<f32> = dists.iter().copied().filter(|d| d.is_finite()).collect();
     valid.sort_by(f32::total_cmp);
@@ -510,12 +492,12 @@ pub fn assign(a: AssignArgs) -> Result<()> {
         q(0.9),
         q(1.0)
     );
-    println!("wrote {}", a.out.display());
+    println!("wrote {}", a.output.out.display());
     Ok(())
 }
 
 pub fn encode(a: EncodeArgs) -> Result<()> {
-    check_writable(&a.out, a.force)?;
+    a.output.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
     let readout = match a.readout.as_str() {
         "one-hot" => Readout::OneHot,
@@ -548,7 +530,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
                 ..
             } => {
                 // A row equal to the center: name its file and row, not its index in the batch.
-                match exemplar::geometry::directions(&b.data, dict.center()) {
+                match exemplar::geometry::directions(&dict.to_space(&b.data), dict.center()) {
                     Err(z) => {
                         let (path, row) = stream.locate(b.stream_rows[z.index]);
                         exemplar::Error::ZeroNorm {
@@ -566,12 +548,16 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
             codes[r as usize * k..(r as usize + 1) * k].copy_from_slice(&c[j * k..(j + 1) * k]);
         }
     }
-    npy::write_npy_file(&a.out, &NpyArray::matrix(codes, n, k)?, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    npy::write_npy_file(
+        &a.output.out,
+        &NpyArray::matrix(codes, n, k)?,
+        a.output.force,
+    )
+    .with_context(|| format!("writing {}", a.output.out.display()))?;
     note_skipped(&stream);
     println!(
         "wrote {} ({n} × {k}, readout {}, basis {})",
-        a.out.display(),
+        a.output.out.display(),
         a.readout,
         a.basis
     );
@@ -580,16 +566,29 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
     let dict = Dictionary::load(&a.dictionary)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report::summary_json(&dict, a.top, a.examples))?
+    if let Some(&bad) = a.regions.iter().find(|&&k| k >= dict.len()) {
+        anyhow::bail!(
+            "region {bad} is out of range: {} has {} regions (0..{})",
+            a.dictionary.display(),
+            dict.len(),
+            dict.len().saturating_sub(1)
         );
+    }
+    if a.json {
+        let mut j = report::summary_json(&dict, a.top, a.examples);
+        if !a.regions.is_empty() {
+            j["chosen_regions"] = report::regions_json(&dict, &a.regions, a.examples);
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print!(
             "{}",
             report::summary_text(&dict, &a.dictionary, a.top, a.examples)
         );
+        if !a.regions.is_empty() {
+            println!("\nChosen regions:");
+            print!("{}", report::regions_table(&dict, &a.regions, a.examples));
+        }
     }
     Ok(())
 }
@@ -613,7 +612,7 @@ const DEMO_PROVENANCE: &[u8] =
 
 pub fn demo(a: DemoArgs) -> Result<()> {
     if let Some(out) = &a.out {
-        check_writable(out, a.force)?;
+        check_output(out, a.force)?;
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let acts = dir.path().join("minilm-l6-layer3.safetensors");
@@ -634,6 +633,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         PercentileMethod::Linear,
         batch_size,
         all_rows,
+        false,
     )?;
     stream.rewind()?;
     let plan = BuildPlan {
@@ -756,7 +756,7 @@ pub fn activations(a: ActivationsArgs) -> Result<()> {
     use exemplar::model::{Gemma, HookPoint, Tokenizer};
     let hook = HookPoint::parse(&a.hook)?;
     let (device, kind) = model_device(&a.device, a.dtype.as_deref())?;
-    check_writable(&a.out, a.force)?;
+    a.output.check()?;
     if a.corpus.corpus.is_empty() {
         bail!("--corpus: give at least one corpus file");
     }
@@ -786,14 +786,17 @@ pub fn activations(a: ActivationsArgs) -> Result<()> {
             final_position: a.corpus.final_position,
             pack: a.corpus.pack,
         },
-        &a.out,
-        a.force,
+        &a.output.out,
+        a.output.force,
     )?;
     println!(
         "{} rows (D = {}) from {} documents ({} tokens, BOS included; {} skipped with fewer than {} tokens after the BOS) at {hook}",
         s.rows, s.dim, s.documents, s.tokens, s.skipped_documents, a.corpus.min_tokens.max(1)
     );
     println!("corpus fingerprint {}", reader.fingerprint());
-    println!("wrote {} and its provenance sidecar", a.out.display());
+    println!(
+        "wrote {} and its provenance sidecar",
+        a.output.out.display()
+    );
     Ok(())
 }

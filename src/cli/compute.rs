@@ -2,6 +2,9 @@
 //! `budget-sweep` (EP vs SAE quality against build compute, JSON + PNG).
 
 #[cfg(feature = "torch")]
+use super::args::OutDir;
+use super::args::OutFile;
+#[cfg(feature = "torch")]
 use super::InputArgs;
 use anyhow::Result;
 #[cfg(feature = "torch")]
@@ -12,9 +15,13 @@ use exemplar::data::StreamOptions;
 use exemplar::eval::synthetic::SyntheticSpec;
 use exemplar::tensorfile::{self, TensorOut};
 use std::collections::BTreeMap;
+#[cfg(feature = "torch")]
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| {
+    a.help("Output .safetensors: `activations` (rows × D, f32), `features` (F × D), `offset` (D), `dominant` (rows, i64)")
+}))]
 pub struct SynthArgs {
     /// Width D.
     #[arg(long, default_value_t = 256)]
@@ -44,17 +51,12 @@ pub struct SynthArgs {
     /// Seed of the rows: keep --seed and change this for a held-out set of the same features.
     #[arg(long, default_value_t = 0)]
     pub row_seed: u64,
-    /// Output .safetensors: `activations` (rows × D, f32), `features` (F × D), `offset` (D),
-    /// `dominant` (rows, i64).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 pub fn synth(a: SynthArgs) -> Result<()> {
-    exemplar::output::check_writable(&a.out, a.force)?;
+    a.output.check()?;
     let spec = SyntheticSpec {
         dim: a.dim,
         rows: a.rows,
@@ -74,7 +76,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     );
     meta.insert("spec".into(), format!("{spec:?}"));
     tensorfile::write(
-        &a.out,
+        &a.output.out,
         vec![
             TensorOut::f32("activations", vec![a.rows, a.dim], &s.activations),
             TensorOut::f32("features", vec![a.features, a.dim], &s.features),
@@ -82,11 +84,11 @@ pub fn synth(a: SynthArgs) -> Result<()> {
             TensorOut::i64("dominant", vec![a.rows], &s.dominant),
         ],
         &meta,
-        a.force,
+        a.output.force,
     )?;
     println!(
         "wrote {}: {} rows × D = {}, {} ground-truth features",
-        a.out.display(),
+        a.output.out.display(),
         a.rows,
         a.dim,
         a.features
@@ -126,7 +128,7 @@ pub struct SaeTrainArgs {
 
 #[cfg(feature = "torch")]
 impl SaeTrainArgs {
-    fn config(&self) -> Result<exemplar::eval::train_sae::TrainConfig> {
+    fn config(&self) -> Result<exemplar::sae::train::TrainConfig> {
         let device = match self.sae_device.as_str() {
             "cuda" => {
                 if !tch::Cuda::is_available() {
@@ -136,7 +138,7 @@ impl SaeTrainArgs {
             }
             _ => tch::Device::Cpu,
         };
-        let mut c = exemplar::eval::train_sae::TrainConfig::new(self.width, self.k);
+        let mut c = exemplar::sae::train::TrainConfig::new(self.width, self.k);
         c.batch_size = self.sae_batch_size;
         c.lr = self.lr;
         c.aux_k_coef = self.aux_k_coef;
@@ -149,6 +151,10 @@ impl SaeTrainArgs {
 
 #[cfg(feature = "torch")]
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("out", |a| a.help("Output directory (SAELens layout: cfg.json + sae_weights.safetensors)")),
+    mut_arg("force", |a| a.help("Overwrite outputs that exist"))
+)]
 pub struct TrainSaeArgs {
     #[command(flatten)]
     pub input: InputArgs,
@@ -157,12 +163,8 @@ pub struct TrainSaeArgs {
     /// Train on at most this many rows (default: one pass over the input).
     #[arg(long, value_name = "N")]
     pub max_activations: Option<u64>,
-    /// Output directory (SAELens layout: cfg.json + sae_weights.safetensors).
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub out: PathBuf,
-    /// Overwrite outputs that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutDir,
     /// Print the training record as JSON.
     #[arg(long)]
     pub json: bool,
@@ -178,15 +180,13 @@ fn stream_options(input: &InputArgs) -> StreamOptions {
 
 #[cfg(feature = "torch")]
 pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
-    for f in ["cfg.json", "sae_weights.safetensors"] {
-        exemplar::output::check_writable(&a.out.join(f), a.force)?;
-    }
+    a.output.check(&super::sae::SAELENS_FILES)?;
     let mut stream =
         exemplar::data::ActivationStream::open(&a.input.activations, stream_options(&a.input))?;
     let mut cfg = a.sae.config()?;
     cfg.max_rows = a.max_activations;
-    let (sae, rec) = exemplar::eval::train_sae::train_topk_sae(&mut stream, &cfg)?;
-    sae.save_saelens(&a.out, a.force)?;
+    let (sae, rec) = exemplar::sae::train::train_topk_sae(&mut stream, &cfg)?;
+    sae.save_saelens(&a.output.out, a.output.force)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rec)?);
     } else {
@@ -199,39 +199,42 @@ pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
             rec.final_fvu,
             100.0 * rec.dead_fraction
         );
-        println!("wrote {}", a.out.display());
+        println!("wrote {}", a.output.out.display());
     }
     Ok(())
 }
 
 #[cfg(feature = "torch")]
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output PNG")))]
 pub struct PlotSweepArgs {
     /// A `report.json` written by `exemplar budget-sweep`.
     pub report: PathBuf,
-    /// Output PNG.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 /// Redraws the PNG of a sweep from its report (e.g. after a change of the plot's layout).
 #[cfg(feature = "torch")]
 pub fn plot_sweep(a: PlotSweepArgs) -> Result<()> {
-    exemplar::output::check_writable(&a.out, a.force)?;
+    a.output.check()?;
     let text = std::fs::read_to_string(&a.report)
         .with_context(|| format!("reading {}", a.report.display()))?;
     let report: exemplar::eval::budget::SweepReport = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a budget-sweep report", a.report.display()))?;
-    exemplar::eval::budget::plot(&report, &a.out, a.force)?;
-    println!("wrote {}", a.out.display());
+    exemplar::eval::budget::plot(&report, &a.output.out, a.output.force)?;
+    println!("wrote {}", a.output.out.display());
     Ok(())
 }
 
 #[cfg(feature = "torch")]
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("out", |a| {
+        a.help("Output directory: report.json, quality_vs_compute.png, ep-<budget>.safetensors and sae-<budget>/ for each budget")
+    }),
+    mut_arg("force", |a| a.help("Overwrite outputs that exist"))
+)]
 pub struct BudgetSweepArgs {
     #[command(flatten)]
     pub input: InputArgs,
@@ -270,13 +273,8 @@ pub struct BudgetSweepArgs {
     pub device: String,
     #[command(flatten)]
     pub sae: SaeTrainArgs,
-    /// Output directory: report.json, quality_vs_compute.png, ep-<budget>.safetensors and
-    /// sae-<budget>/ for each budget.
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub out: PathBuf,
-    /// Overwrite outputs that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutDir,
 }
 
 #[cfg(feature = "torch")]
@@ -288,17 +286,15 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
     let mut budgets = a.budgets.clone();
     budgets.sort_unstable();
     budgets.dedup();
-    let report_path = a.out.join("report.json");
-    let png_path = a.out.join("quality_vs_compute.png");
-    let mut outputs = vec![report_path.clone(), png_path.clone()];
+    let (out, force) = (&a.output.out, a.output.force);
+    let mut files = vec!["report.json".to_string(), "quality_vs_compute.png".into()];
     for b in &budgets {
-        outputs.push(a.out.join(format!("ep-{b}.safetensors")));
-        outputs.push(a.out.join(format!("sae-{b}/cfg.json")));
-        outputs.push(a.out.join(format!("sae-{b}/sae_weights.safetensors")));
+        files.push(format!("ep-{b}.safetensors"));
+        files.push(format!("sae-{b}/cfg.json"));
+        files.push(format!("sae-{b}/sae_weights.safetensors"));
     }
-    for p in &outputs {
-        exemplar::output::check_writable(p, a.force)?;
-    }
+    a.output.check(&files)?;
+    let (report_path, png_path) = (out.join(&files[0]), out.join(&files[1]));
     let eval = EvalSet::load(
         &a.eval_activations,
         StreamOptions {
@@ -313,7 +309,7 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
     if let Some(n) = note {
         eprintln!("{n}");
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let cfg = SweepConfig {
         budgets,
         percentile: a.percentile,
@@ -332,8 +328,8 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
         stream_options(&a.input),
         &eval,
         &cfg,
-        &a.out,
-        a.force,
+        out,
+        force,
     )?;
     report.eval_inputs = a
         .eval_activations
@@ -380,9 +376,9 @@ pub fn budget_sweep(a: BudgetSweepArgs) -> Result<()> {
         );
     }
 
-    exemplar::eval::budget::plot(&report, &png_path, a.force)?;
+    exemplar::eval::budget::plot(&report, &png_path, force)?;
     let json = serde_json::to_string_pretty(&report)?;
-    exemplar::output::write_atomic(&report_path, json.as_bytes(), a.force)?;
+    exemplar::output::write_atomic(&report_path, json.as_bytes(), force)?;
     println!("wrote {} and {}", report_path.display(), png_path.display());
     Ok(())
 }

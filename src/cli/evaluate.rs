@@ -3,6 +3,9 @@
 //! activation files with provenance sidecars, or (feature `torch`) runs texts through a Gemma-2
 //! checkpoint; prints a table, or JSON with `--json`, and writes the JSON report with `--out`.
 
+use super::args::ReportOut;
+#[cfg(feature = "torch")]
+use super::args::TextModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use exemplar::data::StreamOptions;
@@ -11,8 +14,7 @@ use exemplar::eval::detect::{self, TextField};
 use exemplar::eval::documents::{self, DocumentActivations};
 use exemplar::eval::ood;
 use exemplar::eval::probe::{self, FeatureKind, Pooling, ProbeOptions};
-use exemplar::eval::sae::Sae;
-use exemplar::output::{check_writable, write_atomic};
+use exemplar::sae::Sae;
 use exemplar::Dictionary;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -27,27 +29,9 @@ pub struct SourceArgs {
     /// Tensor to read from .safetensors files (default: `activations`, or the only 2-D tensor).
     #[arg(long, value_name = "NAME")]
     pub tensor: Option<String>,
-    /// Text mode: a Gemma-2 checkpoint directory; the texts are run through it (CPU, f32).
+    #[command(flatten)]
     #[cfg(feature = "torch")]
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "activations",
-        requires = "hook"
-    )]
-    pub model: Option<PathBuf>,
-    /// Text mode: the hook whose activations are used (e.g. blocks.12.hook_resid_post).
-    #[cfg(feature = "torch")]
-    #[arg(long, value_name = "HOOK", requires = "model")]
-    pub hook: Option<String>,
-    /// Text mode: tokens kept per text after the BOS.
-    #[cfg(feature = "torch")]
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub ctx: usize,
-    /// Text mode: texts per forward pass.
-    #[cfg(feature = "torch")]
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub batch_prompts: usize,
+    pub text: TextModelArgs,
 }
 
 impl SourceArgs {
@@ -61,7 +45,7 @@ impl SourceArgs {
     /// True in text mode.
     fn text_mode(&self) -> bool {
         #[cfg(feature = "torch")]
-        if self.model.is_some() {
+        if self.text.text_mode() {
             return true;
         }
         false
@@ -80,15 +64,8 @@ impl SourceArgs {
     /// Token activations by document: from the files, or document `i` = `texts[i]`.
     fn documents(&self, texts: &dyn Fn() -> Result<Vec<String>>) -> Result<DocumentActivations> {
         #[cfg(feature = "torch")]
-        if let (Some(model), Some(hook)) = (&self.model, &self.hook) {
-            let texts = texts()?;
-            return Ok(documents::texts_through_model(
-                model,
-                hook,
-                &texts,
-                self.ctx,
-                self.batch_prompts,
-            )?);
+        if self.text.text_mode() {
+            return self.text.documents(&texts()?);
         }
         let _ = texts;
         Ok(documents::read_documents(
@@ -96,29 +73,6 @@ impl SourceArgs {
             self.stream_options(),
         )?)
     }
-}
-
-/// JSON on stdout, a table otherwise; the JSON report also to `out`.
-fn emit(
-    json: bool,
-    out: &Option<PathBuf>,
-    force: bool,
-    value: &serde_json::Value,
-    table: String,
-) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    if let Some(out) = out {
-        write_atomic(out, text.as_bytes(), force)?;
-    }
-    if json {
-        print!("{text}");
-    } else {
-        print!("{table}");
-        if let Some(out) = out {
-            println!("report written to {}", out.display());
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,15 +131,8 @@ pub struct ProbeArgs {
     /// Seed of the split and the folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 fn parse_pool(name: &str, top_n: usize) -> Pooling {
@@ -207,9 +154,7 @@ fn parse_basis(name: &str) -> Basis {
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
     a.source.check()?;
-    if let Some(out) = &a.out {
-        check_writable(out, a.force)?;
-    }
+    a.report.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
     let sae = a.sae.as_deref().map(Sae::load).transpose()?;
     let labels = documents::read_labeled_jsonl(&a.labels, a.source.text_mode())?;
@@ -356,7 +301,7 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         "standardized": "features standardised with mean/std fitted on the training rows",
         "results": results, "ep_onehot_over_raw_accuracy": ratio,
     });
-    emit(a.json, &a.out, a.force, &value, table)
+    a.report.emit(&value, &table)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,22 +330,13 @@ pub struct DetectArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 pub fn detect(a: DetectArgs) -> Result<()> {
     a.source.check()?;
-    if let Some(out) = &a.out {
-        check_writable(out, a.force)?;
-    }
+    a.report.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
     let field = if a.text_field == "output" {
         TextField::Output
@@ -468,19 +404,17 @@ pub fn detect(a: DetectArgs) -> Result<()> {
         opt(report.mean_hard_negative_accuracy_reference),
         opt(report.mean_hard_negative_accuracy_cosine)
     )?;
-    emit(
-        a.json,
-        &a.out,
-        a.force,
-        &serde_json::to_value(&report)?,
-        table,
-    )
+    a.report.emit(&serde_json::to_value(&report)?, &table)
 }
 
 // ---------------------------------------------------------------------------------------------
 // ood
 
 #[derive(Args, Debug)]
+#[cfg_attr(
+    feature = "torch",
+    command(mut_arg("model", |a| a.requires("text").conflicts_with("ood")))
+)]
 pub struct OodArgs {
     /// The dictionary.
     #[arg(long, short = 'd', value_name = "FILE")]
@@ -494,14 +428,9 @@ pub struct OodArgs {
     /// Tensor to read from .safetensors files.
     #[arg(long, value_name = "NAME")]
     pub tensor: Option<String>,
-    /// Text mode: a Gemma-2 checkpoint directory.
+    #[command(flatten)]
     #[cfg(feature = "torch")]
-    #[arg(long, value_name = "DIR", requires = "hook", requires = "text", conflicts_with_all = ["activations", "ood"])]
-    pub model: Option<PathBuf>,
-    /// Text mode: the hook.
-    #[cfg(feature = "torch")]
-    #[arg(long, value_name = "HOOK", requires = "model")]
-    pub hook: Option<String>,
+    pub text_model: TextModelArgs,
     /// Text mode: in-distribution texts, one per non-empty line.
     #[cfg(feature = "torch")]
     #[arg(long, value_name = "FILE", requires = "model")]
@@ -510,23 +439,8 @@ pub struct OodArgs {
     #[cfg(feature = "torch")]
     #[arg(long, value_name = "FILE", requires = "model")]
     pub ood_text: Vec<PathBuf>,
-    /// Text mode: tokens kept per text after the BOS.
-    #[cfg(feature = "torch")]
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub ctx: usize,
-    /// Text mode: texts per forward pass.
-    #[cfg(feature = "torch")]
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub batch_prompts: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 #[cfg(feature = "torch")]
@@ -557,16 +471,17 @@ type DistanceSets = (String, Vec<f32>, Vec<(String, Vec<f32>)>);
 /// In text mode, the distances of the texts of `--text` and of each `--ood-text`; else `None`.
 #[cfg(feature = "torch")]
 fn text_mode_distances(a: &OodArgs, dict: &Dictionary) -> Result<Option<DistanceSets>> {
-    let (Some(model), Some(hook), Some(text)) = (&a.model, &a.hook, &a.text) else {
+    let Some(text) = &a.text else {
         return Ok(None);
     };
     if a.ood_text.is_empty() {
         bail!("text mode needs at least one --ood-text FILE");
     }
     let dist = |p: &PathBuf| -> Result<Vec<f32>> {
-        let docs =
-            documents::texts_through_model(model, hook, &read_lines(p)?, a.ctx, a.batch_prompts)
-                .with_context(|| format!("running {} through the model", p.display()))?;
+        let docs = a
+            .text_model
+            .documents(&read_lines(p)?)
+            .with_context(|| format!("running {} through the model", p.display()))?;
         let rows: Vec<f32> = docs.docs.into_values().flatten().collect();
         Ok(dict.assign(&rows)?.1)
     };
@@ -584,9 +499,7 @@ fn text_mode_distances(_: &OodArgs, _: &Dictionary) -> Result<Option<DistanceSet
 }
 
 pub fn ood(a: OodArgs) -> Result<()> {
-    if let Some(out) = &a.out {
-        check_writable(out, a.force)?;
-    }
+    a.report.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
     let options = StreamOptions {
         tensor: a.tensor.clone(),
@@ -647,11 +560,5 @@ pub fn ood(a: OodArgs) -> Result<()> {
                 .map_or("(in)".into(), |v| format!("{v:.4}"))
         )?;
     }
-    emit(
-        a.json,
-        &a.out,
-        a.force,
-        &serde_json::to_value(&report)?,
-        table,
-    )
+    a.report.emit(&serde_json::to_value(&report)?, &table)
 }

@@ -1,14 +1,17 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod analysis;
+mod args;
 #[cfg(feature = "torch")]
 mod bench;
 mod commands;
 mod compute;
 mod evaluate;
+mod quality;
 mod report;
 mod sae;
 
+use args::OutFile;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -32,6 +35,9 @@ pub enum Command {
     Encode(EncodeArgs),
     /// Summarise a dictionary: K, θ, counts, and the largest regions with example text.
     Inspect(InspectArgs),
+    /// Region quality without a person: chance-corrected agreement (κ) of rows with their
+    /// region's exemplar on token, next token and document, on rows with provenance.
+    Quality(quality::QualityArgs),
     /// Intrinsic metrics of a dictionary (coverage, Gini, separation, silhouette, ...).
     Eval(EvalArgs),
     /// Build a dictionary on the embedded sample (MiniLM activations of Python's docs) and show it.
@@ -135,6 +141,12 @@ pub struct CorpusArgs {
 
 #[cfg(feature = "torch")]
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("out", |a| {
+        a.help("Output .safetensors (tensor `activations`, f32); the sidecar `<out>.provenance.jsonl` is written beside it")
+    }),
+    mut_arg("force", |a| a.help("Overwrite outputs that exist"))
+)]
 pub struct ActivationsArgs {
     /// Hugging Face checkpoint directory (config.json, model.safetensors or sharded + index, tokenizer.json).
     #[arg(long, value_name = "DIR")]
@@ -153,12 +165,8 @@ pub struct ActivationsArgs {
     /// Weight dtype (default: f32 on cpu, bf16 on cuda).
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub dtype: Option<String>,
-    /// Output .safetensors (tensor `activations`, f32); the sidecar `<out>.provenance.jsonl` is written beside it.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite outputs that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 /// Where activations come from.
@@ -186,9 +194,16 @@ pub struct CalibrationArgs {
     /// `nearest-rank` (the reference's torch.kthvalue branch).
     #[arg(long, default_value = "linear", value_parser = ["linear", "nearest-rank"])]
     pub percentile_method: String,
+    /// Standardise every dimension first, `z = (x − μ)/σ` with μ and σ estimated on the
+    /// calibration rows and stored in the output; every reader applies it (docs/semantics.md).
+    /// On models with massive activations (Gemma 3's residual stream) regions then follow
+    /// every dimension instead of the few largest.
+    #[arg(long)]
+    pub standardize: bool,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output calibration file (.safetensors)")))]
 pub struct CalibrateArgs {
     /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
     /// Every backend gives the same result.
@@ -204,15 +219,17 @@ pub struct CalibrateArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub calibration: CalibrationArgs,
-    /// Output calibration file (.safetensors).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("out", |a| {
+        a.help("Output dictionary (.safetensors). With several hooks or percentiles, a directory (made if missing) receiving `<hook>.p<percentile>.safetensors` per pair")
+    }),
+    mut_arg("force", |a| a.help("Overwrite outputs that exist"))
+)]
 pub struct BuildArgs {
     /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
     /// Every backend gives the same result. With --model, the model runs there too.
@@ -303,8 +320,9 @@ pub struct BuildArgs {
     /// have been streamed.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
-    /// Assign every row to the nearest of old and earlier in-batch exemplars (no output then
-    /// depends on batch size). Default: the reference's two-phase rule.
+    /// Assign every row to the nearest of old and earlier in-batch exemplars (the clustering
+    /// then does not depend on batch size; inline calibration's θ still does). Default: the
+    /// reference's two-phase rule.
     #[arg(long)]
     pub strict_order: bool,
     /// Seed of the reservoirs (and of merge sampling).
@@ -336,16 +354,14 @@ pub struct BuildArgs {
     /// from one forward per batch, one dictionary per hook and percentile.
     #[arg(long, value_delimiter = ',')]
     pub hook: Vec<String>,
-    /// Output dictionary (.safetensors). With several hooks or percentiles, a directory (made
-    /// if missing) receiving `<hook>.p<percentile>.safetensors` per pair.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite outputs that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| {
+    a.help("Output .npz with `ids` (int64), `distances` (f32) and `within_threshold` (bool)")
+}))]
 pub struct AssignArgs {
     /// Backend: cpu, cuda, or auto (CUDA when a device is usable, else the CPU, saying why).
     /// Every backend gives the same result.
@@ -359,15 +375,14 @@ pub struct AssignArgs {
     /// Rows per batch.
     #[arg(long, default_value_t = 16_384, value_name = "N")]
     pub batch_size: usize,
-    /// Output .npz with `ids` (int64), `distances` (f32) and `within_threshold` (bool).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| {
+    a.help("Output .npy of shape (N, K), f32 (skipped non-finite rows are all zeros)")
+}))]
 pub struct EncodeArgs {
     /// The dictionary.
     #[arg(long, short = 'd', value_name = "FILE")]
@@ -383,12 +398,8 @@ pub struct EncodeArgs {
     /// Basis: exemplar directions or mean member directions.
     #[arg(long, default_value = "exemplar", value_parser = ["exemplar", "mean"])]
     pub basis: String,
-    /// Output .npy of shape (N, K), f32 (skipped non-finite rows are all zeros).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 #[derive(Args, Debug)]
@@ -404,6 +415,9 @@ pub struct InspectArgs {
     /// Closest examples shown per region.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub examples: usize,
+    /// Show these regions (ids, comma-separated) after the largest ones.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub regions: Vec<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -451,6 +465,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Assign(a) => commands::assign(a),
         Command::Encode(a) => commands::encode(a),
         Command::Inspect(a) => commands::inspect(a),
+        Command::Quality(a) => quality::quality(a),
         Command::Eval(a) => commands::eval(a),
         Command::Demo(a) => commands::demo(a),
         #[cfg(feature = "torch")]

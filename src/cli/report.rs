@@ -27,6 +27,11 @@ fn example_line(dict: &Dictionary, ex: &exemplar::dictionary::Example) -> String
 
 /// The table of the largest regions with their closest examples.
 pub fn regions_text(dict: &Dictionary, top: usize, examples: usize) -> String {
+    regions_table(dict, &largest(dict, top), examples)
+}
+
+/// The table of `ids` (in that order) with their closest examples.
+pub fn regions_table(dict: &Dictionary, ids: &[usize], examples: usize) -> String {
     let mut s = String::new();
     let total: u64 = dict.member_counts().iter().sum();
     writeln!(
@@ -35,7 +40,18 @@ pub fn regions_text(dict: &Dictionary, top: usize, examples: usize) -> String {
         "rank", "id", "members", "share", "coherence", "mean d"
     )
     .unwrap();
-    for (rank, k) in largest(dict, top).into_iter().enumerate() {
+    let mut by_size: Vec<usize> = (0..dict.len()).collect();
+    by_size.sort_by(|&a, &b| {
+        dict.member_count(b)
+            .cmp(&dict.member_count(a))
+            .then(a.cmp(&b))
+    });
+    let mut rank_of = vec![0usize; dict.len()];
+    for (r, &k) in by_size.iter().enumerate() {
+        rank_of[k] = r;
+    }
+    for &k in ids {
+        let rank = rank_of[k];
         writeln!(
             s,
             "{:>4}  {:>6}  {:>8}  {:>5.1}%  {:>9.3}  {:>6.3}",
@@ -88,9 +104,14 @@ pub fn summary_text(dict: &Dictionary, path: &Path, top: usize, examples: usize)
     .unwrap();
     writeln!(
         s,
-        "  center norm      {:.4}   D = {}",
+        "  center norm      {:.4}   D = {}{}",
         exemplar::geometry::norm(dict.center()),
-        dict.dim()
+        dict.dim(),
+        if dict.scaling().is_some() {
+            "   (rows standardised per dimension first)"
+        } else {
+            ""
+        }
     )
     .unwrap();
     writeln!(
@@ -99,7 +120,12 @@ pub fn summary_text(dict: &Dictionary, path: &Path, top: usize, examples: usize)
         info.activations_streamed,
         info.tokens_streamed,
         info.batches,
-        info.batch_size,
+        match info.batch_documents {
+            Some(n) if info.batch_size == 0 => {
+                format!("{n} {}", if info.packed { "windows" } else { "documents" })
+            }
+            _ => format!("{} rows", info.batch_size),
+        },
         if info.saturated {
             "saturated"
         } else {
@@ -123,7 +149,18 @@ pub fn summary_text(dict: &Dictionary, path: &Path, top: usize, examples: usize)
         )
         .unwrap();
     }
-    writeln!(s, "  inputs           {}", info.inputs.join(", ")).unwrap();
+    if info.corpus.is_empty() {
+        writeln!(s, "  inputs           {}", info.inputs.join(", ")).unwrap();
+    } else {
+        writeln!(
+            s,
+            "  corpus           {} (ctx {}{})",
+            info.corpus.join(", "),
+            info.ctx.map_or("?".into(), |c| c.to_string()),
+            if info.packed { ", packed" } else { "" }
+        )
+        .unwrap();
+    }
     writeln!(s, "\nLargest regions:").unwrap();
     s.push_str(&regions_text(dict, top, examples));
     s
@@ -131,9 +168,24 @@ pub fn summary_text(dict: &Dictionary, path: &Path, top: usize, examples: usize)
 
 /// `exemplar inspect --json`.
 pub fn summary_json(dict: &Dictionary, top: usize, examples: usize) -> serde_json::Value {
-    let regions: Vec<_> = largest(dict, top)
-        .into_iter()
-        .map(|k| {
+    let regions = regions_json(dict, &largest(dict, top), examples);
+    json!({
+        "partitions": dict.len(),
+        "nontrivial_partitions": dict.member_counts().iter().filter(|&&c| c >= 2).count(),
+        "theta": dict.theta(),
+        "center_norm": exemplar::geometry::norm(dict.center()),
+        "standardized": dict.scaling().is_some(),
+        "dim": dict.dim(),
+        "build": dict.info(),
+        "largest_regions": regions,
+    })
+}
+
+/// Regions `ids` with their closest examples, as JSON.
+pub fn regions_json(dict: &Dictionary, ids: &[usize], examples: usize) -> serde_json::Value {
+    let regions: Vec<_> = ids
+        .iter()
+        .map(|&k| {
             let exs: Vec<_> = dict
                 .closest_examples(k)
                 .iter()
@@ -157,15 +209,7 @@ pub fn summary_json(dict: &Dictionary, top: usize, examples: usize) -> serde_jso
             })
         })
         .collect();
-    json!({
-        "partitions": dict.len(),
-        "nontrivial_partitions": dict.member_counts().iter().filter(|&&c| c >= 2).count(),
-        "theta": dict.theta(),
-        "center_norm": exemplar::geometry::norm(dict.center()),
-        "dim": dict.dim(),
-        "build": dict.info(),
-        "largest_regions": regions,
-    })
+    regions.into()
 }
 
 /// `exemplar eval` as text.

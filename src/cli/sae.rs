@@ -1,6 +1,7 @@
 //! SAE interop and the comparisons (`export-sae`, `sae-encode`, `compare-sae`, `match`):
 //! argument definitions and run functions.
 
+use super::args::{OutDir, OutFile, ReportOut};
 use super::InputArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -9,11 +10,12 @@ use exemplar::data::{ActivationStream, StreamOptions};
 use exemplar::dictionary::{Basis, Dictionary};
 use exemplar::eval::compare::{self, basis_name, CompareConfig, F1Stats};
 use exemplar::eval::matching;
-use exemplar::eval::sae::{EncodeDevice, Sae};
+use exemplar::sae::{EncodeDevice, Sae};
 use serde_json::{json, Map};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output directory (cfg.json + sae_weights.safetensors)")))]
 pub struct ExportSaeArgs {
     /// The dictionary.
     #[arg(long, short = 'd', value_name = "FILE")]
@@ -24,15 +26,12 @@ pub struct ExportSaeArgs {
     /// k of the TopK activation (1: the code's argmax is the nearest exemplar).
     #[arg(long, short = 'k', default_value_t = 1)]
     pub k: usize,
-    /// Output directory (cfg.json + sae_weights.safetensors).
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub out: PathBuf,
-    /// Overwrite files that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutDir,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output .npy of shape (N, d_sae), f32")))]
 pub struct SaeEncodeArgs {
     /// The SAE: a SAELens directory (cfg.json + sae_weights.safetensors) or a Gemma Scope params.npz.
     #[arg(long, value_name = "PATH")]
@@ -45,15 +44,12 @@ pub struct SaeEncodeArgs {
     /// Rows per batch.
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub batch_size: usize,
-    /// Output .npy of shape (N, d_sae), f32.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: PathBuf,
-    /// Overwrite the output if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutFile,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("json", |a| a.help("Print the JSON report instead of tables")))]
 pub struct CompareSaeArgs {
     /// The dictionary.
     #[arg(long, short = 'd', value_name = "FILE")]
@@ -81,26 +77,19 @@ pub struct CompareSaeArgs {
     /// Rows per batch.
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub batch_size: usize,
-    /// Print the JSON report instead of tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out if it exists.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| {
+    a.help("Output directory: matches.csv, a_dropped.csv, b_introduced.csv, summary.json")
+}))]
 pub struct MatchArgs {
     /// Dictionary A (e.g. the base checkpoint's, or seed 0's).
     pub a: PathBuf,
     /// Dictionary B (e.g. the instruction-tuned checkpoint's, or seed 1's).
     pub b: PathBuf,
-    /// Output directory: matches.csv, a_dropped.csv, b_introduced.csv, summary.json.
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub out: PathBuf,
     /// Pairs with cosine ≥ this persist.
     #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub cutoff: f64,
@@ -110,10 +99,12 @@ pub struct MatchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Overwrite files that exist.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutDir,
 }
+
+/// The files of an SAE in the SAELens layout.
+pub(super) const SAELENS_FILES: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
 
 fn basis(name: &str) -> Basis {
     match name {
@@ -137,16 +128,15 @@ fn load_sae(path: &Path) -> Result<Sae> {
 }
 
 pub fn export_sae(a: ExportSaeArgs) -> Result<()> {
-    for f in ["cfg.json", "sae_weights.safetensors"] {
-        exemplar::output::check_writable(&a.out.join(f), a.force)?;
-    }
+    let out = &a.output;
+    out.check(&SAELENS_FILES)?;
     let dict = Dictionary::load(&a.dictionary)?;
     let sae = Sae::from_dictionary(&dict, basis(&a.basis), a.k)?;
-    sae.save_saelens(&a.out, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    sae.save_saelens(&out.out, out.force)
+        .with_context(|| format!("writing {}", out.out.display()))?;
     println!(
         "wrote {} (SAELens layout: topk k = {}, d_in = {}, d_sae = {}, {} basis, b_dec = center)",
-        a.out.display(),
+        out.out.display(),
         a.k,
         sae.d_in,
         sae.d_sae,
@@ -156,7 +146,7 @@ pub fn export_sae(a: ExportSaeArgs) -> Result<()> {
 }
 
 pub fn sae_encode(a: SaeEncodeArgs) -> Result<()> {
-    super::commands::check_writable(&a.out, a.force)?;
+    a.output.check()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -187,11 +177,12 @@ pub fn sae_encode(a: SaeEncodeArgs) -> Result<()> {
             codes[r as usize * f..(r as usize + 1) * f].copy_from_slice(&c[j * f..(j + 1) * f]);
         }
     }
-    npy::write_npy_file(&a.out, &NpyArray::matrix(codes, n, f)?, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    let out = &a.output;
+    npy::write_npy_file(&out.out, &NpyArray::matrix(codes, n, f)?, out.force)
+        .with_context(|| format!("writing {}", out.out.display()))?;
     println!(
         "wrote {} ({n} × {f}, {} SAE on {}; mean L0 {:.2})",
-        a.out.display(),
+        out.out.display(),
         sae.activation.architecture(),
         a.device,
         active as f64 / n.max(1) as f64
@@ -219,9 +210,7 @@ fn stats_line(name: &str, s: &F1Stats) -> String {
 }
 
 pub fn compare_sae(a: CompareSaeArgs) -> Result<()> {
-    if let Some(out) = &a.out {
-        super::commands::check_writable(out, a.force)?;
-    }
+    a.report.check()?;
     let device = EncodeDevice::parse(&a.device)?;
     device.check()?;
     let dict = Dictionary::load(&a.dictionary)?;
@@ -268,11 +257,11 @@ pub fn compare_sae(a: CompareSaeArgs) -> Result<()> {
     extra.insert("device".into(), json!(a.device));
     let report = result.to_json(extra);
     let text = serde_json::to_string_pretty(&report)? + "\n";
-    if let Some(out) = &a.out {
-        exemplar::output::write_atomic(out, text.as_bytes(), a.force)
+    if let Some(out) = &a.report.out {
+        exemplar::output::write_atomic(out, text.as_bytes(), a.report.force)
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    if a.json {
+    if a.report.json {
         print!("{text}");
     } else {
         println!(
@@ -320,22 +309,20 @@ pub fn compare_sae(a: CompareSaeArgs) -> Result<()> {
             );
         }
     }
-    if let Some(out) = &a.out {
+    if let Some(out) = &a.report.out {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
 }
 
 pub fn match_dictionaries(a: MatchArgs) -> Result<()> {
-    for f in matching::OUTPUT_FILES {
-        exemplar::output::check_writable(&a.out.join(f), a.force)?;
-    }
+    a.output.check(&matching::OUTPUT_FILES)?;
     let da = Dictionary::load(&a.a)?;
     let db = Dictionary::load(&a.b)?;
     let m = matching::match_dictionaries(&da, &db, basis(&a.basis), a.cutoff)
         .with_context(|| format!("matching {} with {}", a.a.display(), a.b.display()))?;
-    m.write(&da, &db, &a.out, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    m.write(&da, &db, &a.output.out, a.output.force)
+        .with_context(|| format!("writing {}", a.output.out.display()))?;
     let summary = m.summary();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -385,6 +372,6 @@ pub fn match_dictionaries(a: MatchArgs) -> Result<()> {
             );
         }
     }
-    println!("wrote {}", a.out.display());
+    println!("wrote {}", a.output.out.display());
     Ok(())
 }

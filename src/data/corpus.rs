@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// The extensions [`CorpusReader`] recognises, as listed in its errors.
 pub const SUPPORTED_EXTENSIONS: &str =
@@ -254,7 +255,7 @@ impl CorpusReader {
             kinds.push(kind);
         }
         let shuffle = options.shuffle.map(|s| ShuffleState {
-            rng: SplitMix64(s.seed),
+            rng: SplitMix64::new(s.seed),
             capacity: s.buffer,
             buffer: Vec::with_capacity(s.buffer.min(1 << 16)),
         });
@@ -451,31 +452,6 @@ struct ShuffleState {
     rng: SplitMix64,
     capacity: usize,
     buffer: Vec<Record>,
-}
-
-/// SplitMix64 (Steele, Lea & Flood 2014), the generator of the shuffle.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `[0, n)`, `n > 0` (Lemire's multiply-shift with rejection, unbiased).
-    fn below(&mut self, n: u64) -> u64 {
-        let mut m = u128::from(self.next_u64()) * u128::from(n);
-        if (m as u64) < n {
-            let threshold = n.wrapping_neg() % n;
-            while (m as u64) < threshold {
-                m = u128::from(self.next_u64()) * u128::from(n);
-            }
-        }
-        (m >> 64) as u64
-    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -958,6 +934,30 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
+/// Runs a call into the `parquet` crate, turning a panic into an error. Its decoders assert
+/// instead of returning an error on some corrupt inputs (a dictionary page whose value lengths
+/// run past the page: `assertion failed: size <= src.len()` in `bit_util::read_num_bytes`;
+/// upstream apache/arrow-rs#9705 is of the same kind), and a corrupt file must be an error
+/// naming it, not a crash. After such a panic the file's reader is dropped (the error ends the
+/// corpus), so no state it left half-updated is used again.
+fn parquet_guard<T>(
+    call: impl FnOnce() -> parquet::errors::Result<T>,
+) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            Err(format!(
+                "corrupt data (the Parquet decoder panicked: {what})"
+            ))
+        }
+    }
+}
+
 /// The page compressions the Parquet reader decodes.
 const PARQUET_CODECS: &str = "uncompressed, snappy, gzip, zstd, lz4, lz4_raw";
 
@@ -990,7 +990,7 @@ impl ParquetSource {
     /// Opens `path` and finds the top-level string column `field`.
     fn open(path: &Path, field: &str) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = SerializedFileReader::new(file)
+        let reader = parquet_guard(|| SerializedFileReader::new(file))
             .map_err(|e| Error::format(path, format!("not a readable Parquet file: {e}")))?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
         let fields = schema.root_schema().get_fields();
@@ -1131,13 +1131,13 @@ impl ParquetSource {
                     }
                     let group = self.next_row_group;
                     self.next_row_group += 1;
-                    let pages = self
-                        .reader
-                        .get_row_group(group)
-                        .and_then(|g| g.get_column_page_reader(self.column))
-                        .map_err(|e| {
-                            Error::format(&self.path, format!("row group {group}: {e}"))
-                        })?;
+                    let (reader, column) = (&self.reader, self.column);
+                    let pages = parquet_guard(|| {
+                        reader
+                            .get_row_group(group)
+                            .and_then(|g| g.get_column_page_reader(column))
+                    })
+                    .map_err(|e| Error::format(&self.path, format!("row group {group}: {e}")))?;
                     self.column_reader
                         .insert(ColumnReaderImpl::new(self.descr.clone(), pages))
                 }
@@ -1146,14 +1146,16 @@ impl ParquetSource {
             self.defs.clear();
             self.pos = 0;
             self.value_pos = 0;
-            let (rows, _, _) = column_reader
-                .read_records(PARQUET_BATCH, Some(&mut self.defs), None, &mut self.values)
-                .map_err(|e| {
-                    Error::format(
-                        &self.path,
-                        format!("row {}: cannot decode Parquet data: {e}", self.row),
-                    )
-                })?;
+            let (defs, values) = (&mut self.defs, &mut self.values);
+            let (rows, _, _) = parquet_guard(|| {
+                column_reader.read_records(PARQUET_BATCH, Some(defs), None, values)
+            })
+            .map_err(|e| {
+                Error::format(
+                    &self.path,
+                    format!("row {}: cannot decode Parquet data: {e}", self.row),
+                )
+            })?;
             self.batch_len = rows;
             if rows > 0 {
                 return Ok(true);
@@ -1166,32 +1168,6 @@ impl ParquetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix64_reference_outputs() {
-        // The first outputs of SplitMix64 seeded with 0 (reference implementation by Vigna).
-        let mut rng = SplitMix64(0);
-        assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
-        assert_eq!(rng.next_u64(), 0x06c4_5d18_8009_454f);
-    }
-
-    #[test]
-    fn below_is_in_range_and_roughly_uniform() {
-        let mut rng = SplitMix64(42);
-        let mut counts = [0u32; 7];
-        for _ in 0..70_000 {
-            counts[rng.below(7) as usize] += 1;
-        }
-        for c in counts {
-            assert!((9_000..11_000).contains(&c), "{counts:?}");
-        }
-        assert_eq!(rng.below(1), 0);
-        let big = u64::MAX - 1;
-        for _ in 0..100 {
-            assert!(rng.below(big) < big);
-        }
-    }
 
     #[test]
     fn json_field_extraction() {

@@ -12,10 +12,10 @@
 //! (`|b1`), as [`NpyArray`]; [`write_npy_file`] and [`write_npz`] (an uncompressed zip of
 //! `name.npy` members, as `numpy.savez` writes) write atomically.
 
-use crate::data::stream::{map_file, ElemType, MappedMatrix};
+use crate::data::mapped::{map_file, ElemType, MappedMatrix};
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 /// The magic string that opens every `.npy` file.
@@ -109,8 +109,15 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
         // Versions 1.0 and 2.0 use latin-1.
         raw.iter().map(|&b| char::from(b)).collect()
     };
-    let dict = literal::parse_dict(&text)
-        .map_err(|m| fmt(format!("malformed header {}: {m}", text.trim_end())))?;
+    let dict = literal::parse_dict(&text).map_err(|m| {
+        // The header as the message shows it: at most its first 200 characters.
+        let shown = text.trim_end();
+        let shown = match shown.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}… ({} bytes)", &shown[..cut], shown.len()),
+            None => shown.to_string(),
+        };
+        fmt(format!("malformed header {shown}: {m}"))
+    })?;
 
     let mut descr = None;
     let mut fortran_order = None;
@@ -120,7 +127,7 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
             "descr" => {
                 descr = Some(match value.value {
                     literal::Value::Str(s) => s,
-                    _ => value.text,
+                    _ => value.text.to_string(),
                 })
             }
             "fortran_order" => match value.value {
@@ -464,17 +471,19 @@ pub fn write_npy_file(path: &Path, array: &NpyArray, force: bool) -> Result<()> 
 
 /// Writes the `.npz` file `path` atomically: an uncompressed zip archive holding one member
 /// `name.npy` per array, in order, as `numpy.savez` does (read back with `numpy.load`). ZIP64
-/// records are used where sizes or offsets need them. An existing file is replaced only when
-/// `force` is true (otherwise [`Error::OutputExists`]).
+/// records are used where sizes, offsets or the number of members need them, and the bytes
+/// depend only on the arrays (fixed timestamps). An existing file is replaced only when `force`
+/// is true (otherwise [`Error::OutputExists`]).
 pub fn write_npz(path: &Path, arrays: &[(&str, NpyArray)], force: bool) -> Result<()> {
-    for (i, (name, _)) in arrays.iter().enumerate() {
+    let mut seen = std::collections::HashSet::with_capacity(arrays.len());
+    for (name, _) in arrays {
         if name.is_empty() || name.contains(['/', '\\']) || name.len() > 60_000 {
             return Err(Error::param(
                 "npz member name",
                 format!("{name:?} must be a non-empty file name without slashes"),
             ));
         }
-        if arrays[..i].iter().any(|(n, _)| n == name) {
+        if !seen.insert(name) {
             return Err(Error::param(
                 "npz member name",
                 format!("{name:?} appears twice"),
@@ -482,29 +491,33 @@ pub fn write_npz(path: &Path, arrays: &[(&str, NpyArray)], force: bool) -> Resul
         }
     }
     let mut file = AtomicFile::create(path, force)?;
-    let mut counted = CountingWriter {
-        inner: &mut file,
-        written: 0,
-    };
-    zip_writer::write_stored(&mut counted, arrays).map_err(|e| Error::io(path, e))?;
+    write_stored_zip(&mut file, arrays).map_err(|e| match e {
+        zip::result::ZipError::Io(e) => Error::io(path, e),
+        other => Error::io(path, std::io::Error::other(other)),
+    })?;
     file.commit()
 }
 
-/// A writer that counts the bytes written through it.
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
+/// Writes the `.npz` archive of `arrays` (members `name.npy`, uncompressed) to `w` with
+/// [`zip::ZipWriter`]. Every member gets the same fixed timestamp (1980-01-01 00:00, the
+/// earliest a zip file can hold) and mode (`rw-r--r--`), so equal arrays give equal bytes. A
+/// member of 4 GiB or more is written with ZIP64 sizes; the writer adds ZIP64 records by itself
+/// where offsets or the member count need them.
+fn write_stored_zip<W: Write + Seek>(
+    w: W,
+    arrays: &[(&str, NpyArray)],
+) -> zip::result::ZipResult<W> {
+    let mut zip = zip::ZipWriter::new(w);
+    for (name, array) in arrays {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .last_modified_time(zip::DateTime::default())
+            .unix_permissions(0o644)
+            .large_file(array.encoded_len() >= zip::ZIP64_BYTES_THR);
+        zip.start_file(format!("{name}.npy"), options)?;
+        write_npy(&mut zip, array)?;
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    zip.finish()
 }
 
 /// Reads a whole `.npy` array of dtype `<i8`, `<f4` or `|b1` (1-D or 2-D, C order) from `bytes`;
@@ -589,266 +602,41 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     Ok(out)
 }
 
-/// A minimal writer of uncompressed ("stored") zip archives, streamed without seeking (sizes
-/// and CRCs are computed before each member is written), with ZIP64 records where needed.
-mod zip_writer {
-    use super::{CountingWriter, NpyArray};
-    use std::io::{self, Write};
-
-    const LOCAL_SIG: u32 = 0x0403_4b50;
-    const CENTRAL_SIG: u32 = 0x0201_4b50;
-    const EOCD_SIG: u32 = 0x0605_4b50;
-    const EOCD64_SIG: u32 = 0x0606_4b50;
-    const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
-    const U32_MAX: u64 = 0xFFFF_FFFF;
-    /// DOS date of 1980-01-01 (fixed, so outputs are reproducible).
-    const DOS_DATE: u16 = (1 << 5) | 1;
-    /// Version made by: Unix host (3), spec 4.5.
-    const MADE_BY: u16 = (3 << 8) | 45;
-
-    struct Entry {
-        name: Vec<u8>,
-        crc: u32,
-        size: u64,
-        offset: u64,
-    }
-
-    fn u16le(w: &mut impl Write, v: u16) -> io::Result<()> {
-        w.write_all(&v.to_le_bytes())
-    }
-    fn u32le(w: &mut impl Write, v: u32) -> io::Result<()> {
-        w.write_all(&v.to_le_bytes())
-    }
-    fn u64le(w: &mut impl Write, v: u64) -> io::Result<()> {
-        w.write_all(&v.to_le_bytes())
-    }
-    fn clamp32(v: u64) -> u32 {
-        v.min(U32_MAX) as u32
-    }
-
-    /// Writes the archive of `arrays` (members `name.npy`) to `w`.
-    pub(super) fn write_stored<W: Write>(
-        w: &mut CountingWriter<W>,
-        arrays: &[(&str, NpyArray)],
-    ) -> io::Result<()> {
-        let mut entries = Vec::with_capacity(arrays.len());
-        for (name, array) in arrays {
-            let header = array.header_bytes();
-            let mut crc = super::crc32::Crc32::new();
-            crc.update(&header);
-            array.data.for_each_le_chunk(|c| {
-                crc.update(c);
-                Ok::<(), io::Error>(())
-            })?;
-            let entry = Entry {
-                name: format!("{name}.npy").into_bytes(),
-                crc: crc.finish(),
-                size: array.encoded_len(),
-                offset: w.written,
-            };
-            let zip64 = entry.size >= U32_MAX;
-            u32le(w, LOCAL_SIG)?;
-            u16le(w, if zip64 { 45 } else { 20 })?;
-            u16le(w, 0)?; // flags
-            u16le(w, 0)?; // stored
-            u16le(w, 0)?; // time
-            u16le(w, DOS_DATE)?;
-            u32le(w, entry.crc)?;
-            let size32 = if zip64 { u32::MAX } else { entry.size as u32 };
-            u32le(w, size32)?;
-            u32le(w, size32)?;
-            u16le(w, entry.name.len() as u16)?;
-            u16le(w, if zip64 { 20 } else { 0 })?;
-            w.write_all(&entry.name)?;
-            if zip64 {
-                u16le(w, 1)?;
-                u16le(w, 16)?;
-                u64le(w, entry.size)?;
-                u64le(w, entry.size)?;
-            }
-            w.write_all(&header)?;
-            array.data.for_each_le_chunk(|c| w.write_all(c))?;
-            entries.push(entry);
-        }
-
-        let cd_start = w.written;
-        for e in &entries {
-            let mut extra = Vec::new();
-            if e.size >= U32_MAX {
-                extra.extend_from_slice(&e.size.to_le_bytes());
-                extra.extend_from_slice(&e.size.to_le_bytes());
-            }
-            if e.offset >= U32_MAX {
-                extra.extend_from_slice(&e.offset.to_le_bytes());
-            }
-            let zip64 = !extra.is_empty();
-            u32le(w, CENTRAL_SIG)?;
-            u16le(w, MADE_BY)?;
-            u16le(w, if zip64 { 45 } else { 20 })?;
-            u16le(w, 0)?; // flags
-            u16le(w, 0)?; // stored
-            u16le(w, 0)?; // time
-            u16le(w, DOS_DATE)?;
-            u32le(w, e.crc)?;
-            u32le(w, clamp32(e.size))?;
-            u32le(w, clamp32(e.size))?;
-            u16le(w, e.name.len() as u16)?;
-            u16le(w, if zip64 { extra.len() as u16 + 4 } else { 0 })?;
-            u16le(w, 0)?; // comment
-            u16le(w, 0)?; // disk
-            u16le(w, 0)?; // internal attributes
-            u32le(w, 0o100644 << 16)?; // external attributes: a regular file, rw-r--r--
-            u32le(w, clamp32(e.offset))?;
-            w.write_all(&e.name)?;
-            if zip64 {
-                u16le(w, 1)?;
-                u16le(w, extra.len() as u16)?;
-                w.write_all(&extra)?;
-            }
-        }
-        let cd_end = w.written;
-        let cd_size = cd_end - cd_start;
-        let count = entries.len() as u64;
-        if count >= 0xFFFF || cd_size >= U32_MAX || cd_start >= U32_MAX {
-            u32le(w, EOCD64_SIG)?;
-            u64le(w, 44)?;
-            u16le(w, MADE_BY)?;
-            u16le(w, 45)?;
-            u32le(w, 0)?;
-            u32le(w, 0)?;
-            u64le(w, count)?;
-            u64le(w, count)?;
-            u64le(w, cd_size)?;
-            u64le(w, cd_start)?;
-            u32le(w, EOCD64_LOCATOR_SIG)?;
-            u32le(w, 0)?;
-            u64le(w, cd_end)?;
-            u32le(w, 1)?;
-        }
-        u32le(w, EOCD_SIG)?;
-        u16le(w, 0)?;
-        u16le(w, 0)?;
-        u16le(w, count.min(0xFFFF) as u16)?;
-        u16le(w, count.min(0xFFFF) as u16)?;
-        u32le(w, clamp32(cd_size))?;
-        u32le(w, clamp32(cd_start))?;
-        u16le(w, 0)?; // comment
-        w.flush()
-    }
-}
-
-/// CRC-32 (IEEE 802.3, as zip uses), slice-by-8.
-mod crc32 {
-    const POLY: u32 = 0xEDB8_8320;
-
-    const fn make_tables() -> [[u32; 256]; 8] {
-        let mut t = [[0u32; 256]; 8];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { POLY ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[0][i] = c;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 256 {
-            let mut s = 1;
-            while s < 8 {
-                let prev = t[s - 1][i];
-                t[s][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
-                s += 1;
-            }
-            i += 1;
-        }
-        t
-    }
-
-    static TABLES: [[u32; 256]; 8] = make_tables();
-
-    /// A running CRC-32.
-    pub(super) struct Crc32(u32);
-
-    impl Crc32 {
-        pub(super) fn new() -> Self {
-            Crc32(!0)
-        }
-
-        pub(super) fn update(&mut self, bytes: &[u8]) {
-            let t = &TABLES;
-            let mut c = self.0;
-            let mut chunks = bytes.chunks_exact(8);
-            for ch in &mut chunks {
-                let lo = c ^ u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
-                c = t[7][(lo & 0xFF) as usize]
-                    ^ t[6][((lo >> 8) & 0xFF) as usize]
-                    ^ t[5][((lo >> 16) & 0xFF) as usize]
-                    ^ t[4][(lo >> 24) as usize]
-                    ^ t[3][ch[4] as usize]
-                    ^ t[2][ch[5] as usize]
-                    ^ t[1][ch[6] as usize]
-                    ^ t[0][ch[7] as usize];
-            }
-            for &b in chunks.remainder() {
-                c = (c >> 8) ^ t[0][((c ^ u32::from(b)) & 0xFF) as usize];
-            }
-            self.0 = c;
-        }
-
-        pub(super) fn finish(&self) -> u32 {
-            !self.0
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn known_values() {
-            let crc = |b: &[u8]| {
-                let mut c = super::Crc32::new();
-                c.update(b);
-                c.finish()
-            };
-            assert_eq!(crc(b""), 0);
-            assert_eq!(crc(b"123456789"), 0xCBF4_3926);
-            let long: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
-            let mut split = super::Crc32::new();
-            split.update(&long[..333]);
-            split.update(&long[333..]);
-            assert_eq!(split.finish(), crc(&long));
-        }
-    }
-}
-
 /// A parser of the Python literals found in `.npy` headers: dicts, tuples, lists, strings,
 /// integers, `True`, `False` and `None`.
 mod literal {
     /// A parsed literal.
     #[derive(Debug)]
-    pub(super) enum Value {
+    pub(super) enum Value<'a> {
         Str(String),
         Int(i128),
         Bool(bool),
         None,
-        Tuple(Vec<Spanned>),
+        Tuple(Vec<Spanned<'a>>),
         /// A list (its items are parsed, then dropped: only structured dtypes use lists).
         List,
-        Dict(Vec<(Spanned, Spanned)>),
+        Dict(Vec<(Spanned<'a>, Spanned<'a>)>),
     }
 
-    /// A literal and its source text (for error messages).
+    /// A literal and its source text (for error messages), borrowed from the header, so that
+    /// nested literals never copy their text once per level.
     #[derive(Debug)]
-    pub(super) struct Spanned {
-        pub value: Value,
-        pub text: String,
+    pub(super) struct Spanned<'a> {
+        pub value: Value<'a>,
+        pub text: &'a str,
     }
+
+    /// The deepest nesting of containers accepted. numpy's headers nest a few levels (a
+    /// structured dtype's fields); the limit keeps a hostile header from exhausting the stack.
+    pub(super) const MAX_DEPTH: usize = 128;
 
     /// Parses a dict with string keys, the whole of `s` (surrounding whitespace allowed).
-    pub(super) fn parse_dict(s: &str) -> Result<Vec<(String, Spanned)>, String> {
-        let mut p = Parser { s, pos: 0 };
+    pub(super) fn parse_dict(s: &str) -> Result<Vec<(String, Spanned<'_>)>, String> {
+        let mut p = Parser {
+            s,
+            pos: 0,
+            depth: 0,
+        };
         let v = p.value()?;
         p.skip_ws();
         if p.pos != s.len() {
@@ -858,10 +646,11 @@ mod literal {
             return Err("the header is not a dict".into());
         };
         let mut out = Vec::with_capacity(items.len());
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         for (k, v) in items {
             match k.value {
                 Value::Str(k) => {
-                    if out.iter().any(|(seen, _): &(String, Spanned)| *seen == k) {
+                    if !seen.insert(k.clone()) {
                         return Err(format!("key '{k}' appears twice"));
                     }
                     out.push((k, v));
@@ -875,9 +664,11 @@ mod literal {
     struct Parser<'a> {
         s: &'a str,
         pos: usize,
+        /// Containers open around the current position.
+        depth: usize,
     }
 
-    impl Parser<'_> {
+    impl<'a> Parser<'a> {
         fn peek(&self) -> Option<u8> {
             self.s.as_bytes().get(self.pos).copied()
         }
@@ -888,9 +679,19 @@ mod literal {
             }
         }
 
-        fn value(&mut self) -> Result<Spanned, String> {
+        fn value(&mut self) -> Result<Spanned<'a>, String> {
             self.skip_ws();
             let start = self.pos;
+            let container = matches!(self.peek(), Some(b'{' | b'(' | b'['));
+            if container {
+                if self.depth == MAX_DEPTH {
+                    return Err(format!(
+                        "containers nested deeper than {MAX_DEPTH} levels at byte {}",
+                        self.pos
+                    ));
+                }
+                self.depth += 1;
+            }
             let value = match self.peek() {
                 None => return Err("unexpected end of header".into()),
                 Some(b'{') => {
@@ -957,9 +758,12 @@ mod literal {
                     return Err(format!("unexpected character {c:?} at byte {}", self.pos));
                 }
             };
+            if container {
+                self.depth -= 1;
+            }
             Ok(Spanned {
                 value,
-                text: self.s[start..self.pos].to_string(),
+                text: &self.s[start..self.pos],
             })
         }
 
@@ -1187,6 +991,50 @@ mod tests {
             let msg = format_msg(parse_header(&npy_bytes(1, dict, &[]), &p()));
             assert!(msg.contains(want), "{dict}: {msg}");
         }
+    }
+
+    /// Deeply nested containers are an error, not a stack overflow: the literal parser recurses
+    /// once per level, and a v2/v3 header may be up to 4 GiB of `(`.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = |levels: usize| {
+            format!(
+                "{{'descr': {}'<f4'{}, 'fortran_order': False, 'shape': (1,), }}",
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        // Up to the limit (the dict itself is one level), nesting parses; the descr is kept as
+        // the text of its literal.
+        let h = parse_header(&npy_bytes(2, &deep(literal::MAX_DEPTH - 1), &[]), &p()).unwrap();
+        assert!(h.descr.starts_with("[[[") && h.descr.ends_with("]]]"));
+        for levels in [literal::MAX_DEPTH, 1_000_000] {
+            let msg = format_msg(parse_header(&npy_bytes(2, &deep(levels), &[]), &p()));
+            assert!(msg.contains("nested deeper than 128 levels"), "{levels}");
+        }
+    }
+
+    /// A header of many keys parses in linear time (duplicate keys were found by comparing
+    /// each key with every earlier one).
+    #[test]
+    fn many_keys_parse_in_linear_time() {
+        let n = 200_000;
+        let mut dict = String::from("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), ");
+        for i in 0..n {
+            dict += &format!("'k{i}': {i}, ");
+        }
+        dict.push('}');
+        let start = std::time::Instant::now();
+        let h = parse_header(&npy_bytes(3, &dict, &[]), &p()).unwrap();
+        assert_eq!(h.shape, [2]);
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+        dict.insert_str(dict.len() - 1, "'k7': 0, ");
+        let msg = format_msg(parse_header(&npy_bytes(3, &dict, &[]), &p()));
+        assert!(
+            msg.contains("key 'k7' appears twice"),
+            "{}",
+            &msg[msg.len() - 40..]
+        );
     }
 
     #[test]

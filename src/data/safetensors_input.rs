@@ -5,7 +5,7 @@
 //! Tensor data in a safetensors file need not be aligned to its element size (the offsets are
 //! only byte offsets), so rows are always decoded from bytes, never cast in place.
 
-use crate::data::stream::{map_file, ElemType, MappedMatrix};
+use crate::data::mapped::{map_file, ElemType, MappedMatrix};
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;

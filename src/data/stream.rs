@@ -7,12 +7,13 @@
 //! (all or none present, each line valid, `Σ len(positions)` equal to the file's rows, doc_ids
 //! unique across the stream). Rows are then decoded chunk by chunk straight from the mapping.
 
+use crate::data::batch::{ActivationBatch, TokenRef};
+use crate::data::mapped::{ElemType, MappedMatrix};
 use crate::data::provenance::{self, DocIdSet, SidecarEntry, SidecarReader};
-use crate::data::{npy, safetensors_input, ActivationBatch, TokenRef};
+use crate::data::{npy, safetensors_input};
 use crate::error::{Error, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use memmap2::Mmap;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -28,70 +29,6 @@ pub struct StreamOptions {
     pub tensor: Option<String>,
     /// Drop rows holding NaN or ±Inf (and count them) instead of failing on them.
     pub skip_nonfinite: bool,
-}
-
-/// The element type of an activation file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ElemType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl ElemType {
-    /// Bytes per element.
-    pub(crate) fn size(self) -> usize {
-        match self {
-            ElemType::F32 => 4,
-            ElemType::F16 | ElemType::BF16 => 2,
-        }
-    }
-
-    /// Short name (`f32`, `f16`, `bf16`), as used in messages and the fingerprint.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            ElemType::F32 => "f32",
-            ElemType::F16 => "f16",
-            ElemType::BF16 => "bf16",
-        }
-    }
-}
-
-/// A validated, memory-mapped `(rows, dim)` matrix of `elem` values, row-major and
-/// little-endian, starting at byte `offset` of the mapping (not necessarily aligned).
-pub(crate) struct MappedMatrix {
-    pub(crate) path: PathBuf,
-    pub(crate) map: Mmap,
-    pub(crate) offset: usize,
-    pub(crate) rows: u64,
-    pub(crate) dim: usize,
-    pub(crate) elem: ElemType,
-}
-
-impl MappedMatrix {
-    /// The raw bytes of rows `start .. start + count` (validated to lie inside the mapping).
-    fn row_bytes(&self, start: u64, count: usize) -> &[u8] {
-        let row_len = self.dim * self.elem.size();
-        let begin = self.offset + start as usize * row_len;
-        &self.map[begin..begin + count * row_len]
-    }
-}
-
-/// Memory-maps the whole file `path` read-only.
-pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the mapping is only ever read, and every size and offset is validated against
-    // its length before any access. Another process could still modify or truncate the file
-    // while it is mapped; modified bytes would only change the values read (the data are
-    // plain numbers, any bit pattern is valid), and truncation would raise SIGBUS, which is the
-    // accepted cost of reading multi-gigabyte inputs without copying them.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    #[cfg(unix)]
-    {
-        // Only a hint: rows are read front to back.
-        let _ = map.advise(memmap2::Advice::Sequential);
-    }
-    Ok(map)
 }
 
 /// Opens one activation file, by extension (`.npy`, `.safetensors`), else by its first bytes.

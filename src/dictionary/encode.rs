@@ -67,7 +67,8 @@ impl Dictionary {
         }
         let n = rows.len() / d;
         let input: Vec<f32> = match readout {
-            Readout::Signed | Readout::TopK(_) => rows
+            Readout::Signed | Readout::TopK(_) => self
+                .to_space(rows)
                 .par_chunks(d)
                 .flat_map_iter(|r| r.iter().zip(&self.center).map(|(x, c)| x - c))
                 .collect(),

@@ -18,6 +18,10 @@ struct Header {
     theta: f64,
     dim: usize,
     partitions: usize,
+    /// `"standardize"` when the file holds `scale_mean` and `scale_inv_std`: every reader
+    /// standardises rows first (docs/format.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaling: Option<String>,
     #[serde(flatten)]
     info: BuildInfo,
 }
@@ -69,6 +73,7 @@ impl Dictionary {
             theta: self.theta,
             dim: d,
             partitions: k,
+            scaling: self.scaling.as_ref().map(|_| "standardize".to_string()),
             info: self.info.clone(),
         };
         let mut meta = tensorfile::header_metadata(FORMAT, FORMAT_VERSION, &header);
@@ -141,6 +146,10 @@ impl Dictionary {
             TensorOut::i64("document_offsets", vec![doc_offsets.len()], &doc_offsets),
             TensorOut::u8("document_tokens", &doc_bytes),
         ];
+        if let Some(sc) = &self.scaling {
+            tensors.push(TensorOut::f32("scale_mean", vec![d], &sc.mean));
+            tensors.push(TensorOut::f32("scale_inv_std", vec![d], &sc.inv_std));
+        }
         tensors.extend(extra_tensors);
         tensorfile::write(path, tensors, &meta, force)
     }
@@ -233,6 +242,24 @@ impl Dictionary {
             })?;
             dict.documents.insert(id, toks);
         }
+        dict.scaling = match header.scaling.as_deref() {
+            None => None,
+            Some("standardize") => {
+                let sc = crate::geometry::Scaling {
+                    mean: f.f32("scale_mean", &[d])?,
+                    inv_std: f.f32("scale_inv_std", &[d])?,
+                };
+                sc.check(d)
+                    .map_err(|e| Error::format(path, e.to_string()))?;
+                Some(sc)
+            }
+            Some(other) => {
+                return Err(Error::format(
+                    path,
+                    format!("field `scaling` is `{other}`; only `standardize` is known"),
+                ))
+            }
+        };
         dict.info = header.info;
         Ok(dict)
     }

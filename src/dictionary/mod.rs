@@ -229,6 +229,9 @@ pub struct Dictionary {
     pub(crate) reservoir: Vec<Vec<f32>>,
     pub(crate) documents: BTreeMap<i64, Vec<String>>,
     pub(crate) info: BuildInfo,
+    /// Per-dimension standardisation every row goes through before centering (`None`: rows
+    /// are used as they are).
+    pub(crate) scaling: Option<geometry::Scaling>,
 }
 
 impl Dictionary {
@@ -267,7 +270,43 @@ impl Dictionary {
             reservoir: vec![],
             documents: BTreeMap::new(),
             info: BuildInfo::default(),
+            scaling: None,
         })
+    }
+
+    /// The per-dimension standardisation rows go through before centering, if any.
+    pub fn scaling(&self) -> Option<&geometry::Scaling> {
+        self.scaling.as_ref()
+    }
+
+    /// Sets the standardisation (the dictionary's exemplars and center must be in its space).
+    pub fn set_scaling(&mut self, scaling: Option<geometry::Scaling>) -> crate::Result<()> {
+        if let Some(sc) = &scaling {
+            sc.check(self.dim)?;
+        }
+        self.scaling = scaling;
+        Ok(())
+    }
+
+    /// Raw activations (`n × D`) in the space the dictionary lives in: standardised when it
+    /// has a [`Dictionary::scaling`], as they are otherwise.
+    pub fn to_space<'a>(&self, rows: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.scaling {
+            Some(sc) => sc.apply(rows).into(),
+            None => rows.into(),
+        }
+    }
+
+    /// A direction of the dictionary's space (an exemplar, a mean direction) as a unit
+    /// direction of the activations' space: `σ ⊙ v / ‖σ ⊙ v‖` for a standardised dictionary,
+    /// `v / ‖v‖` otherwise. This is what to add to a model's residual stream to move along it.
+    pub fn activation_direction(&self, v: &[f32]) -> Vec<f32> {
+        let w = match &self.scaling {
+            Some(sc) => sc.to_activation_space(v),
+            None => v.to_vec(),
+        };
+        let n = geometry::norm(&w).max(f64::MIN_POSITIVE);
+        w.iter().map(|&x| (x as f64 / n) as f32).collect()
     }
 
     /// Number of partitions K.
@@ -388,7 +427,9 @@ impl Dictionary {
     }
 
     /// A one-line context for an example: up to `window` tokens either side, the example's
-    /// token in `[[…]]`. `None` when the example has no provenance or its text was not kept.
+    /// token in `[[…]]`, newlines as `⏎`. SentencePiece pieces (Gemma: `▁` marks a space) are
+    /// joined back into text; other tokens (WordPiece) are joined with spaces. `None` when the
+    /// example has no provenance or its text was not kept.
     pub fn example_context(&self, ex: &Example, window: usize) -> Option<String> {
         let t = ex.token?;
         let toks = self.document_tokens(t.doc_id)?;
@@ -398,25 +439,33 @@ impl Dictionary {
         }
         let lo = p.saturating_sub(window);
         let hi = (p + window + 1).min(toks.len());
+        let pieces = toks.iter().any(|t| t.contains('\u{2581}'));
         let mut s = String::new();
         for (i, tok) in toks.iter().enumerate().take(hi).skip(lo) {
+            let tok = if pieces {
+                tok.replace('\u{2581}', " ")
+            } else {
+                tok.clone()
+            };
             if i == p {
                 s.push_str("[[");
-                s.push_str(tok);
+                s.push_str(&tok);
                 s.push_str("]]");
             } else {
-                s.push_str(tok);
+                s.push_str(&tok);
             }
-            s.push(' ');
+            if !pieces {
+                s.push(' ');
+            }
         }
-        Some(s.trim_end().replace('\n', "⏎"))
+        Some(s.trim().replace('\n', "⏎"))
     }
 
     /// Centered unit directions of raw activations (`n × D`). Errors on a row equal to the
     /// center, naming its index.
     pub fn directions(&self, rows: &[f32]) -> crate::Result<Vec<f32>> {
         self.check_rows(rows)?;
-        geometry::directions(rows, &self.center).map_err(|z| {
+        geometry::directions(&self.to_space(rows), &self.center).map_err(|z| {
             crate::Error::param(
                 "activations",
                 format!("row {} has zero norm after centering", z.index),

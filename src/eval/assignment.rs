@@ -44,7 +44,7 @@ pub fn linear_sum_assignment_owned(
     let transpose = m < n;
     let (nr, nc) = if transpose { (m, n) } else { (n, m) };
     if transpose {
-        cost = crate::eval::sae::transpose_f64(&cost, n, m);
+        cost = crate::linalg::transpose(&cost, n, m);
     }
     let col4row = solve(&cost, nr, nc).ok_or_else(|| {
         Error::param(

@@ -1,6 +1,6 @@
 //! EP vs SAE build compute on the same activation stream: at each budget (activations), build an
 //! EP dictionary (calibration + streaming build, as `exemplar build` does) and train a TopK SAE
-//! (src/eval/train_sae.rs) on the first rows of the stream, then measure both on held-out rows.
+//! (src/sae/train.rs) on the first rows of the stream, then measure both on held-out rows.
 //!
 //! Compute is reported as each side spent it: EP's clustering FLOPs come from the dictionary's own
 //! metadata (`clustering_flops`), plus the calibration's pairwise-distance GEMMs (2 passes of
@@ -13,9 +13,7 @@
 //!   |cosine| with any learned direction (exemplars for EP, decoder rows for the SAE) and the
 //!   fraction above 0.9.
 
-use super::sae::Sae;
 use super::synthetic::feature_recovery;
-use super::train_sae::{train_topk_sae, TrainConfig, TrainRecord};
 use crate::backend::Backend;
 use crate::build::BuildConfig;
 use crate::calibrate::PercentileMethod;
@@ -23,6 +21,8 @@ use crate::data::{ActivationStream, StreamOptions};
 use crate::dictionary::Basis;
 use crate::error::{Error, Result};
 use crate::pipeline::{build_stream, calibrate_stream, BuildPlan};
+use crate::sae::train::{train_topk_sae, TrainConfig, TrainRecord};
+use crate::sae::Sae;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -221,6 +221,7 @@ pub fn run_sweep(
             PercentileMethod::Linear,
             cfg.batch_size,
             cal_rows,
+            false,
         )?;
         stream.rewind()?;
         let plan = BuildPlan {

@@ -19,10 +19,10 @@
 
 use super::assignment::linear_sum_assignment_owned;
 use super::median;
-use super::sae::{EncodeDevice, Sae};
 use crate::data::ActivationStream;
 use crate::dictionary::{Basis, Dictionary, Readout};
 use crate::error::{Error, Result};
+use crate::sae::{EncodeDevice, Sae};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::cmp::{Ordering, Reverse};
@@ -96,7 +96,7 @@ impl FeatureTops {
     fn update(&mut self, codes: &[f32], first: u64) {
         let f = self.heaps.len();
         let b = codes.len() / f;
-        let cols = super::sae::transpose(codes, b, f);
+        let cols = crate::linalg::transpose(codes, b, f);
         let cap = self.cap;
         self.heaps
             .par_iter_mut()

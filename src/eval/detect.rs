@@ -22,7 +22,7 @@ use crate::dictionary::{Basis, Readout};
 use crate::error::{Error, Result};
 use crate::eval::documents::{doc_id_field, read_jsonl_objects, text_field, DocumentActivations};
 use crate::eval::metrics::{hard_negative_accuracy, roc_auc};
-use crate::eval::probe::SplitMix64;
+use crate::rng::SplitMix64;
 use crate::Dictionary;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -316,7 +316,7 @@ pub fn assign_split(rows: &mut [ConceptRow], eval_fraction: f64, seed: u64) -> R
             .or_default()
             .push(i);
     }
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     for (_, mut g) in groups {
         rng.shuffle(&mut g);
         let n = g.len();

@@ -49,6 +49,9 @@ pub struct DictionaryMatch {
     pub k_b: usize,
     pub theta_a: f64,
     pub theta_b: f64,
+    /// The dictionaries were standardised differently, so the cosines are those of their
+    /// directions mapped to the activations' space (`σ ⊙ e`, renormalised).
+    pub activation_space: bool,
     /// All `min(K_a, K_b)` pairs, by cosine descending (then `i_a`).
     pub pairs: Vec<MatchedPair>,
     /// A's cells not persisted, ascending.
@@ -91,8 +94,20 @@ pub fn match_dictionaries(
     }
     let d = a.dim();
     let (ka, kb) = (a.len(), b.len());
-    let (ea, eb) = (a.basis(Basis::Exemplar), b.basis(Basis::Exemplar));
-    let (ma, mb) = (a.basis(Basis::Mean), b.basis(Basis::Mean));
+    // Dictionaries standardised differently live in different spaces: their directions are
+    // compared in the activations' space (σ ⊙ e, renormalised) instead.
+    let shared = a.scaling() == b.scaling();
+    let space = |dict: &Dictionary, basis: Basis| -> Vec<f32> {
+        let v = dict.basis(basis);
+        if shared {
+            return v;
+        }
+        v.chunks(d)
+            .flat_map(|r| dict.activation_direction(r))
+            .collect()
+    };
+    let (ea, eb) = (space(a, Basis::Exemplar), space(b, Basis::Exemplar));
+    let (ma, mb) = (space(a, Basis::Mean), space(b, Basis::Mean));
     let s = match basis {
         Basis::Exemplar => cosines(&ea, &eb, d),
         Basis::Mean => cosines(&ma, &mb, d),
@@ -141,6 +156,7 @@ pub fn match_dictionaries(
         k_b: kb,
         theta_a: a.theta(),
         theta_b: b.theta(),
+        activation_space: !shared,
         pairs,
         dropped: (0..ka).filter(|&i| !kept_a[i]).collect(),
         introduced: (0..kb).filter(|&j| !kept_b[j]).collect(),
@@ -241,6 +257,7 @@ impl DictionaryMatch {
             "k_b": self.k_b,
             "theta_a": self.theta_a,
             "theta_b": self.theta_b,
+            "space": if self.activation_space { "activation" } else { "shared" },
             "n_pairs": self.pairs.len(),
             "n_persisted": self.persisted().count(),
             "n_dropped": self.dropped.len(),

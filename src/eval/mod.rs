@@ -1,7 +1,8 @@
 //! Evaluation: intrinsic metrics of a dictionary (spec §6), and the harness that compares EP with
-//! SAEs and with itself (spec §7–§8): SAE import/export and encode, EP ↔ SAE correspondence,
-//! dictionary ↔ dictionary matching, probes, concept detection, the OOD signal, and the
-//! build-compute comparison with a TopK SAE trained on the same activations.
+//! SAEs and with itself (spec §7–§8): EP ↔ SAE correspondence, dictionary ↔ dictionary
+//! matching, probes, concept detection, the OOD signal, and the build-compute comparison with a
+//! TopK SAE trained on the same activations. The SAEs themselves (files, encoders, the trainer)
+//! are a dictionary kind of their own, in [`crate::sae`].
 
 pub mod assignment;
 #[cfg(feature = "torch")]
@@ -15,9 +16,7 @@ pub mod metrics;
 pub mod ood;
 pub mod plot;
 pub mod probe;
-pub mod sae;
+pub mod quality;
 pub mod synthetic;
-#[cfg(feature = "torch")]
-pub mod train_sae;
 
 pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};

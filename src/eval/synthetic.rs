@@ -6,6 +6,7 @@
 //! counter-based streams, so any thread count gives the same bytes.
 
 use crate::error::{Error, Result};
+use crate::rng::{mix, CounterRng};
 use rayon::prelude::*;
 
 /// What to generate.
@@ -62,41 +63,6 @@ pub struct Synthetic {
     pub dominant: Vec<i64>,
 }
 
-/// SplitMix64 step: a well-mixed 64-bit value of `z`.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A counter-based generator: stream `(seed, stream)`, draw `i`.
-struct Rng {
-    base: u64,
-    i: u64,
-}
-
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Self {
-        Rng {
-            base: mix(mix(seed) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)),
-            i: 0,
-        }
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.i += 1;
-        mix(self.base ^ self.i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-    }
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn gaussian(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
 impl SyntheticSpec {
     fn validate(&self) -> Result<()> {
         if self.dim == 0 || self.rows == 0 || self.features == 0 {
@@ -132,7 +98,7 @@ impl SyntheticSpec {
         let (d, f) = (self.dim, self.features);
         let mut features = vec![0.0f32; f * d];
         features.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
-            let mut rng = Rng::new(self.seed, 1 + j as u64);
+            let mut rng = CounterRng::new(self.seed, 1 + j as u64);
             let mut norm = 0.0f64;
             let v: Vec<f64> = (0..d).map(|_| rng.gaussian()).collect();
             for x in &v {
@@ -143,7 +109,7 @@ impl SyntheticSpec {
                 *o = (x * inv) as f32;
             }
         });
-        let mut rng = Rng::new(self.seed, 0);
+        let mut rng = CounterRng::new(self.seed, 0);
         let offset: Vec<f32> = {
             let v: Vec<f64> = (0..d).map(|_| rng.gaussian()).collect();
             let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -170,7 +136,7 @@ impl SyntheticSpec {
             .zip(dominant.par_iter_mut())
             .enumerate()
             .for_each(|(i, (row, dom))| {
-                let mut rng = Rng::new(self.seed ^ mix(self.row_seed), stream0 + i as u64);
+                let mut rng = CounterRng::new(self.seed ^ mix(self.row_seed), stream0 + i as u64);
                 let u = rng.uniform();
                 let main = cdf.partition_point(|&c| c < u).min(f - 1);
                 *dom = main as i64;
@@ -180,6 +146,8 @@ impl SyntheticSpec {
                     *xi += a * *fi as f64;
                 }
                 for _ in 0..self.secondary {
+                    // `%` (bias below f / 2⁶⁴) rather than an exact draw: it keeps the bytes
+                    // that earlier versions wrote for the same seeds.
                     let j = (rng.next_u64() % f as u64) as usize;
                     let b = 0.3 * rng.uniform();
                     for (xi, fi) in x.iter_mut().zip(&features[j * d..(j + 1) * d]) {

@@ -35,7 +35,7 @@ pub struct Generation {
 
 /// A uniform draw in [0, 1) from `(seed, counter)` (SplitMix64 finaliser, 53 bits).
 fn uniform(seed: u64, counter: u64) -> f64 {
-    crate::build::uniform_below(seed, counter, 1 << 53) as f64 / (1u64 << 53) as f64
+    crate::rng::uniform_below(seed, counter, 1 << 53) as f64 / (1u64 << 53) as f64
 }
 
 impl Gemma {

@@ -29,6 +29,7 @@ pub fn calibrate_stream(
     method: PercentileMethod,
     batch_size: usize,
     calibration_activations: u64,
+    standardize: bool,
 ) -> Result<Calibration> {
     calibrate::check_percentile(percentile)?;
     if batch_size == 0 {
@@ -59,8 +60,13 @@ pub fn calibrate_stream(
         return Err(Error::EmptyInput("no rows to calibrate on".into()));
     }
     pb.set_message("percentiles");
-    let cal = calibrate::calibrate_batches_on(backend, &batches, d, percentile, method, batch_size)
-        .map_err(|e| match e {
+    let calibrate = if standardize {
+        calibrate::calibrate_standardized_on
+    } else {
+        calibrate::calibrate_batches_on
+    };
+    let cal =
+        calibrate(backend, &batches, d, percentile, method, batch_size).map_err(|e| match e {
             CalibrationError::Lib(e) => e,
             CalibrationError::ZeroNorm { batch, row } => {
                 let (path, r) = stream.locate(rows[batch][row]);
@@ -136,6 +142,7 @@ pub fn build_stream(
         config.record_assignments = Some(stream.total_rows());
     }
     let mut builder = Builder::new(calibration.center.clone(), calibration.theta, config)?
+        .with_scaling(calibration.scaling.clone())?
         .with_backend(backend.clone());
     let total = plan
         .max_activations
@@ -151,6 +158,10 @@ pub fn build_stream(
         };
         let Some(batch) = stream.next_batch(want)? else {
             break;
+        };
+        let batch = match &calibration.scaling {
+            Some(sc) => standardize_batch(sc, &batch)?,
+            None => batch,
         };
         let out = builder
             .add_batch(&batch)
@@ -217,13 +228,14 @@ pub fn assign_stream(
         Some(backend.candidates(dict.exemplars(), dict.dim())?)
     };
     while let Some(b) = stream.next_batch(batch_size.max(1))? {
-        let u = crate::geometry::directions(&b.data, dict.center()).map_err(|z| {
-            let (path, r) = stream.locate(b.stream_rows[z.index]);
-            Error::ZeroNorm {
-                path: path.to_path_buf(),
-                row: r,
-            }
-        })?;
+        let u =
+            crate::geometry::directions(&dict.to_space(&b.data), dict.center()).map_err(|z| {
+                let (path, r) = stream.locate(b.stream_rows[z.index]);
+                Error::ZeroNorm {
+                    path: path.to_path_buf(),
+                    row: r,
+                }
+            })?;
         let Some(cands) = cands.as_ref() else {
             // No exemplar: every row is id −1 at distance +inf (as the reference).
             for &r in &b.stream_rows {
@@ -253,10 +265,11 @@ pub fn calibrate_source(
     percentile: f64,
     method: PercentileMethod,
     calibration_activations: u64,
+    standardize: bool,
 ) -> Result<(Calibration, Vec<(ActivationBatch, serde_json::Value)>)> {
     calibrate::check_percentile(percentile)?;
     let read = read_calibration(source, calibration_activations)?;
-    let cal = calibrate_read(backend, source, &read, 0, percentile, method)?;
+    let cal = calibrate_read(backend, source, &read, 0, percentile, method, standardize)?;
     let read = read
         .into_iter()
         .map(|(mut b, p)| (b.swap_remove(0), p))
@@ -302,6 +315,7 @@ fn calibrate_read(
     stream: usize,
     percentile: f64,
     method: PercentileMethod,
+    standardize: bool,
 ) -> Result<Calibration> {
     let batches: Vec<Vec<f32>> = read
         .iter()
@@ -312,14 +326,18 @@ fn calibrate_read(
         .map(|(b, _)| b[stream].rows())
         .max()
         .unwrap_or(0);
-    calibrate::calibrate_batches_on(backend, &batches, source.dim(), percentile, method, largest)
-        .map_err(|e| match e {
-            CalibrationError::Lib(e) => e,
-            CalibrationError::ZeroNorm { batch, row } => source.locate(Error::ZeroNorm {
-                path: "<stream>".into(),
-                row: read[batch].0[stream].stream_rows[row],
-            }),
-        })
+    let calibrate = if standardize {
+        calibrate::calibrate_standardized_on
+    } else {
+        calibrate::calibrate_batches_on
+    };
+    calibrate(backend, &batches, source.dim(), percentile, method, largest).map_err(|e| match e {
+        CalibrationError::Lib(e) => e,
+        CalibrationError::ZeroNorm { batch, row } => source.locate(Error::ZeroNorm {
+            path: "<stream>".into(),
+            row: read[batch].0[stream].stream_rows[row],
+        }),
+    })
 }
 
 /// How a [`run_build`] gets its calibration.
@@ -331,6 +349,8 @@ pub enum CalibrationSpec {
         percentile: f64,
         method: PercentileMethod,
         activations: u64,
+        /// Standardise every dimension first (estimated on the calibration rows).
+        standardize: bool,
     },
 }
 
@@ -495,7 +515,9 @@ pub fn run_builds(
                         ),
                     ));
                 }
-                let cal = rec.calibration.calibration(dict.center().to_vec())?;
+                let cal = rec
+                    .calibration
+                    .calibration(dict.center().to_vec(), dict.scaling().cloned())?;
                 let mut config = config.clone();
                 resolve_merge_threshold(&mut config, &cal);
                 let mut b = Builder::restore(dict, rec.builder, assignments, config)?
@@ -523,12 +545,24 @@ pub fn run_builds(
                 let cal = match pair.calibration {
                     CalibrationSpec::Fixed(c) => c,
                     CalibrationSpec::Inline {
-                        percentile, method, ..
-                    } => calibrate_read(backend, source, &read, pair.stream, percentile, method)?,
+                        percentile,
+                        method,
+                        standardize,
+                        ..
+                    } => calibrate_read(
+                        backend,
+                        source,
+                        &read,
+                        pair.stream,
+                        percentile,
+                        method,
+                        standardize,
+                    )?,
                 };
                 let mut config = config.clone();
                 resolve_merge_threshold(&mut config, &cal);
                 let mut b = Builder::new(cal.center.clone(), cal.theta, config)?
+                    .with_scaling(cal.scaling.clone())?
                     .with_backend(backend.clone());
                 if !read.is_empty() {
                     b.info_mut().timings.calibration_seconds = Some(start.elapsed().as_secs_f64());
@@ -652,6 +686,15 @@ pub fn run_builds(
             } else {
                 full
             };
+            // A standardised build clusters the standardised rows.
+            let scaled;
+            let batch = match &r.cal.scaling {
+                Some(sc) => {
+                    scaled = standardize_batch(sc, batch)?;
+                    &scaled
+                }
+                None => batch,
+            };
             let t = Instant::now();
             let out = r.builder.add_batch(batch).map_err(|e| source.locate(e))?;
             r.cluster_seconds += t.elapsed().as_secs_f64();
@@ -720,6 +763,27 @@ pub fn run_builds(
 }
 
 /// The calibration and the plan's batch size and budgets, into a build's record.
+/// `batch` with every row standardised (`z = (x − μ)·s` in f32): host rows on the host; rows
+/// still in a model's tensor with the same two f32 operations on the tensor's device (so a GPU
+/// build reads the standardised rows in place and equals the CPU build).
+fn standardize_batch(
+    scaling: &crate::geometry::Scaling,
+    batch: &ActivationBatch,
+) -> Result<ActivationBatch> {
+    let mut out = batch.clone();
+    #[cfg(feature = "torch")]
+    if let Some(t) = &batch.tensor_rows {
+        let dev = t.tensor.device();
+        let mean = tch::Tensor::from_slice(&scaling.mean).to_device(dev);
+        let inv = tch::Tensor::from_slice(&scaling.inv_std).to_device(dev);
+        let z = ((t.tensor.to_kind(tch::Kind::Float) - mean) * inv).contiguous();
+        out.tensor_rows = Some(crate::data::TensorRows::new(z, t.index.clone(), batch.dim)?);
+        return Ok(out);
+    }
+    out.data = scaling.apply(&batch.data);
+    Ok(out)
+}
+
 fn record_plan(info: &mut crate::dictionary::BuildInfo, cal: &Calibration, plan: &BuildPlan) {
     info.percentile = Some(cal.percentile);
     info.percentile_method = Some(cal.method.as_str().into());
@@ -906,6 +970,7 @@ mod tests {
             percentile: p,
             method: PercentileMethod::Linear,
             activations: 50,
+            standardize: false,
         };
         let backend = Backend::Cpu;
         let (mut s0, mut s1) = (open(0), open(1));

@@ -16,7 +16,7 @@
 //! decoder forward, twice that for the backward, plus the same ×3 for the AuxK decode when dead
 //! features exist.
 
-use super::sae::{Sae, SaeActivation};
+use super::{Sae, SaeActivation};
 use crate::data::ActivationStream;
 use crate::error::{Error, Result};
 use serde_json::{json, Map};
