@@ -4,11 +4,12 @@
 //! against the model's `config.json` and the hook, region ids, α, the input files) is checked
 //! before any weight is read.
 
+use super::args::{check_output, ReportOut};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use exemplar::analysis::{hierarchy, ood_baseline, saturation, stability};
 use exemplar::dictionary::Basis;
-use exemplar::output::{check_writable, write_atomic};
+use exemplar::output::write_atomic;
 use exemplar::Dictionary;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -26,29 +27,6 @@ fn name_of(p: &Path) -> String {
         || p.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
-}
-
-/// Writes `value` to `out` (pretty JSON) and prints it (`json`) or `table`.
-fn emit(
-    json: bool,
-    out: &Option<PathBuf>,
-    force: bool,
-    value: &Value,
-    table: String,
-) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    if let Some(out) = out {
-        write_atomic(out, text.as_bytes(), force)?;
-    }
-    if json {
-        print!("{text}");
-    } else {
-        print!("{table}");
-        if let Some(out) = out {
-            println!("report written to {}", out.display());
-        }
-    }
-    Ok(())
 }
 
 fn load_all(paths: &[PathBuf]) -> Result<Vec<(String, Dictionary)>> {
@@ -79,15 +57,8 @@ pub struct HierarchyArgs {
     /// k of the k-nearest-neighbour graphs the paths are traced in.
     #[arg(long, default_value_t = 3, value_name = "K")]
     pub knn: usize,
-    /// Print the JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the tree (JSON) here.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 fn parse_pair(s: &str) -> Result<(usize, usize)> {
@@ -104,8 +75,8 @@ fn parse_pair(s: &str) -> Result<(usize, usize)> {
 }
 
 pub fn hierarchy(a: HierarchyArgs) -> Result<()> {
-    if let Some(o) = &a.out {
-        check_writable(o, a.force)?;
+    if let Some(o) = &a.report.out {
+        check_output(o, a.report.force)?;
     }
     let pairs: Vec<(usize, usize)> = a
         .path
@@ -192,7 +163,7 @@ pub fn hierarchy(a: HierarchyArgs) -> Result<()> {
         }));
     }
     value["paths"] = json!(paths);
-    emit(a.json, &a.out, a.force, &value, table)
+    a.report.emit(&value, &table)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,20 +189,13 @@ pub struct StabilityArgs {
     /// Also write one CSV line per region (dictionary, region, N, c, D, mean matched cos, persisted).
     #[arg(long, value_name = "FILE")]
     pub regions_csv: Option<PathBuf>,
-    /// Print the JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the report (JSON) here.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite outputs.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 pub fn stability(a: StabilityArgs) -> Result<()> {
-    for o in a.out.iter().chain(&a.regions_csv) {
-        check_writable(o, a.force)?;
+    for o in a.report.out.iter().chain(&a.regions_csv) {
+        check_output(o, a.report.force)?;
     }
     let owned = load_all(&a.dictionaries)?;
     let dicts: Vec<(String, &Dictionary)> = owned.iter().map(|(n, d)| (n.clone(), d)).collect();
@@ -254,7 +218,7 @@ pub fn stability(a: StabilityArgs) -> Result<()> {
                 x.persisted
             )?;
         }
-        write_atomic(p, csv.as_bytes(), a.force)?;
+        write_atomic(p, csv.as_bytes(), a.report.force)?;
     }
     let mut table = String::new();
     writeln!(
@@ -290,7 +254,7 @@ pub fn stability(a: StabilityArgs) -> Result<()> {
         f(r.auroc_coherence, 3),
         f(r.spearman_d_mean_cos, 3)
     )?;
-    emit(a.json, &a.out, a.force, &serde_json::to_value(&r)?, table)
+    a.report.emit(&serde_json::to_value(&r)?, &table)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,20 +274,13 @@ pub struct SaturationArgs {
     /// Draw the curves into this PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
-    /// Print the JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the curves (JSON) here.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite outputs.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 pub fn saturation(a: SaturationArgs) -> Result<()> {
-    for o in a.out.iter().chain(&a.png) {
-        check_writable(o, a.force)?;
+    for o in a.report.out.iter().chain(&a.png) {
+        check_output(o, a.report.force)?;
     }
     if !a.name.is_empty() && a.name.len() != a.dictionaries.len() {
         bail!(
@@ -344,7 +301,7 @@ pub fn saturation(a: SaturationArgs) -> Result<()> {
         saturation::Axis::Tokens
     };
     if let Some(png) = &a.png {
-        saturation::plot(&curves, axis, png, a.force)?;
+        saturation::plot(&curves, axis, png, a.report.force)?;
     }
     let mut table = String::new();
     writeln!(
@@ -370,7 +327,7 @@ pub fn saturation(a: SaturationArgs) -> Result<()> {
     if let Some(png) = &a.png {
         writeln!(table, "plot written to {}", png.display())?;
     }
-    emit(a.json, &a.out, a.force, &json!({ "curves": curves }), table)
+    a.report.emit(&json!({ "curves": curves }), &table)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -441,15 +398,8 @@ pub struct OodBaselineArgs {
     /// Seed of the sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print the JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Write the report (JSON, with the sampled reference rows) here.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Overwrite --out.
-    #[arg(long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub report: ReportOut,
 }
 
 fn read_rows(paths: &[PathBuf], tensor: &Option<String>, d: usize) -> Result<Vec<f32>> {
@@ -516,8 +466,8 @@ fn ood_text_rows(a: &OodBaselineArgs, dict: &Dictionary) -> Result<Option<RowSet
 }
 
 pub fn ood_baseline(a: OodBaselineArgs) -> Result<()> {
-    if let Some(o) = &a.out {
-        check_writable(o, a.force)?;
+    if let Some(o) = &a.report.out {
+        check_output(o, a.report.force)?;
     }
     let dict = Dictionary::load(&a.dictionary)?;
     #[cfg(feature = "torch")]
@@ -618,7 +568,7 @@ pub fn ood_baseline(a: OodBaselineArgs) -> Result<()> {
             }
         )?;
     }
-    emit(a.json, &a.out, a.force, &value, table)
+    a.report.emit(&value, &table)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,9 +855,9 @@ mod torch {
     }
 
     pub fn steer(a: SteerArgs) -> Result<()> {
-        check_writable(&a.out, a.force)?;
+        check_output(&a.out, a.force)?;
         if let Some(s) = &a.summary {
-            check_writable(s, a.force)?;
+            check_output(s, a.force)?;
             if !a.measure {
                 bail!("--summary needs --measure");
             }
@@ -1048,7 +998,12 @@ mod torch {
         }
         let mut value = summary;
         value["target"] = serde_json::to_value(&t)?;
-        emit(a.json, &a.summary, a.force, &value, table)
+        ReportOut {
+            json: a.json,
+            out: a.summary.clone(),
+            force: a.force,
+        }
+        .emit(&value, &table)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1130,15 +1085,8 @@ mod torch {
         /// Write every scored position of --text (JSON Lines: losses, in-region flags) here.
         #[arg(long, value_name = "FILE", requires = "text")]
         pub per_position: Option<PathBuf>,
-        /// Print the JSON instead of the table.
-        #[arg(long)]
-        pub json: bool,
-        /// Write the report (JSON) here.
-        #[arg(long, short = 'o', value_name = "FILE")]
-        pub out: Option<PathBuf>,
-        /// Overwrite outputs.
-        #[arg(long)]
-        pub force: bool,
+        #[command(flatten)]
+        pub report: ReportOut,
     }
 
     /// `(text, label)` pairs of a labelled JSON Lines file.
@@ -1189,8 +1137,8 @@ mod torch {
     }
 
     pub fn ablate(a: AblateArgs) -> Result<()> {
-        for o in a.out.iter().chain(&a.per_position) {
-            check_writable(o, a.force)?;
+        for o in a.report.out.iter().chain(&a.per_position) {
+            check_output(o, a.report.force)?;
         }
         if a.text.is_none() && a.prompts.is_none() {
             bail!("nothing to measure: give --text (selectivity) and/or --prompts with --target/--targets (behaviour)");
@@ -1355,7 +1303,7 @@ mod torch {
                     v["ids"] = json!(ids);
                     writeln!(s, "{v}")?;
                 }
-                write_atomic(p, s.as_bytes(), a.force)?;
+                write_atomic(p, s.as_bytes(), a.report.force)?;
             }
         }
         if let Some(prompts) = &prompts {
@@ -1424,7 +1372,7 @@ mod torch {
             }
             report["behaviour"] = behaviour;
         }
-        emit(a.json, &a.out, a.force, &report, table)
+        a.report.emit(&report, &table)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1468,9 +1416,9 @@ mod torch {
     }
 
     pub fn label(a: LabelArgs) -> Result<()> {
-        check_writable(&a.out, a.force)?;
+        check_output(&a.out, a.force)?;
         if let Some(m) = &a.markdown {
-            check_writable(m, a.force)?;
+            check_output(m, a.force)?;
         }
         if a.lens_tokens == 0 {
             bail!("--lens-tokens must be at least 1");
