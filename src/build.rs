@@ -318,6 +318,14 @@ impl Builder {
         }
         self.batches += 1;
         self.dict.info.batches = self.batches;
+        self.dict
+            .info
+            .saturation_curve
+            .push(crate::dictionary::SaturationPoint {
+                activations: self.dict.info.activations_streamed,
+                tokens: self.dict.info.tokens_streamed,
+                partitions: self.dict.len() as u64,
+            });
         if let Some(w) = self.config.saturation_window {
             if self.batches - self.last_new_batch > w {
                 self.saturated = true;

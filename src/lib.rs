@@ -9,6 +9,7 @@
 //! [`sae`] holds the other dictionary kind, sparse autoencoders (SAELens / Gemma Scope files,
 //! encoders, a TopK trainer), which [`eval`] compares with EP.
 
+pub mod analysis;
 pub mod backend;
 pub mod build;
 pub mod calibrate;

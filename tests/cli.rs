@@ -1576,7 +1576,7 @@ fn missing_output_directory_fails_before_any_work() {
 /// that does not exist and inputs that do not exist either (which only the work would find),
 /// each fails with a message naming the output and its missing directory, and writes nothing.
 /// (`probe`, `detect`, `ood`, `quality`, `synth`, `plot-sweep`, `bench`, `train-sae`,
-/// `budget-sweep`, `export-sae` and `match` once checked only that the output did not exist, so
+/// `budget-sweep`, `export-sae`, `match` and the analyses once checked only that the output did not exist, so
 /// they ran their work and then failed, or made the directories.)
 #[test]
 fn every_output_is_checked_before_any_work() {
@@ -1666,6 +1666,29 @@ fn every_output_is_checked_before_any_work() {
             vec!["quality", "-d", "absent.safetensors", "-a", "absent.npy"],
             "nodir/quality.json",
         ),
+        (
+            vec!["hierarchy", "absent.safetensors", "absent2.safetensors"],
+            "nodir/tree.json",
+        ),
+        (
+            vec!["stability", "absent.safetensors", "absent2.safetensors"],
+            "nodir/stability.json",
+        ),
+        (vec!["saturation", "absent.safetensors"], "nodir/sat.json"),
+        (
+            vec![
+                "ood-baseline",
+                "-d",
+                "absent.safetensors",
+                "--reference",
+                "absent.npy",
+                "-a",
+                "absent2.npy",
+                "--ood",
+                "absent3.npy",
+            ],
+            "nodir/oodb.json",
+        ),
     ];
     if cfg!(feature = "torch") {
         cases.extend([
@@ -1701,6 +1724,40 @@ fn every_output_is_checked_before_any_work() {
             ),
             (vec!["plot-sweep", "absent.json"], "nodir/sweep.png"),
             (vec!["bench", "--documents", "4000"], "nodir/bench.json"),
+            (
+                vec![
+                    "steer",
+                    "-d",
+                    "absent.safetensors",
+                    "--model",
+                    "absent",
+                    "--prompts",
+                    "absent.txt",
+                    "-r",
+                    "0",
+                    "--alpha",
+                    "4",
+                ],
+                "nodir/steer.jsonl",
+            ),
+            (
+                vec![
+                    "ablate",
+                    "-d",
+                    "absent.safetensors",
+                    "--model",
+                    "absent",
+                    "-r",
+                    "0",
+                    "--text",
+                    "absent.txt",
+                ],
+                "nodir/ablate.json",
+            ),
+            (
+                vec!["label", "-d", "absent.safetensors", "--model", "absent"],
+                "nodir/labels.jsonl",
+            ),
         ]);
     }
     for (mut args, out) in cases {

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod analysis;
 mod args;
 #[cfg(feature = "torch")]
 mod bench;
@@ -73,6 +74,23 @@ pub enum Command {
     /// Benchmark a build from text (model FLOPs, clustering FLOPs, tokens/s, MFU) → JSON.
     #[cfg(feature = "torch")]
     Bench(bench::BenchArgs),
+    /// Generate continuations with an edit along regions (add, raise, clamp, ablate; gated) → JSONL.
+    #[cfg(feature = "torch")]
+    Steer(Box<analysis::SteerArgs>),
+    /// Ablate regions: loss change inside vs outside them, target log-probs before and after.
+    #[cfg(feature = "torch")]
+    Ablate(Box<analysis::AblateArgs>),
+    /// Label regions: logit-lens tokens of exemplar and mean direction, top member contexts.
+    #[cfg(feature = "torch")]
+    Label(analysis::LabelArgs),
+    /// Resolution hierarchy of dictionaries at several percentiles: parents, tree, paths.
+    Hierarchy(analysis::HierarchyArgs),
+    /// Stability across seeds: persisting regions and the predictor D = log10(N·c²), AUROC.
+    Stability(analysis::StabilityArgs),
+    /// Saturation curves (K against tokens) recorded by builds → JSON and PNG.
+    Saturation(analysis::SaturationArgs),
+    /// OOD: EP's nearest-exemplar distance against a k-NN baseline on a random sample, AUROCs.
+    OodBaseline(Box<analysis::OodBaselineArgs>),
 }
 
 /// Where documents come from, and how they become token sequences (builds from text and
@@ -468,6 +486,16 @@ pub fn main() -> std::process::ExitCode {
         Command::Match(a) => sae::match_dictionaries(a),
         #[cfg(feature = "torch")]
         Command::Bench(a) => bench::bench(a),
+        #[cfg(feature = "torch")]
+        Command::Steer(a) => analysis::steer(*a),
+        #[cfg(feature = "torch")]
+        Command::Ablate(a) => analysis::ablate(*a),
+        #[cfg(feature = "torch")]
+        Command::Label(a) => analysis::label(a),
+        Command::Hierarchy(a) => analysis::hierarchy(a),
+        Command::Stability(a) => analysis::stability(a),
+        Command::Saturation(a) => analysis::saturation(a),
+        Command::OodBaseline(a) => analysis::ood_baseline(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -132,6 +132,21 @@ pub struct BuildInfo {
     /// Times the build was resumed from a checkpoint.
     #[serde(default)]
     pub resumed: u64,
+    /// The saturation curve: after every clustered batch, the activations and tokens streamed
+    /// so far and K (after any merge of that batch; before `min_members` finalisation).
+    #[serde(default)]
+    pub saturation_curve: Vec<SaturationPoint>,
+}
+
+/// One point of a build's saturation curve ([`BuildInfo::saturation_curve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SaturationPoint {
+    /// Activations clustered so far.
+    pub activations: u64,
+    /// Tokens streamed so far (BOS included).
+    pub tokens: u64,
+    /// Partitions after the batch.
+    pub partitions: u64,
 }
 
 impl Default for BuildInfo {
@@ -182,6 +197,7 @@ impl Default for BuildInfo {
             documents_skipped_tokens: None,
             timings: Timings::default(),
             resumed: 0,
+            saturation_curve: vec![],
         }
     }
 }

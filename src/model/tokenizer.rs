@@ -29,6 +29,14 @@ impl Tokenizer {
             .collect())
     }
 
+    /// The text of `ids` (special tokens such as the BOS left out), as the tokenizer decodes it.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| Error::param("tokens", format!("cannot decode: {e}")))
+    }
+
     /// The token string of each id (`<id N>` for ids the vocabulary lacks).
     pub fn token_strings(&self, ids: &[i64]) -> Vec<String> {
         ids.iter()
