@@ -59,7 +59,7 @@ pub struct BenchArgs {
     /// Percentile that sets θ (calibrated on the first batches).
     #[arg(long, short = 'p', default_value_t = 1.0)]
     pub percentile: f64,
-    /// Calibration activations.
+    /// Calibration activations (at most the streamed documents' rows: every path calibrates on them).
     #[arg(long, default_value_t = 200_000, value_name = "N")]
     pub calibration_activations: u64,
     /// Device: cpu, cuda, or auto.
@@ -479,6 +479,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // The GEMM rate of this device through libtorch, at the MLP's shape of one batch.
     let batch_rows = (a.batch_documents.min(docs.len()) * (a.ctx + 1)) as i64;
     let gemm = gemm_rate(&model, batch_rows);
+    // Every path calibrates on the same rows: the streamed documents' (the text path's reader
+    // would otherwise go on into the corpus past them to fill a larger calibration sample).
+    let streamed_rows: u64 = docs.iter().map(|d| d.len().saturating_sub(1) as u64).sum();
+    let calibration_activations = a.calibration_activations.min(streamed_rows.max(1));
     let mut results = Vec::new();
     for (name, full) in paths {
         let plan = BuildPlan {
@@ -491,7 +495,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let cal = CalibrationSpec::Inline {
             percentile: a.percentile,
             method: exemplar::calibrate::PercentileMethod::Linear,
-            activations: a.calibration_activations,
+            activations: calibration_activations,
             standardize: a.standardize,
         };
         reset_peak_rss();
@@ -625,6 +629,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "ctx": a.ctx,
         "batch_documents": a.batch_documents,
         "percentile": a.percentile,
+        "calibration_activations": calibration_activations,
         "documents": docs.len(),
         "threads": tch::get_num_threads(),
         "gemm_flops_per_second": gemm,
