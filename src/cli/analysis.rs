@@ -662,23 +662,47 @@ mod torch {
     use exemplar::model::Sampling;
     use std::io::Write;
 
-    // -----------------------------------------------------------------------------------------
-    // steer
-
+    /// `--dictionary`, `--model`, `--hook` and `--other-hook`: a dictionary applied to a model
+    /// at a hook (steer, ablate), checked against the model's `config.json` before any weight
+    /// is read.
     #[derive(Args, Debug)]
-    pub struct SteerArgs {
+    pub struct ModelTarget {
         /// The dictionary.
         #[arg(long, short = 'd', value_name = "FILE")]
         pub dictionary: PathBuf,
         /// Hugging Face checkpoint directory (runs on the CPU in f32).
         #[arg(long, value_name = "DIR")]
         pub model: PathBuf,
-        /// Hook to edit at (default: the dictionary's).
+        /// Hook to apply the dictionary at (default: the dictionary's).
         #[arg(long)]
         pub hook: Option<String>,
         /// Apply the dictionary at --hook although it was built at another (recorded in the output).
         #[arg(long, requires = "hook")]
         pub other_hook: bool,
+    }
+
+    impl ModelTarget {
+        /// The dictionary, and where it applies in the model.
+        fn resolve(&self) -> Result<(Dictionary, target::Target)> {
+            let dict = Dictionary::load(&self.dictionary)?;
+            let (_, t) = model_target(
+                &dict,
+                &self.dictionary,
+                &self.model,
+                self.hook.as_deref(),
+                self.other_hook,
+            )?;
+            Ok((dict, t))
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // steer
+
+    #[derive(Args, Debug)]
+    pub struct SteerArgs {
+        #[command(flatten)]
+        pub on: ModelTarget,
         /// Prompts: .txt one per non-empty line, or .jsonl with --text-field.
         #[arg(long, value_name = "FILE")]
         pub prompts: PathBuf,
@@ -862,14 +886,7 @@ mod torch {
                 bail!("--summary needs --measure");
             }
         }
-        let dict = Dictionary::load(&a.dictionary)?;
-        let (_, t) = model_target(
-            &dict,
-            &a.dictionary,
-            &a.model,
-            a.hook.as_deref(),
-            a.other_hook,
-        )?;
+        let (dict, t) = a.on.resolve()?;
         let prompts = read_texts(&a.prompts, &a.text_field)?;
         let specs = edits(&a)?;
         let sampling = match a.temperature {
@@ -904,7 +921,7 @@ mod torch {
             }),
         };
         run.check()?;
-        let (model, tok) = load_model(&a.model)?;
+        let (model, tok) = load_model(&a.on.model)?;
         let mut file = exemplar::output::AtomicFile::create(&a.out, a.force)?;
         let pb = exemplar::progress::progress_bar(run.generations() as u64, "generate");
         let records = st::steer(&model, &tok, &run, |r| {
@@ -1011,18 +1028,8 @@ mod torch {
 
     #[derive(Args, Debug)]
     pub struct AblateArgs {
-        /// The dictionary.
-        #[arg(long, short = 'd', value_name = "FILE")]
-        pub dictionary: PathBuf,
-        /// Hugging Face checkpoint directory (runs on the CPU in f32).
-        #[arg(long, value_name = "DIR")]
-        pub model: PathBuf,
-        /// Hook to ablate at (default: the dictionary's).
-        #[arg(long)]
-        pub hook: Option<String>,
-        /// Apply the dictionary at --hook although it was built at another (recorded in the output).
-        #[arg(long, requires = "hook")]
-        pub other_hook: bool,
+        #[command(flatten)]
+        pub on: ModelTarget,
         /// Regions to ablate, comma-separated (or choose them with --score-labels).
         #[arg(
             long,
@@ -1149,14 +1156,7 @@ mod torch {
         if a.top == 0 {
             bail!("--top must be at least 1");
         }
-        let dict = Dictionary::load(&a.dictionary)?;
-        let (_, t) = model_target(
-            &dict,
-            &a.dictionary,
-            &a.model,
-            a.hook.as_deref(),
-            a.other_hook,
-        )?;
+        let (dict, t) = a.on.resolve()?;
         target::check_regions(&dict, &a.region, "region")?;
         let labelled = a
             .score_labels
@@ -1191,7 +1191,7 @@ mod torch {
         if prompts.is_some() && targets.is_empty() {
             bail!("--prompts needs --target or --targets");
         }
-        let (model, tok) = load_model(&a.model)?;
+        let (model, tok) = load_model(&a.on.model)?;
         let _guard = tch::no_grad_guard();
         let b = basis(&a.basis);
         let direction = |r: usize| -> Vec<f32> {
