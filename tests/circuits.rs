@@ -50,8 +50,10 @@ fn node_and_edge_scores_by_hand() {
     // Head 1: P = {5}, N = {5, 6}: none, distinct 2.
     // Head 2: P = {7, 8}, N = {7}: only {8}, distinct 2.
     let n = node_scores(&pos, &neg, 3, false).unwrap();
-    let got: Vec<(usize, usize, f64)> =
-        n.iter().map(|s| (s.positive_only, s.distinct, s.score)).collect();
+    let got: Vec<(usize, usize, f64)> = n
+        .iter()
+        .map(|s| (s.positive_only, s.distinct, s.score))
+        .collect();
     assert_eq!(got, vec![(1, 3, 1.0), (0, 2, 0.0), (1, 2, 1.0)]);
     let nn = node_scores(&pos, &neg, 3, true).unwrap();
     assert_eq!(
@@ -161,7 +163,11 @@ fn patching_equals_hf_forward_hooks_on_the_real_270m() {
         ],
     )
     .ok();
-    assert!(run.stdout.contains("faithfulness (MIB, heads)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("faithfulness (MIB, heads)"),
+        "{}",
+        run.stdout
+    );
     let rep: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(rep["task"]["prompts"], 6);
@@ -180,6 +186,7 @@ fn patching_equals_hf_forward_hooks_on_the_real_270m() {
     args.extend(heads.iter().map(|s| s.as_str()));
     let out = run_check(&py, dir, &args);
     assert!(out.contains("ok hf-patch"), "{out}");
+    eprintln!("{out}");
     let out = run_check(&py, dir, &["metrics", "report.json"]);
     assert!(out.contains("ok metrics: 4 curves"), "{out}");
     let out = run_check(&py, dir, &["scores", "report.json"]);
@@ -195,11 +202,27 @@ fn patching_equals_hf_forward_hooks_on_the_real_270m() {
     assert_eq!(mib["nodes"].as_object().unwrap().len(), 1 + 18 * 5 + 1);
     let s5 = rep["codes"][0]["node_scores"][5].as_f64().unwrap();
     assert_eq!(mib["nodes"]["a1.h1"]["score"].as_f64().unwrap(), s5);
-    if let Some(e) = rep["codes"][0]["edges"].as_array().unwrap().iter().find(|e| {
-        let l = |k: &str| e[k].as_str().unwrap()[1..].split(".h").next().unwrap().parse::<usize>().unwrap();
-        l("from") < l("to")
-    }) {
-        let key = format!("{}->{}<v>", e["from"].as_str().unwrap(), e["to"].as_str().unwrap());
+    if let Some(e) = rep["codes"][0]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            let l = |k: &str| {
+                e[k].as_str().unwrap()[1..]
+                    .split(".h")
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            };
+            l("from") < l("to")
+        })
+    {
+        let key = format!(
+            "{}->{}<v>",
+            e["from"].as_str().unwrap(),
+            e["to"].as_str().unwrap()
+        );
         assert_eq!(mib["edges"][&key]["score"], e["score"], "{key}");
     }
 }
@@ -222,7 +245,12 @@ fn bad_task_files_and_heads_give_clear_errors() {
         ),
         (
             ok.replace("Mary gave a drink", "Mary Ann gave a drink"),
-            vec!["line 2", "`prompt` is", "`corrupted_prompt` is", "same length"],
+            vec![
+                "line 2",
+                "`prompt` is",
+                "`corrupted_prompt` is",
+                "same length",
+            ],
         ),
         (
             r#"{"prompt":"x","answer":1,"corrupted_prompt":"y","wrong_answer":" z"}"#.to_string(),
@@ -234,7 +262,15 @@ fn bad_task_files_and_heads_give_clear_errors() {
         std::fs::write(dir.join("task.jsonl"), format!("{ok}\n{second}\n")).unwrap();
         let err = exemplar(
             dir,
-            &["circuits", "--model", model, "--task", "task.jsonl", "-o", "r.json"],
+            &[
+                "circuits",
+                "--model",
+                model,
+                "--task",
+                "task.jsonl",
+                "-o",
+                "r.json",
+            ],
         )
         .err();
         for n in needles {
@@ -245,7 +281,15 @@ fn bad_task_files_and_heads_give_clear_errors() {
     std::fs::write(dir.join("task.jsonl"), format!("{ok}\n")).unwrap();
     let err = exemplar(
         dir,
-        &["circuits", "--model", model, "--task", "task.jsonl", "--circuit", "a3.h4"],
+        &[
+            "circuits",
+            "--model",
+            model,
+            "--task",
+            "task.jsonl",
+            "--circuit",
+            "a3.h4",
+        ],
     )
     .err();
     assert!(
@@ -254,7 +298,15 @@ fn bad_task_files_and_heads_give_clear_errors() {
     );
     let err = exemplar(
         dir,
-        &["circuits", "--model", model, "--task", "task.jsonl", "--circuit", "18.0"],
+        &[
+            "circuits",
+            "--model",
+            model,
+            "--task",
+            "task.jsonl",
+            "--circuit",
+            "18.0",
+        ],
     )
     .err();
     assert!(err.contains("layer 18 is out of range"), "{err}");

@@ -93,9 +93,12 @@ pub fn circuits(a: CircuitsArgs) -> Result<()> {
     if a.no_patching && (a.top_heads.is_some()) {
         bail!("--top-heads needs patching (drop --no-patching)");
     }
-    let config =
-        exemplar::model::GemmaConfig::from_file(&a.model.join("config.json")).with_context(|| {
-            format!("{} is not a Hugging Face checkpoint directory", a.model.display())
+    let config = exemplar::model::GemmaConfig::from_file(&a.model.join("config.json"))
+        .with_context(|| {
+            format!(
+                "{} is not a Hugging Face checkpoint directory",
+                a.model.display()
+            )
         })?;
     let (nl, nhl) = (config.num_hidden_layers, config.num_attention_heads);
     let circuit = if a.circuit.is_empty() {

@@ -38,7 +38,10 @@ pub fn importance_graph(
     for l in 0..n_layers {
         let heads: Vec<usize> = (l * n_heads..(l + 1) * n_heads).collect();
         for &h in &heads {
-            nodes.insert(head_name(h), node(node_scores.get(h).copied().unwrap_or(0.0)));
+            nodes.insert(
+                head_name(h),
+                node(node_scores.get(h).copied().unwrap_or(0.0)),
+            );
             for (parent, ph) in &stream {
                 let s = ph
                     .and_then(|p| pair.get(&(p.min(h), p.max(h))).copied())

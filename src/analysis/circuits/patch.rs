@@ -102,7 +102,12 @@ fn z_hook(layer: usize) -> HookPoint {
 
 /// Runs every prompt pair clean and corrupted (`batch` pairs per forward), keeping what
 /// patching needs and the pooled head outputs.
-pub fn run_task(model: &Gemma, items: &[EncodedItem], batch: usize, pool: Pool) -> Result<TaskRuns> {
+pub fn run_task(
+    model: &Gemma,
+    items: &[EncodedItem],
+    batch: usize,
+    pool: Pool,
+) -> Result<TaskRuns> {
     if batch == 0 {
         return Err(Error::param("batch", "must be at least 1"));
     }
@@ -126,8 +131,16 @@ pub fn run_task(model: &Gemma, items: &[EncodedItem], batch: usize, pool: Pool) 
         let wrong = Tensor::from_slice(&group.iter().map(|i| i.wrong).collect::<Vec<_>>());
         let outc = model.forward_with(&ids, &mask, &hooks, &[], Logits::Last)?;
         let outx = model.forward_with(&cids, &cmask, &hooks, &[], Logits::Last)?;
-        clean_ld.extend(logit_diff(outc.logits.as_ref().expect("logits"), &answer, &wrong)?);
-        corrupted_ld.extend(logit_diff(outx.logits.as_ref().expect("logits"), &answer, &wrong)?);
+        clean_ld.extend(logit_diff(
+            outc.logits.as_ref().expect("logits"),
+            &answer,
+            &wrong,
+        )?);
+        corrupted_ld.extend(logit_diff(
+            outx.logits.as_ref().expect("logits"),
+            &answer,
+            &wrong,
+        )?);
         for (out, rows) in [(&outc, &mut clean_rows), (&outx, &mut corr_rows)] {
             // [B, L, H, hd] pooled, then prompt-major rows.
             let per_layer: Vec<Tensor> = (0..nl)
@@ -152,7 +165,9 @@ pub fn run_task(model: &Gemma, items: &[EncodedItem], batch: usize, pool: Pool) 
                     Tensor::stack(&pooled, 0)
                 })
                 .collect();
-            let all = Tensor::stack(&per_layer, 1).to_device(Device::Cpu).contiguous();
+            let all = Tensor::stack(&per_layer, 1)
+                .to_device(Device::Cpu)
+                .contiguous();
             rows.extend(
                 Vec::<f32>::try_from(all.view([-1]))
                     .map_err(|e| Error::param("hook", e.to_string()))?,

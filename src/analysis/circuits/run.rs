@@ -354,13 +354,21 @@ pub fn analyze(
         let m_empty = runs.circuit_metric(model, &vec![false; n])?;
         let mut rankings: Vec<(String, Vec<usize>)> = codes
             .iter()
-            .map(|r| (format!("ep-{}", r.sharing.as_str()), ranking(&r.node_scores)))
+            .map(|r| {
+                (
+                    format!("ep-{}", r.sharing.as_str()),
+                    ranking(&r.node_scores),
+                )
+            })
             .collect();
         if let Some(p) = &patching {
             rankings.push(("patching".into(), ranking(&p.effects)));
         }
         rankings.push(("random".into(), ranking(&random_scores(n, opts.seed, 0))));
-        progress("faithfulness", (rankings.len() * MIB_FRACTIONS.len()) as u64);
+        progress(
+            "faithfulness",
+            (rankings.len() * MIB_FRACTIONS.len()) as u64,
+        );
         let mut curves = vec![];
         for (rname, order) in &rankings {
             curves.push(curve(&runs, model, rname, order, m_full, m_empty, step)?);

@@ -117,7 +117,11 @@ pub fn edge_scores(
             })
         })
         .collect();
-    out.sort_by(|x, y| y.score.total_cmp(&x.score).then((x.a, x.b).cmp(&(y.a, y.b))));
+    out.sort_by(|x, y| {
+        y.score
+            .total_cmp(&x.score)
+            .then((x.a, x.b).cmp(&(y.a, y.b)))
+    });
     if let Some(t) = top {
         out.truncate(t);
     }

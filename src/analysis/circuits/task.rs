@@ -53,8 +53,8 @@ pub fn parse_task(path: &Path, text: &str) -> Result<Vec<TaskItem>> {
             continue;
         }
         let bad = |m: String| Error::format(path, format!("line {line}: {m}"));
-        let v: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| bad(format!("not a JSON object ({e})")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| bad(format!("not a JSON object ({e})")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| bad("not a JSON object".into()))?;
@@ -188,12 +188,12 @@ impl Head {
         let bad = |m: String| Error::param("head", format!("`{s}`: {m}"));
         let t = s.trim();
         let (l, h) = match t.strip_prefix('a') {
-            Some(rest) => rest
-                .split_once(".h")
-                .ok_or_else(|| bad("expected a{layer}.h{head} (e.g. a3.h1) or layer.head".into()))?,
-            None => t
-                .split_once('.')
-                .ok_or_else(|| bad("expected a{layer}.h{head} (e.g. a3.h1) or layer.head".into()))?,
+            Some(rest) => rest.split_once(".h").ok_or_else(|| {
+                bad("expected a{layer}.h{head} (e.g. a3.h1) or layer.head".into())
+            })?,
+            None => t.split_once('.').ok_or_else(|| {
+                bad("expected a{layer}.h{head} (e.g. a3.h1) or layer.head".into())
+            })?,
         };
         let num = |v: &str, what: &str| -> Result<usize> {
             v.parse()
@@ -230,18 +230,30 @@ mod tests {
         let e = parse_task(p, &format!("{ok}\n{{\"prompt\":\"x\"}}\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 2") && e.contains("`answer` is missing"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("`answer` is missing"),
+            "{e}"
+        );
         let e = parse_task(p, r#"{"prompt":"x","answer":3}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 1") && e.contains("`answer` must be a string"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("`answer` must be a string"),
+            "{e}"
+        );
         assert!(parse_task(p, "\n").is_err());
     }
 
     #[test]
     fn heads_parse_and_range() {
-        assert_eq!(Head::parse("a3.h1", 18, 4).unwrap(), Head { layer: 3, head: 1 });
-        assert_eq!(Head::parse("17.3", 18, 4).unwrap(), Head { layer: 17, head: 3 });
+        assert_eq!(
+            Head::parse("a3.h1", 18, 4).unwrap(),
+            Head { layer: 3, head: 1 }
+        );
+        assert_eq!(
+            Head::parse("17.3", 18, 4).unwrap(),
+            Head { layer: 17, head: 3 }
+        );
         let e = Head::parse("a3.h4", 18, 4).unwrap_err().to_string();
         assert!(e.contains("head 4 is out of range"), "{e}");
         let e = Head::parse("a18.h0", 18, 4).unwrap_err().to_string();
