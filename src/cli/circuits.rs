@@ -29,7 +29,7 @@ pub struct CircuitsArgs {
     #[arg(long, default_value = "both", value_parser = ["per-head", "shared", "both"])]
     pub codes: String,
     /// θ's percentile of the pairwise distances among the build rows.
-    #[arg(long, short = 'p', default_value_t = 20.0, value_name = "P")]
+    #[arg(long, short = 'p', default_value_t = 5.0, value_name = "P")]
     pub percentile: f64,
     /// Prompt pairs (the first ones) whose clean and corrupted outputs build the dictionaries.
     #[arg(long, default_value_t = 10, value_name = "N")]
