@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-LD_TOL = 2e-3  # logit differences: tch vs HF eager, both f32 on the CPU
+LD_TOL = 1e-4  # logit differences: tch vs HF eager, both f32 on the CPU (worst seen 8.3e-6)
 TOL = 1e-9
 
 

@@ -121,6 +121,14 @@ pub fn circuits(a: CircuitsArgs) -> Result<()> {
     )?;
     let encoded = encode_task(&a.task, &items, |t| tok.encode(t))?;
     let n = nl * nhl;
+    if let Some(t) = a.top_heads {
+        if t == 0 || t >= n {
+            bail!(
+                "--top-heads must be between 1 and {} (the model has {n} heads)",
+                n - 1
+            );
+        }
+    }
     let opts = CircuitOptions {
         pool: if a.pool == "mean" {
             Pool::Mean
