@@ -1,8 +1,10 @@
 //! Analyses that use a dictionary: on its own ([`hierarchy`], [`stability`], [`saturation`],
 //! [`ood_baseline`]) or on a live model (feature `torch`: [`target`], [`lens`], [`steer`],
-//! [`ablate`], [`label`]). Each is a library function first; `src/cli/analysis.rs` wraps them as
+//! [`ablate`], [`label`]), and [`circuits`] from discrete codes (its model-backed parts need
+//! `torch`). Each is a library function first; `src/cli/analysis.rs` wraps them as
 //! subcommands, and `docs/analyses.md` states every definition and what it was checked against.
 
+pub mod circuits;
 pub mod hierarchy;
 pub mod ood_baseline;
 pub mod saturation;

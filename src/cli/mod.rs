@@ -4,6 +4,8 @@ mod analysis;
 mod args;
 #[cfg(feature = "torch")]
 mod bench;
+#[cfg(feature = "torch")]
+mod circuits;
 mod commands;
 mod compute;
 mod evaluate;
@@ -83,6 +85,10 @@ pub enum Command {
     /// Label regions: logit-lens tokens of exemplar and mean direction, top member contexts.
     #[cfg(feature = "torch")]
     Label(analysis::LabelArgs),
+    /// Circuits from EP codes of attention heads (O'Neill & Bui), checked by exact per-head
+    /// patching; MIB faithfulness (CPR, CMD) and importance-score export.
+    #[cfg(feature = "torch")]
+    Circuits(Box<circuits::CircuitsArgs>),
     /// Resolution hierarchy of dictionaries at several percentiles: parents, tree, paths.
     Hierarchy(analysis::HierarchyArgs),
     /// Stability across seeds: persisting regions and the predictor D = log10(N·c²), AUROC.
@@ -492,6 +498,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Ablate(a) => analysis::ablate(*a),
         #[cfg(feature = "torch")]
         Command::Label(a) => analysis::label(a),
+        #[cfg(feature = "torch")]
+        Command::Circuits(a) => circuits::circuits(*a),
         Command::Hierarchy(a) => analysis::hierarchy(a),
         Command::Stability(a) => analysis::stability(a),
         Command::Saturation(a) => analysis::saturation(a),
