@@ -746,6 +746,40 @@ mod model {
             a.extend(extra);
             exemplar(dir, &a)
         };
+        // A standardised dictionary: its exemplars are not directions of the activations.
+        {
+            let mut d = exemplar::Dictionary::load(&dir.join("d.safetensors")).unwrap();
+            let dim = d.dim();
+            d.set_scaling(Some(exemplar::geometry::Scaling {
+                mean: vec![0.5; dim],
+                inv_std: vec![2.0; dim],
+            }))
+            .unwrap();
+            d.save(&dir.join("std.safetensors"), false).unwrap();
+            let e = exemplar(
+                dir,
+                &[
+                    "steer",
+                    "-d",
+                    "std.safetensors",
+                    "--prompts",
+                    "prompts.txt",
+                    "-o",
+                    "s.jsonl",
+                    "--model",
+                    b,
+                    "-r",
+                    "0",
+                    "--alpha",
+                    "1",
+                ],
+            )
+            .err();
+            assert!(
+                e.contains("std.safetensors") && e.contains("standardised"),
+                "{e}"
+            );
+        }
         // Another model (same width 64, another config).
         let e = steer(&["--model", g3.to_str().unwrap(), "-r", "0", "--alpha", "1"]).err();
         assert!(

@@ -169,6 +169,16 @@ pub fn ood_baseline(
     if dict.is_empty() {
         return Err(Error::EmptyInput("the dictionary has no region".into()));
     }
+    // Both detectors work in the dictionary's space (standardised rows for a standardised one).
+    let reference = dict.to_space(reference);
+    let reference: &[f32] = &reference;
+    let in_dist_rows = dict.to_space(in_dist.1);
+    let in_dist = (in_dist.0, &in_dist_rows[..]);
+    let ood: Vec<(String, Vec<f32>)> = ood
+        .iter()
+        .map(|(n, r)| (n.clone(), dict.to_space(r).into_owned()))
+        .collect();
+    let ood = &ood[..];
     let size = options.sample_size.unwrap_or(dict.len());
     let n_ref = reference.len() / d;
     let idx = sample_indices(n_ref, size, options.seed)?;

@@ -138,6 +138,15 @@ pub fn check_model(
 ) -> Result<ModelCheck> {
     let info = dict.info();
     let dname = dict_path.display().to_string();
+    // Steering directions, gates and lenses here are computed in the activations' space from
+    // the raw exemplars; a standardised dictionary's live in another space, and using them as
+    // they are would steer along the wrong directions without a word.
+    if dict.scaling().is_some() {
+        return Err(Error::param(
+            "dictionary",
+            format!("{dname} was built on standardised rows (metadata `scaling`): steering, ablation and labels on a model support dictionaries of unstandardised rows only, for now"),
+        ));
+    }
     if dict.dim() != config.hidden_size {
         return Err(Error::DimensionMismatch {
             what: format!(
