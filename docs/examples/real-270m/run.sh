@@ -33,7 +33,7 @@ done
 
 step "hierarchy (seed 0: p20 ⊃ p10 ⊃ p5)"
 "$E" hierarchy seed0/$H.p5.safetensors seed0/$H.p10.safetensors seed0/$H.p20.safetensors \
-    --path 0,1 --path 0,5 --path-level 0 -o "$HERE/hierarchy.json" --force >"$HERE/hierarchy.txt"
+    --path 0,1 --path 0,5 --path-level 2 -o "$HERE/hierarchy.json" --force >"$HERE/hierarchy.txt"
 
 step "stability across the three orders"
 for p in 10 20; do
@@ -53,6 +53,12 @@ echo "$R" >"$HERE/steer-regions.txt"
     --edit add --alpha 500,1000,2000 --random-control --baseline --new-tokens 24 --measure \
     -o "$HERE/steer-add.jsonl" --summary "$HERE/steer-add-summary.json" --force \
     >"$HERE/steer-add.txt"
+R20="$("$PY" "$HERE/choose_regions.py" seed0/$H.p20.safetensors 20 50 1)"
+echo "$R20" >"$HERE/steer-20-regions.txt"
+"$E" steer -d seed0/$H.p20.safetensors --model "$M" --prompts prompts.txt -r "$R20" \
+    --edit add --alpha 1000 --random-control --baseline --new-tokens 24 --measure \
+    -o "$HERE/steer-20.jsonl" --summary "$HERE/steer-20-summary.json" --force \
+    >"$HERE/steer-20.txt"
 "$E" steer -d seed0/$H.p20.safetensors --model "$M" --prompts prompts.txt -r "$R" \
     --edit add --alpha 1000 --gated --random-control --new-tokens 24 --measure \
     -o "$HERE/steer-add-gated.jsonl" --summary "$HERE/steer-add-gated-summary.json" --force \
@@ -66,7 +72,7 @@ with open("labelled.jsonl", "w") as f:
         for line in open(name):
             d = json.loads(line)
             f.write(json.dumps({"text": d["text"], "label": code}) + "\n")
-with open("code-prompts.txt", "w") as f:
+with open("code-prompts.jsonl", "w") as f:
     for p in ["def area(width, height):", "class Stack:", "for item in items:",
               "if value is None:", "with open(path) as handle:", "while queue:",
               "try:", "def __init__(self, name):"]:
@@ -74,7 +80,7 @@ with open("code-prompts.txt", "w") as f:
 EOF
 "$E" ablate -d seed0/$H.p20.safetensors --model "$M" --score-labels labelled.jsonl \
     --label-position all --ctx 64 --top 3 --min-members 20 --min-rate 0.8 \
-    --text labelled.jsonl --prompts code-prompts.txt --target "    " --target "        " \
+    --text labelled.jsonl --prompts code-prompts.jsonl --target "    " --target "        " \
     --random-control -o "$HERE/ablate-code.json" --force >"$HERE/ablate-code.txt"
 
 step "saturation: one calibration, three domains"
