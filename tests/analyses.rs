@@ -11,25 +11,8 @@ use common::{clustered, exemplar, python, write_npy, write_sidecar};
 use serde_json::Value;
 use std::path::Path;
 
-/// Runs `scripts/analysis_checks.py args...` in `dir`; panics with its output unless it exits
-/// 0. Returns its stdout.
 fn run_check(py: &Path, dir: &Path, args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/analysis_checks.py");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "analysis_checks.py {} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::run_python_check(py, "analysis_checks.py", dir, args)
 }
 
 fn read_json(p: &Path) -> Value {

@@ -13,22 +13,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn run_check(py: &Path, dir: &Path, args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/circuits_checks.py");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "circuits_checks.py {} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::run_python_check(py, "circuits_checks.py", dir, args)
 }
 
 #[test]

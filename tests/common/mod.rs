@@ -464,3 +464,27 @@ pub fn real_gemma3() -> Option<(PathBuf, PathBuf)> {
         }
     }
 }
+
+/// Runs the Python check script `scripts/<script>` with `py` in `dir`; panics with its output
+/// unless it exits 0. Returns its stdout.
+#[allow(dead_code)] // not every test binary runs a check script
+pub fn run_python_check(py: &Path, script: &str, dir: &Path, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = std::process::Command::new(py)
+        .arg(&path)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

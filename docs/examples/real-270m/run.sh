@@ -33,12 +33,12 @@ done
 
 step "hierarchy (seed 0: p20 ⊃ p10 ⊃ p5)"
 "$E" hierarchy seed0/$H.p5.safetensors seed0/$H.p10.safetensors seed0/$H.p20.safetensors \
-    --path 0,1 --path 0,5 --path-level 2 -o "$HERE/hierarchy.json" --force >"$HERE/hierarchy.txt"
+    --path 0,1 --path 0,5 --path-level 2 -o hierarchy.json --force >"$HERE/hierarchy.txt"
 
 step "stability across the three orders"
 for p in 10 20; do
     "$E" stability seed0/$H.p$p.safetensors seed1/$H.p$p.safetensors seed2/$H.p$p.safetensors \
-        --regions-csv "$HERE/stability-p$p-regions.csv" -o "$HERE/stability-p$p.json" --force \
+        --regions-csv "$HERE/stability-p$p-regions.csv" -o stability-p$p.json --force \
         >"$HERE/stability-p$p.txt"
 done
 
