@@ -273,21 +273,47 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
         ],
     )
     .ok();
+    // A standardised dictionary too: its SAE must take raw activations (W_enc = s ⊙ e,
+    // b_dec = μ + c ⊘ s), not z-scores.
+    exemplar(
+        root,
+        &[
+            "build",
+            "-a",
+            "acts.npy",
+            "-p",
+            "10",
+            "--batch-size",
+            "128",
+            "--no-saturation",
+            "--standardize",
+            "--model-name",
+            "gemma-2-2b",
+            "--hook",
+            "blocks.12.hook_resid_post",
+            "-o",
+            "ds.safetensors",
+        ],
+    )
+    .ok();
     let dict = load_dict(&root.join("d.safetensors"));
     let k = dict.len();
     assert!(k >= 4, "K = {k}");
-    let exports: [(&str, &str, usize); 3] = [
-        ("sae", "exemplar", 1),
-        ("sae_k3", "exemplar", 3),
-        ("sae_mean", "mean", 2),
+    let dict_std = load_dict(&root.join("ds.safetensors"));
+    assert!(dict_std.scaling().is_some() && dict_std.len() >= 4);
+    let exports: [(&str, &str, &str, usize); 4] = [
+        ("sae", "d.safetensors", "exemplar", 1),
+        ("sae_k3", "d.safetensors", "exemplar", 3),
+        ("sae_mean", "d.safetensors", "mean", 2),
+        ("sae_std", "ds.safetensors", "exemplar", 2),
     ];
-    for (out, basis, kk) in exports {
+    for (out, dict_file, basis, kk) in exports {
         exemplar(
             root,
             &[
                 "export-sae",
                 "-d",
-                "d.safetensors",
+                dict_file,
                 "--basis",
                 basis,
                 "-k",
@@ -302,7 +328,7 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
             &[
                 "encode",
                 "-d",
-                "d.safetensors",
+                dict_file,
                 "-a",
                 "acts.npy",
                 "--readout",
@@ -331,7 +357,34 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
     )
     .ok();
     // `train-sae` writes the same layout (feature `torch`): SAELens reads that too.
-    let mut dirs = vec!["sae", "sae_k3", "sae_mean"];
+    // The standardised dictionary's k = 1 export, to compare with its `assign`.
+    exemplar(
+        root,
+        &[
+            "export-sae",
+            "-d",
+            "ds.safetensors",
+            "-k",
+            "1",
+            "-o",
+            "sae_std1",
+        ],
+    )
+    .ok();
+    exemplar(
+        root,
+        &[
+            "assign",
+            "-d",
+            "ds.safetensors",
+            "-a",
+            "acts.npy",
+            "-o",
+            "ids_std.npz",
+        ],
+    )
+    .ok();
+    let mut dirs = vec!["sae", "sae_k3", "sae_mean", "sae_std", "sae_std1"];
     if cfg!(feature = "torch") {
         exemplar(
             root,
@@ -378,7 +431,13 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
             "train-sae's SAE: sae-encode vs SAELens encode",
         );
     }
-    for (out, basis, kk) in exports {
+    for (out, dict_file, basis, kk) in exports {
+        let dict = if dict_file == "ds.safetensors" {
+            &dict_std
+        } else {
+            &dict
+        };
+        let k = dict.len();
         let r = &report[out];
         assert_eq!(r["class"], "TopKSAE", "{out}: {r}");
         assert_eq!(r["k"], kk);
@@ -394,6 +453,7 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
         // EP's own data rides in metadata.exemplar, which SAELens keeps.
         let ep = &r["exemplar"];
         assert_eq!(ep["basis"], basis);
+        assert_eq!(ep["standardized"], dict.scaling().is_some());
         assert_eq!(ep["n_partitions"], k);
         assert_eq!(ep["threshold_cos"].as_f64().unwrap(), dict.theta());
         let counts: Vec<u64> = ep["region_count"]
@@ -438,21 +498,30 @@ fn saelens_loads_the_export_and_its_encode_equals_assign_and_the_topk_readout() 
             &format!("{out}: sae-encode of SAELens' save_model"),
         );
     }
-    // k = 1 on the exemplars: SAELens' active feature is `exemplar assign`'s region.
-    let ids = exemplar::data::npy::read_npz(&root.join("ids.npz")).unwrap();
-    let ids = i64_data(&ids.iter().find(|(n, _)| n == "ids").unwrap().1).to_vec();
-    let codes = read_npy(&root.join("sae.codes.npy"));
-    let mut active = 0;
-    for (row, &id) in f32_data(&codes).chunks(k).zip(&ids) {
-        if let Some(j) = row.iter().position(|&v| v > 0.0) {
-            assert_eq!(j as i64, id, "SAELens' active feature vs exemplar assign");
-            active += 1;
+    // k = 1 on the exemplars: SAELens' active feature is `exemplar assign`'s region, for the
+    // plain and the standardised dictionary.
+    for (ids_file, codes_file, k) in [
+        ("ids.npz", "sae.codes.npy", k),
+        ("ids_std.npz", "sae_std1.codes.npy", dict_std.len()),
+    ] {
+        let ids = exemplar::data::npy::read_npz(&root.join(ids_file)).unwrap();
+        let ids = i64_data(&ids.iter().find(|(n, _)| n == "ids").unwrap().1).to_vec();
+        let codes = read_npy(&root.join(codes_file));
+        let mut active = 0;
+        for (row, &id) in f32_data(&codes).chunks(k).zip(&ids) {
+            if let Some(j) = row.iter().position(|&v| v > 0.0) {
+                assert_eq!(
+                    j as i64, id,
+                    "{codes_file}: SAELens' active feature vs exemplar assign"
+                );
+                active += 1;
+            }
         }
+        assert_eq!(
+            active, 900,
+            "{codes_file}: every row has a positive projection on its exemplar"
+        );
     }
-    assert_eq!(
-        active, 900,
-        "every row has a positive projection on its exemplar"
-    );
     // The mean basis and an existing export is kept without --force.
     let before = std::fs::read(root.join("sae/sae_weights.safetensors")).unwrap();
     let e = exemplar(

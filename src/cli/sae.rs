@@ -134,8 +134,13 @@ pub fn export_sae(a: ExportSaeArgs) -> Result<()> {
     let sae = Sae::from_dictionary(&dict, basis(&a.basis), a.k)?;
     sae.save_saelens(&out.out, out.force)
         .with_context(|| format!("writing {}", out.out.display()))?;
+    let b_dec = if dict.scaling().is_some() {
+        "standardised dictionary: W_enc = s ⊙ e, b_dec = μ + c ⊘ s, on raw activations"
+    } else {
+        "b_dec = center"
+    };
     println!(
-        "wrote {} (SAELens layout: topk k = {}, d_in = {}, d_sae = {}, {} basis, b_dec = center)",
+        "wrote {} (SAELens layout: topk k = {}, d_in = {}, d_sae = {}, {} basis, {b_dec})",
         out.out.display(),
         a.k,
         sae.d_in,

@@ -130,6 +130,12 @@ impl Sae {
     /// row); its value is the projection `(x − c)·e`, ReLU'd (so a row whose every projection is
     /// negative gets an all-zero code).
     ///
+    /// A standardised dictionary (`z = s ⊙ (x − μ)`, exemplars and center `c` in z-space)
+    /// becomes an SAE on the raw activations `x`: `W_enc[:, r] = s ⊙ e_r` and
+    /// `b_dec = μ + c ⊘ s`, so `(x − b_dec)·W_enc[:, r] = e_r·(z − c)`, the same value and the
+    /// same ranking as on an unstandardised dictionary; `W_dec[r] = e_r ⊘ s` (σ ⊙ e_r) decodes
+    /// back into activation space. `metadata.exemplar.standardized` records it.
+    ///
     /// SAELens' `metadata` gets what the dictionary's build record knows: `model_name` and
     /// `hook_name` (when recorded), and for a build from text `context_size` and
     /// `prepend_bos`. EP's own data (basis, θ, K, region counts, percentile) goes under
@@ -170,16 +176,31 @@ impl Sae {
                 "n_partitions": kk,
                 "region_count": dict.member_counts(),
                 "percentile": info.percentile,
+                "standardized": dict.scaling().is_some(),
                 "crate_version": env!("CARGO_PKG_VERSION"),
             }),
         );
+        let mut w_enc = transpose(&w_dec, kk, d);
+        let mut w_dec = w_dec;
+        let mut b_dec = dict.center().to_vec();
+        if let Some(sc) = dict.scaling() {
+            // W_enc is d × K, row i scaled by s_i; W_dec is K × d, column i divided by s_i.
+            for (row, &s) in w_enc.chunks_mut(kk).zip(&sc.inv_std) {
+                row.iter_mut().for_each(|w| *w *= s);
+            }
+            for row in w_dec.chunks_mut(d) {
+                row.iter_mut().zip(&sc.inv_std).for_each(|(w, &s)| *w /= s);
+            }
+            b_dec = sc.to_activation_space(&b_dec);
+            b_dec.iter_mut().zip(&sc.mean).for_each(|(b, &m)| *b += m);
+        }
         Ok(Sae {
             d_in: d,
             d_sae: kk,
-            w_enc: transpose(&w_dec, kk, d),
+            w_enc,
             w_dec,
             b_enc: vec![0.0; kk],
-            b_dec: dict.center().to_vec(),
+            b_dec,
             apply_b_dec_to_input: true,
             activation: SaeActivation::TopK { k },
             metadata,
