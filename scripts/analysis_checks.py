@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent checks of the analyses (tests/analyses.rs runs them): numpy / scipy /
 scikit-learn re-implementations of `exemplar hierarchy`, `stability`, `ood-baseline` and the
-logit lens of `label`, and HF transformers with PyTorch forward hooks for `steer` and `ablate`.
+logit lens of `label`, the MI explanations of `explain` (words, scores, baselines, statistics), and HF transformers with PyTorch forward hooks for `steer` and `ablate`.
 
 Each subcommand reads the dictionaries with safetensors + numpy only and compares with the
 JSON / JSON Lines the CLI wrote; it exits non-zero (AssertionError) on the first mismatch and
@@ -11,6 +11,7 @@ prints `ok ...` otherwise.
     analysis_checks.py stability REPORT.json CUTOFF BASIS DICT...
     analysis_checks.py ood REPORT.json DICT REFERENCE.npy IN.npy OOD.npy...
     analysis_checks.py lens MODEL_DIR DICT LABELS.jsonl
+    analysis_checks.py mi MODEL_DIR DICT EXPLANATIONS.jsonl REPORT.json
     analysis_checks.py hf-steer MODEL_DIR DICT STEER.jsonl...
     analysis_checks.py hf-ablate MODEL_DIR DICT REPORT.json PER_POSITION.jsonl PROMPTS TARGETS...
 """
@@ -321,6 +322,120 @@ def check_lens(model_dir, dict_path, labels_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# MI explanations (Wu et al.)
+
+
+def lens_weights(model_dir):
+    """(rms_norm_eps, 1 + final norm weight, tied unembedding), float64."""
+    import glob
+
+    cfg = json.load(open(f"{model_dir}/config.json"))
+    norm = emb = None
+    for p in glob.glob(f"{model_dir}/*.safetensors"):
+        if "expected" in p:
+            continue
+        with safe_open(p, framework="numpy") as f:
+            for k in f.keys():
+                if k.endswith("model.norm.weight"):
+                    norm = f.get_tensor(k).astype(np.float64)
+                elif k.endswith("embed_tokens.weight"):
+                    emb = f.get_tensor(k).astype(np.float64)
+    return cfg["rms_norm_eps"], 1 + norm, emb
+
+
+def log_softmax(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def mi_quality(lists, superficial):
+    """Wu et al.'s Diversity / Lexical / Dominate; 10% of the regions with a non-empty list."""
+    uses = {}
+    for l in lists:
+        for w in set(l):
+            uses[w] = uses.get(w, 0) + 1
+    regions = sum(1 for l in lists if l)
+    sup = {w for w, s in enumerate(superficial) if s}
+    n_sup, n_deep = len(sup), len(superficial) - len(sup)
+    used_sup = sum(1 for w in uses if w in sup)
+    used_deep = len(uses) - used_sup
+    dom = sum(1 for c in uses.values() if c / max(regions, 1) > 0.1)
+    r = lambda a, b: a / b if b else None
+    return dict(diversity=r(used_deep, n_deep), lexical=r(used_sup, n_sup), dominate=r(dom, len(uses)),
+                words_used=len(uses), dominating=dom, regions=regions)
+
+
+def check_ranked(got_words, got_vals, row, words, what, tol):
+    """`got_words` are the top of `row` (descending, ties to the lower index) with values
+    `got_vals`; only near-equal values may swap."""
+    index = {w: i for i, w in enumerate(words)}
+    want = np.argsort(-row, kind="stable")[: len(got_words)]
+    for g, wi in zip(got_words, want):
+        gi = index[g]
+        if gi != wi:
+            assert abs(row[gi] - row[wi]) < tol, (what, g, words[wi], row[gi], row[wi])
+    close(got_vals, row[[index[g] for g in got_words]], what, tol)
+
+
+def check_mi(model_dir, dict_path, expl_path, report_path):
+    import re
+    from tokenizers import Tokenizer
+
+    info, t = load_dict(dict_path)
+    rep = json.load(open(report_path))
+    recs = [json.loads(l) for l in open(expl_path)]
+    voc = rep["vocabulary"]
+    words, opts = voc["words"], rep["options"]
+    tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    unk = tok.token_to_id("<unk>")
+    ids = [tok.encode(" " + w, add_special_tokens=False).ids for w in words]
+    assert all(ids) and (unk is None or all(unk not in i for i in ids)), "an encoded word has <unk>"
+    for s in voc["skipped"]:
+        if "<unk>" in s["reason"]:
+            assert unk in tok.encode(" " + s["word"], add_special_tokens=False).ids, s
+    eps, scale, emb = lens_weights(model_dir)
+    wv = np.stack([emb[i].mean(axis=0) for i in ids])
+    x = (t["exemplars"] if rep["direction"] == "exemplar" else t["mean_directions"]).astype(np.float64)
+    h = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + eps) * scale
+    a = h @ wv.T
+    lp_w = log_softmax(a / opts["alpha"], 1)
+    lp_c = log_softmax(a / opts["beta"], 0)
+    score = np.exp(lp_w) * lp_c
+    assert [r["region"] for r in recs] == list(range(len(x))), "one record per region, in order"
+    tol = 1e-4 * max(1.0, np.abs(a).max())
+    index = {w: i for i, w in enumerate(words)}
+    for r, rec in enumerate(recs):
+        mi = rec["mi"]
+        assert len(mi) == min(opts["top"], len(words))
+        got = [m["word"] for m in mi]
+        check_ranked(got, [m["score"] for m in mi], score[r], words, f"r{r} score", 1e-4)
+        gi = [index[g] for g in got]
+        close([m["log_p_word"] for m in mi], lp_w[r, gi], f"r{r} log p(w|c)", tol)
+        close([m["log_p_region"] for m in mi], lp_c[r, gi], f"r{r} log p(c|w)", tol)
+        check_ranked([l["word"] for l in rec["lens"]], [l["a"] for l in rec["lens"]], a[r], words, f"r{r} lens", tol)
+        counts = {}
+        for s in rec["snippets"]:
+            for w in re.findall(r"[^\W\d_]+", s):
+                if w in index:
+                    counts[index[w]] = counts.get(index[w], 0) + 1
+        want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: opts["top"]]
+        got = [(index[m["word"]], m["count"]) for m in rec["top_members"]]
+        assert got == want, (r, got, want)
+    sup = [i < 250 or len(w) < 4 for i, w in enumerate(words)]
+    assert voc["superficial"] == sum(sup)
+    for name, key in (("mi", "mi"), ("logit_lens", "lens"), ("top_members", "top_members")):
+        lists = [[index[m["word"]] for m in rec[key]] for rec in recs]
+        want = mi_quality(lists, sup)
+        got = rep["quality"][name]
+        for k, v in want.items():
+            if v is None or isinstance(v, int):
+                assert got[k] == v, (name, k, got[k], v)
+            else:
+                close(got[k], v, f"{name} {k}", 1e-12)
+    print(f"ok mi: {len(recs)} regions x {len(words)} words, {len(voc['skipped'])} skipped")
+
+
+# ----------------------------------------------------------------------------------------------
 # HF transformers with a PyTorch forward hook
 
 
@@ -528,6 +643,8 @@ def main():
         check_ood(a[0], a[1], a[2], a[3], a[4:])
     elif cmd == "lens":
         check_lens(a[0], a[1], a[2])
+    elif cmd == "mi":
+        check_mi(a[0], a[1], a[2], a[3])
     elif cmd == "hf-steer":
         check_hf_steer(a[0], a[1], a[2:])
     elif cmd == "hf-ablate":

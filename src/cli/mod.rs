@@ -9,6 +9,8 @@ mod circuits;
 mod commands;
 mod compute;
 mod evaluate;
+#[cfg(feature = "torch")]
+mod explain;
 mod quality;
 mod report;
 mod sae;
@@ -85,6 +87,13 @@ pub enum Command {
     /// Label regions: logit-lens tokens of exemplar and mean direction, top member contexts.
     #[cfg(feature = "torch")]
     Label(analysis::LabelArgs),
+    /// Explain regions by words (Wu et al.'s mutual information), against the logit-lens and
+    /// top-members baselines: Diversity, Lexical, Dominate; files for an external labeller.
+    #[cfg(feature = "torch")]
+    Explain(Box<explain::ExplainArgs>),
+    /// An external labeller's labels of regions → region sets for `steer --region-set`.
+    #[cfg(feature = "torch")]
+    ExplainLabels(explain::ExplainLabelsArgs),
     /// Circuits from EP codes of attention heads (O'Neill & Bui), checked by exact per-head
     /// patching; MIB faithfulness (CPR, CMD) and importance-score export.
     #[cfg(feature = "torch")]
@@ -498,6 +507,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Ablate(a) => analysis::ablate(*a),
         #[cfg(feature = "torch")]
         Command::Label(a) => analysis::label(a),
+        #[cfg(feature = "torch")]
+        Command::Explain(a) => explain::explain(*a),
+        #[cfg(feature = "torch")]
+        Command::ExplainLabels(a) => explain::explain_labels(a),
         #[cfg(feature = "torch")]
         Command::Circuits(a) => circuits::circuits(*a),
         Command::Hierarchy(a) => analysis::hierarchy(a),
