@@ -378,7 +378,7 @@ def check_ranked(got_words, got_vals, row, words, what, tol):
 
 
 def check_mi(model_dir, dict_path, expl_path, report_path):
-    import re
+    import regex
     from tokenizers import Tokenizer
 
     info, t = load_dict(dict_path)
@@ -415,7 +415,8 @@ def check_mi(model_dir, dict_path, expl_path, report_path):
         check_ranked([l["word"] for l in rec["lens"]], [l["a"] for l in rec["lens"]], a[r], words, f"r{r} lens", tol)
         counts = {}
         for s in rec["snippets"]:
-            for w in re.findall(r"[^\W\d_]+", s):
+            # Rust's char::is_alphabetic is the Unicode Alphabetic property.
+            for w in regex.findall(r"\p{Alphabetic}+", s):
                 if w in index:
                     counts[index[w]] = counts.get(index[w], 0) + 1
         want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: opts["top"]]

@@ -11,6 +11,7 @@ mod compute;
 mod evaluate;
 #[cfg(feature = "torch")]
 mod explain;
+mod mib;
 mod quality;
 mod report;
 mod sae;
@@ -69,6 +70,9 @@ pub enum Command {
     Ood(evaluate::OodArgs),
     /// Export a dictionary as an SAELens-layout SAE (cfg.json + sae_weights.safetensors).
     ExportSae(sae::ExportSaeArgs),
+    /// Export dictionaries as MIB causal-variable featurizers (featurizer.py, per-unit
+    /// featurizer / inverse featurizer / indices files).
+    MibExport(mib::MibExportArgs),
     /// Encode activations with an SAE (SAELens directory or Gemma Scope params.npz) → .npy.
     SaeEncode(sae::SaeEncodeArgs),
     /// EP ↔ SAE correspondence: top-k overlap F1 both ways, Hungarian, top-1 coherence.
@@ -496,6 +500,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Detect(a) => evaluate::detect(a),
         Command::Ood(a) => evaluate::ood(a),
         Command::ExportSae(a) => sae::export_sae(a),
+        Command::MibExport(a) => mib::mib_export(a),
         Command::SaeEncode(a) => sae::sae_encode(a),
         Command::CompareSae(a) => sae::compare_sae(a),
         Command::Match(a) => sae::match_dictionaries(a),
