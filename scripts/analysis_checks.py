@@ -13,6 +13,7 @@ prints `ok ...` otherwise.
     analysis_checks.py lens MODEL_DIR DICT LABELS.jsonl
     analysis_checks.py mi MODEL_DIR DICT EXPLANATIONS.jsonl REPORT.json
     analysis_checks.py hf-steer MODEL_DIR DICT STEER.jsonl...
+    analysis_checks.py hf-shift MODEL_DIR DICT SHIFT.jsonl
     analysis_checks.py hf-ablate MODEL_DIR DICT REPORT.json PER_POSITION.jsonl PROMPTS TARGETS...
 """
 
@@ -573,6 +574,40 @@ def check_hf_steer(model_dir, dict_path, steer_paths):
     print(f"ok hf-steer: {len(recs)} continuations, worst log-prob |Δ| {worst:.2e}, gates (opened, positions, nearest in set outside θ, within 20% of θ from the edge) {gates}")
 
 
+def check_hf_shift(model_dir, dict_path, shift_path):
+    """`explain-steer`: the next-token log-mass on each record's tokens, unedited, with its edit
+    and with its control edit, from HF transformers with the same edits as forward hooks."""
+    import torch
+
+    from transformers import AutoModelForCausalLM
+
+    torch.set_grad_enabled(False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    info, t = load_dict(dict_path)
+    recs = [json.loads(l) for l in open(shift_path)]
+    worst = 0.0
+    for r in recs:
+        layer = int(r["hook"].split(".")[1])
+        assert r["hook"].endswith("hook_resid_post")
+        ids = torch.tensor([r["prompt_ids"]])
+        tokens = torch.tensor(r["tokens"])
+        assert r["edit"]["regions"] == [r["region"]] and r["control_edit"]["regions"] == [r["control_region"]]
+        assert r["control_region"] != r["region"]
+        got = {}
+        for key, edit in (("base", None), ("steered", r["edit"]), ("control", r["control_edit"])):
+            handle = None
+            if edit is not None:
+                assert edit["kind"] == "raise" and edit["keep_norm"], edit
+                handle = model.model.layers[layer].register_forward_hook(Hook(edit, t, info["theta"]))
+            lp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)
+            if handle is not None:
+                handle.remove()
+            got[key] = float(torch.logsumexp(lp[tokens], 0))
+            worst = max(worst, close(r[key], got[key], f"r{r['region']} p{r['prompt_index']} {key}"))
+    print(f"ok hf-shift: {len(recs)} records, max |Δ log-mass| {worst:.2e}")
+
+
 def check_hf_ablate(model_dir, dict_path, report_path, per_position_path, prompts_path, targets):
     import torch
 
@@ -648,6 +683,8 @@ def main():
         check_mi(a[0], a[1], a[2], a[3])
     elif cmd == "hf-steer":
         check_hf_steer(a[0], a[1], a[2:])
+    elif cmd == "hf-shift":
+        check_hf_shift(a[0], a[1], a[2])
     elif cmd == "hf-ablate":
         check_hf_ablate(a[0], a[1], a[2], a[3], a[4], a[5:])
     else:

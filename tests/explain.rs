@@ -237,6 +237,59 @@ fn mi_explanations_equal_numpy_and_labels_come_back_as_region_sets() {
     .ok();
     let s = lines(&dir.join("s.jsonl"));
     assert_eq!(s.len(), 2);
+    // Explanation-guided steering: each region raised (norm kept) against a random other
+    // region, the next-token mass on its words equal to HF transformers with the same edits.
+    std::fs::write(
+        dir.join("p2.txt"),
+        "the river and\nShe tells the cat about\n",
+    )
+    .unwrap();
+    for gate in [None, Some("--gated")] {
+        let mut args = vec![
+            "explain-steer",
+            "-d",
+            "d.safetensors",
+            "--model",
+            m,
+            "--explanations",
+            "ex.jsonl",
+            "--prompts",
+            "p2.txt",
+            "-r",
+            "0,1,2",
+            "--words",
+            "5",
+            "--value",
+            "6",
+            "--control-seed",
+            "3",
+            "-o",
+            "shift.jsonl",
+            "--summary",
+            "shift.json",
+            "--force",
+        ];
+        args.extend(gate);
+        let run = exemplar(dir, &args).ok();
+        assert!(run.stdout.contains("mean shift"), "{}", run.stdout);
+        let recs = lines(&dir.join("shift.jsonl"));
+        assert_eq!(recs.len(), 6);
+        let sum: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("shift.json")).unwrap())
+                .unwrap();
+        assert_eq!(sum["regions"].as_array().unwrap().len(), 3);
+        let out = common::run_python_check(
+            &py,
+            "analysis_checks.py",
+            dir,
+            &["hf-shift", m, "d.safetensors", "shift.jsonl"],
+        );
+        assert!(out.contains("ok hf-shift"), "{out}");
+        if gate.is_none() {
+            // Ungated, the edit moves the mass.
+            assert!(recs.iter().all(|r| r["steered"] != r["base"]));
+        }
+    }
     let e = exemplar(
         dir,
         &[

@@ -432,11 +432,8 @@ pub fn quality(lists: &[Vec<usize>], superficial: &[bool]) -> Quality {
     }
 }
 
-/// The word lists of each method, as vocabulary indices: (mi, lens, top members).
-pub fn word_lists(
-    vocab: &Vocabulary,
-    ex: &[RegionExplanation],
-) -> (Vec<Vec<usize>>, Vec<Vec<usize>>, Vec<Vec<usize>>) {
+/// The word lists of each method, as vocabulary indices: [mi, lens, top members].
+pub fn word_lists(vocab: &Vocabulary, ex: &[RegionExplanation]) -> [Vec<Vec<usize>>; 3] {
     let index: HashMap<&str, usize> = vocab
         .words
         .iter()
@@ -444,7 +441,7 @@ pub fn word_lists(
         .map(|(i, w)| (w.as_str(), i))
         .collect();
     let ids = |it: Vec<&String>| it.into_iter().map(|w| index[w.as_str()]).collect();
-    (
+    [
         ex.iter()
             .map(|e| ids(e.mi.iter().map(|w| &w.word).collect()))
             .collect(),
@@ -454,7 +451,7 @@ pub fn word_lists(
         ex.iter()
             .map(|e| ids(e.top_members.iter().map(|w| &w.word).collect()))
             .collect(),
-    )
+    ]
 }
 
 /// Region sets from an external labeller's JSON Lines: each line `{"region": R, "label": L}`

@@ -15,6 +15,8 @@ pub mod ablate;
 #[cfg(feature = "torch")]
 pub mod explain;
 #[cfg(feature = "torch")]
+pub mod explain_steer;
+#[cfg(feature = "torch")]
 pub mod label;
 #[cfg(feature = "torch")]
 pub mod lens;

@@ -685,7 +685,7 @@ mod torch {
 
     impl ModelTarget {
         /// The dictionary, and where it applies in the model.
-        fn resolve(&self) -> Result<(Dictionary, target::Target)> {
+        pub(crate) fn resolve(&self) -> Result<(Dictionary, target::Target)> {
             let dict = Dictionary::load(&self.dictionary)?;
             let (_, t) = model_target(
                 &dict,
@@ -884,7 +884,7 @@ mod torch {
     }
 
     /// The regions of `FILE:LABEL` (a file of `explain-labels`).
-    fn region_set(spec: &str) -> Result<Vec<usize>> {
+    pub(crate) fn region_set(spec: &str) -> Result<Vec<usize>> {
         let (file, label) = spec
             .rsplit_once(':')
             .with_context(|| format!("--region-set {spec}: give FILE:LABEL"))?;

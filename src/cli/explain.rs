@@ -1,8 +1,9 @@
 //! `explain` (Wu et al.'s mutual-information explanations of every region, with the logit-lens
 //! and top-members baselines and their quality statistics) and `explain-labels` (an external
-//! labeller's labels back as region sets for `steer --region-set`).
+//! labeller's labels back as region sets for `steer --region-set`) and `explain-steer`
+//! (explanation-guided steering against random regions).
 
-use super::analysis::load_model;
+use super::analysis::{load_model, region_set, ModelTarget};
 use super::args::check_output;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -137,7 +138,7 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
     let dirs = ex::region_directions(&dict, direction);
     let am = ex::association(&model, &dirs, dict.dim(), &wv);
     let out = ex::explain(&dict, &vocab, &am, &opts)?;
-    let (mi, lens, members) = ex::word_lists(&vocab, &out);
+    let [mi, lens, members] = ex::word_lists(&vocab, &out);
     let sup = vocab.superficial();
     let stats = [
         ("mi", ex::quality(&mi, &sup)),
@@ -225,7 +226,7 @@ pub struct ExplainLabelsArgs {
     /// The labeller's JSON Lines: {"region": R, "label": "…" | ["…", …] | null} per line.
     #[arg(long, value_name = "FILE")]
     pub labels: PathBuf,
-    /// Output JSON: {"dictionary", "sets": {label: [regions]}} (read by `steer --region-set`).
+    /// Output JSON: {"dictionary", "sets": {label: [regions]}} (read by steer --region-set FILE:LABEL).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
     /// Overwrite the output.
@@ -251,5 +252,178 @@ pub fn explain_labels(a: ExplainLabelsArgs) -> Result<()> {
         println!("{label:<24} {} regions", r.len());
     }
     println!("{} region sets → {}", sets.len(), a.out.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainSteerArgs {
+    #[command(flatten)]
+    pub on: ModelTarget,
+    /// The explanations of the dictionary (`explain -o`).
+    #[arg(long, value_name = "FILE")]
+    pub explanations: PathBuf,
+    /// Prompts: .txt one per non-empty line, or .jsonl with --text-field.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: PathBuf,
+    /// The JSON Lines field holding a prompt.
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    pub text_field: String,
+    /// Regions to steer, comma-separated.
+    #[arg(
+        long,
+        short = 'r',
+        value_delimiter = ',',
+        value_name = "R",
+        required_unless_present = "region_set"
+    )]
+    pub region: Vec<usize>,
+    /// Also the regions of a labelled set: `FILE:LABEL`, FILE written by `explain-labels`.
+    #[arg(long, value_name = "FILE:LABEL")]
+    pub region_set: Option<String>,
+    /// Words per region whose first tokens are measured.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub words: usize,
+    /// Which words: the MI explanation's or the logit-lens baseline's.
+    #[arg(long, default_value = "mi", value_parser = ["mi", "lens"])]
+    pub words_from: String,
+    /// The centered projection each region is raised to (each position's norm is then restored).
+    #[arg(long, allow_negative_numbers = true, value_name = "V")]
+    pub value: f64,
+    /// Edit only positions EP assigns to the steered region within θ.
+    #[arg(long, conflicts_with = "gate_region")]
+    pub gated: bool,
+    /// Edit only positions EP assigns to these (detector) regions within θ.
+    #[arg(long, value_delimiter = ',', value_name = "R")]
+    pub gate_region: Vec<usize>,
+    /// Seed of the control regions (one random other region per region).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub control_seed: u64,
+    /// Also write the summary (JSON) here.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Output JSON Lines: one line per region and prompt.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite outputs.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn explain_steer(mut a: ExplainSteerArgs) -> Result<()> {
+    use exemplar::analysis::explain_steer as es;
+    for o in std::iter::once(&a.out).chain(&a.summary) {
+        check_output(o, a.force)?;
+    }
+    if a.words == 0 {
+        bail!("--words must be at least 1");
+    }
+    if let Some(spec) = &a.region_set {
+        for r in region_set(spec)? {
+            if !a.region.contains(&r) {
+                a.region.push(r);
+            }
+        }
+    }
+    let (dict, t) = a.on.resolve()?;
+    target::check_regions(&dict, &a.region, "region")?;
+    let prompts = read_texts(&a.prompts, &a.text_field)?;
+    let text = std::fs::read_to_string(&a.explanations)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", a.explanations.display()))?;
+    let mut words: std::collections::HashMap<usize, Vec<String>> = Default::default();
+    for (i, l) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
+            anyhow::anyhow!("{} line {}: not JSON: {e}", a.explanations.display(), i + 1)
+        })?;
+        let key = a.words_from.as_str();
+        let (Some(r), Some(mi)) = (v["region"].as_u64(), v[key].as_array()) else {
+            bail!(
+                "{} line {}: no `region` and `{key}` (write it with `explain -o`)",
+                a.explanations.display(),
+                i + 1
+            );
+        };
+        let w = mi
+            .iter()
+            .filter_map(|m| m["word"].as_str().map(str::to_string))
+            .take(a.words)
+            .collect();
+        words.insert(r as usize, w);
+    }
+    let (model, tok) = load_model(&a.on.model)?;
+    let mut targets = vec![];
+    for &r in &a.region {
+        let Some(w) = words.get(&r) else {
+            bail!(
+                "{} has no explanation of region {r}",
+                a.explanations.display()
+            );
+        };
+        targets.push(es::first_tokens(&tok, w)?);
+    }
+    let gate = if a.gated {
+        Some(vec![])
+    } else if !a.gate_region.is_empty() {
+        Some(a.gate_region.clone())
+    } else {
+        None
+    };
+    let run = es::ShiftRun {
+        dict: &dict,
+        hook: t.hook,
+        prompts: &prompts,
+        regions: &a.region,
+        targets: &targets,
+        value: a.value,
+        keep_norm: true,
+        gate,
+        control_seed: a.control_seed,
+    };
+    let mut file = exemplar::output::AtomicFile::create(&a.out, a.force)?;
+    let pb = exemplar::progress::progress_bar((prompts.len() * a.region.len()) as u64, "steer");
+    let records = es::run(&model, &tok, &run, |r| {
+        let line = serde_json::to_string(r)
+            .map_err(|e| exemplar::Error::param("record", e.to_string()))?;
+        use std::io::Write;
+        writeln!(file, "{line}").map_err(|e| exemplar::Error::io(&a.out, e))?;
+        pb.inc(1);
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    file.commit()?;
+    let sum = es::summarize(&records);
+    if let Some(p) = &a.summary {
+        write_atomic(p, serde_json::to_string_pretty(&sum)?.as_bytes(), a.force)?;
+    }
+    println!(
+        "{} regions × {} prompts at {}, raised to {} (norm kept){}, {} words",
+        a.region.len(),
+        prompts.len(),
+        t.hook,
+        a.value,
+        if a.gated || !a.gate_region.is_empty() {
+            ", gated"
+        } else {
+            ""
+        },
+        a.words_from
+    );
+    println!(
+        "{:<8} {:>8} {:>12} {:>14}",
+        "region", "control", "shift (nats)", "control shift"
+    );
+    for r in &sum.regions {
+        println!(
+            "r{:<7} r{:<7} {:>12.4} {:>14.4}",
+            r.region, r.control_region, r.shift, r.control_shift
+        );
+    }
+    println!(
+        "mean shift {:.4} vs control {:.4}; {} of {} regions above their control → {}",
+        sum.mean_shift,
+        sum.mean_control_shift,
+        sum.regions_above_control,
+        sum.regions.len(),
+        a.out.display()
+    );
     Ok(())
 }

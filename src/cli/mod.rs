@@ -95,9 +95,13 @@ pub enum Command {
     /// top-members baselines: Diversity, Lexical, Dominate; files for an external labeller.
     #[cfg(feature = "torch")]
     Explain(Box<explain::ExplainArgs>),
-    /// An external labeller's labels of regions → region sets for `steer --region-set`.
+    /// An external labeller's labels of regions → region sets for steer --region-set FILE:LABEL.
     #[cfg(feature = "torch")]
     ExplainLabels(explain::ExplainLabelsArgs),
+    /// Explanation-guided steering: raise each region (norm kept), next-token mass on its
+    /// explanation words against a random other region's steering.
+    #[cfg(feature = "torch")]
+    ExplainSteer(Box<explain::ExplainSteerArgs>),
     /// Circuits from EP codes of attention heads (O'Neill & Bui), checked by exact per-head
     /// patching; MIB faithfulness (CPR, CMD) and importance-score export.
     #[cfg(feature = "torch")]
@@ -516,6 +520,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Explain(a) => explain::explain(*a),
         #[cfg(feature = "torch")]
         Command::ExplainLabels(a) => explain::explain_labels(a),
+        #[cfg(feature = "torch")]
+        Command::ExplainSteer(a) => explain::explain_steer(*a),
         #[cfg(feature = "torch")]
         Command::Circuits(a) => circuits::circuits(*a),
         Command::Hierarchy(a) => analysis::hierarchy(a),

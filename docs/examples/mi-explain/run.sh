@@ -2,7 +2,8 @@
 # MI explanations (Wu et al.) of the real google/gemma-3-270m's seed-0 dictionaries at
 # blocks.9.hook_resid_post (p20: K = 892, p10: K = 5220), against the logit-lens and
 # top-members baselines, each checked against numpy; and the p20 dictionary exported as an MIB
-# featurizer (hard and soft), checked with torch.
+# featurizer (hard and soft), checked with torch; explanation-guided steering of 20 regions of p20
+# against random other regions, checked against HF transformers.
 #
 #     source scripts/env.sh
 #     cargo build --release --features torch --bin exemplar
@@ -52,3 +53,39 @@ for n in 1 8; do
         seed0/$H.p20.safetensors $n >>"$HERE/mib-check.txt"
 done
 (cd mib-p20-n1 && ls -l) >>"$HERE/mib-check.txt"
+
+step "explanation-guided steering: 20 regions of p20 (>= 50 members, seed 1), raised to 1000 and 2000"
+R20="$("$PY" "$ROOT/docs/examples/real-270m/choose_regions.py" seed0/$H.p20.safetensors 20 50 1)"
+: >"$HERE/steer-check.txt"
+for v in 1000 2000; do
+    "$E" explain-steer -d seed0/$H.p20.safetensors --model "$M" --explanations mi-p20.jsonl \
+        --prompts prompts.txt -r "$R20" --words 10 --value $v --control-seed 0 \
+        -o "$HERE/steer-v$v.jsonl" --summary "$HERE/steer-v$v-summary.json" --force \
+        >"$HERE/steer-v$v.txt"
+    "$PY" "$ROOT/scripts/analysis_checks.py" hf-shift "$M" seed0/$H.p20.safetensors \
+        "$HERE/steer-v$v.jsonl" >>"$HERE/steer-check.txt" 2>/dev/null
+done
+# The same regions measured on their logit-lens words instead of their MI words.
+"$E" explain-steer -d seed0/$H.p20.safetensors --model "$M" --explanations mi-p20.jsonl \
+    --prompts prompts.txt -r "$R20" --words 10 --words-from lens --value 1000 --control-seed 0 \
+    -o "$HERE/steer-lens-v1000.jsonl" --summary "$HERE/steer-lens-v1000-summary.json" --force \
+    >"$HERE/steer-lens-v1000.txt"
+
+step "temperatures: p20 at alpha = beta = 1, 10, 30; where the MI words sit in p(w|c) and p(c|w)"
+for t in 10 30; do
+    "$E" explain -d seed0/$H.p20.safetensors --model "$M" --vocab-from corpus.jsonl \
+        --vocab-size 5000 --min-count 3 --alpha $t --beta $t -o mi-p20-t$t.jsonl --force \
+        >"$HERE/explain-p20-t$t.txt" 2>&1
+done
+"$PY" - "$HERE" <<'PY' >"$HERE/temperatures.txt"
+import json, math, sys
+import numpy as np
+print("alpha=beta  median over regions and MI words of: log p(w|c)  log p(c|w)   (uniform: %.2f, %.2f)"
+      % (math.log(1 / 5000), math.log(1 / 892)))
+for t, path in ((1, "mi-p20.jsonl"), (10, "mi-p20-t10.jsonl"), (30, "mi-p20-t30.jsonl")):
+    lw, lr = [], []
+    for l in open(path):
+        for m in json.loads(l)["mi"]:
+            lw.append(m["log_p_word"]); lr.append(m["log_p_region"])
+    print(f"{t:>10}  {np.median(lw):>30.2f}  {np.median(lr):>10.2f}")
+PY
