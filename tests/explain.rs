@@ -179,6 +179,7 @@ fn mi_explanations_equal_numpy_and_labels_come_back_as_region_sets() {
     let ex = lines(&dir.join("ex.jsonl"));
     assert_eq!(lab.len(), ex.len());
     assert_eq!(lab[0]["words"].as_array().unwrap().len(), 20);
+    assert_eq!(lab[0]["lens_words"][0], ex[0]["lens"][0]["word"]);
     assert!(lab
         .iter()
         .any(|l| l["snippets"][0].as_str().is_some_and(|s| s.contains("[["))));

@@ -62,7 +62,8 @@ pub struct ExplainArgs {
     /// Tokens either side of a member in its context.
     #[arg(long, default_value_t = 12, value_name = "N")]
     pub window: usize,
-    /// Also write the labeller's file: one line per region {region, members, words, snippets}.
+    /// Also write the labeller's file: one line per region {region, members, words (MI),
+    /// lens_words, snippets}.
     #[arg(long, value_name = "FILE")]
     pub labeller: Option<PathBuf>,
     /// Also write the report (settings, vocabulary, skipped words, statistics) as JSON.
@@ -157,6 +158,7 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
                 "region": e.region,
                 "members": e.members,
                 "words": e.mi.iter().map(|w| &w.word).collect::<Vec<_>>(),
+                "lens_words": e.lens.iter().map(|w| &w.word).collect::<Vec<_>>(),
                 "snippets": e.snippets,
             });
             writeln!(s, "{v}")?;
