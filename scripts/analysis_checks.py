@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent checks of the analyses (tests/analyses.rs runs them): numpy / scipy /
 scikit-learn re-implementations of `exemplar hierarchy`, `stability`, `ood-baseline` and the
-logit lens of `label`, and HF transformers with PyTorch forward hooks for `steer` and `ablate`.
+logit lens of `label`, the MI explanations of `explain` (words, scores, baselines, statistics), and HF transformers with PyTorch forward hooks for `steer` and `ablate`.
 
 Each subcommand reads the dictionaries with safetensors + numpy only and compares with the
 JSON / JSON Lines the CLI wrote; it exits non-zero (AssertionError) on the first mismatch and
@@ -11,7 +11,9 @@ prints `ok ...` otherwise.
     analysis_checks.py stability REPORT.json CUTOFF BASIS DICT...
     analysis_checks.py ood REPORT.json DICT REFERENCE.npy IN.npy OOD.npy...
     analysis_checks.py lens MODEL_DIR DICT LABELS.jsonl
+    analysis_checks.py mi MODEL_DIR DICT EXPLANATIONS.jsonl REPORT.json
     analysis_checks.py hf-steer MODEL_DIR DICT STEER.jsonl...
+    analysis_checks.py hf-shift MODEL_DIR DICT SHIFT.jsonl
     analysis_checks.py hf-ablate MODEL_DIR DICT REPORT.json PER_POSITION.jsonl PROMPTS TARGETS...
 """
 
@@ -321,6 +323,121 @@ def check_lens(model_dir, dict_path, labels_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# MI explanations (Wu et al.)
+
+
+def lens_weights(model_dir):
+    """(rms_norm_eps, 1 + final norm weight, tied unembedding), float64."""
+    import glob
+
+    cfg = json.load(open(f"{model_dir}/config.json"))
+    norm = emb = None
+    for p in glob.glob(f"{model_dir}/*.safetensors"):
+        if "expected" in p:
+            continue
+        with safe_open(p, framework="numpy") as f:
+            for k in f.keys():
+                if k.endswith("model.norm.weight"):
+                    norm = f.get_tensor(k).astype(np.float64)
+                elif k.endswith("embed_tokens.weight"):
+                    emb = f.get_tensor(k).astype(np.float64)
+    return cfg["rms_norm_eps"], 1 + norm, emb
+
+
+def log_softmax(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def mi_quality(lists, superficial):
+    """Wu et al.'s Diversity / Lexical / Dominate; 10% of the regions with a non-empty list."""
+    uses = {}
+    for l in lists:
+        for w in set(l):
+            uses[w] = uses.get(w, 0) + 1
+    regions = sum(1 for l in lists if l)
+    sup = {w for w, s in enumerate(superficial) if s}
+    n_sup, n_deep = len(sup), len(superficial) - len(sup)
+    used_sup = sum(1 for w in uses if w in sup)
+    used_deep = len(uses) - used_sup
+    dom = sum(1 for c in uses.values() if c / max(regions, 1) > 0.1)
+    r = lambda a, b: a / b if b else None
+    return dict(diversity=r(used_deep, n_deep), lexical=r(used_sup, n_sup), dominate=r(dom, len(uses)),
+                words_used=len(uses), dominating=dom, regions=regions)
+
+
+def check_ranked(got_words, got_vals, row, words, what, tol):
+    """`got_words` are the top of `row` (descending, ties to the lower index) with values
+    `got_vals`; only near-equal values may swap."""
+    index = {w: i for i, w in enumerate(words)}
+    want = np.argsort(-row, kind="stable")[: len(got_words)]
+    for g, wi in zip(got_words, want):
+        gi = index[g]
+        if gi != wi:
+            assert abs(row[gi] - row[wi]) < tol, (what, g, words[wi], row[gi], row[wi])
+    close(got_vals, row[[index[g] for g in got_words]], what, tol)
+
+
+def check_mi(model_dir, dict_path, expl_path, report_path):
+    import regex
+    from tokenizers import Tokenizer
+
+    info, t = load_dict(dict_path)
+    rep = json.load(open(report_path))
+    recs = [json.loads(l) for l in open(expl_path)]
+    voc = rep["vocabulary"]
+    words, opts = voc["words"], rep["options"]
+    tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    unk = tok.token_to_id("<unk>")
+    ids = [tok.encode(" " + w, add_special_tokens=False).ids for w in words]
+    assert all(ids) and (unk is None or all(unk not in i for i in ids)), "an encoded word has <unk>"
+    for s in voc["skipped"]:
+        if "<unk>" in s["reason"]:
+            assert unk in tok.encode(" " + s["word"], add_special_tokens=False).ids, s
+    eps, scale, emb = lens_weights(model_dir)
+    wv = np.stack([emb[i].mean(axis=0) for i in ids])
+    x = (t["exemplars"] if rep["direction"] == "exemplar" else t["mean_directions"]).astype(np.float64)
+    h = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + eps) * scale
+    a = h @ wv.T
+    lp_w = log_softmax(a / opts["alpha"], 1)
+    lp_c = log_softmax(a / opts["beta"], 0)
+    score = np.exp(lp_w) * lp_c
+    assert [r["region"] for r in recs] == list(range(len(x))), "one record per region, in order"
+    tol = 1e-4 * max(1.0, np.abs(a).max())
+    index = {w: i for i, w in enumerate(words)}
+    for r, rec in enumerate(recs):
+        mi = rec["mi"]
+        assert len(mi) == min(opts["top"], len(words))
+        got = [m["word"] for m in mi]
+        check_ranked(got, [m["score"] for m in mi], score[r], words, f"r{r} score", 1e-4)
+        gi = [index[g] for g in got]
+        close([m["log_p_word"] for m in mi], lp_w[r, gi], f"r{r} log p(w|c)", tol)
+        close([m["log_p_region"] for m in mi], lp_c[r, gi], f"r{r} log p(c|w)", tol)
+        check_ranked([l["word"] for l in rec["lens"]], [l["a"] for l in rec["lens"]], a[r], words, f"r{r} lens", tol)
+        counts = {}
+        for s in rec["snippets"]:
+            # Rust's char::is_alphabetic is the Unicode Alphabetic property.
+            for w in regex.findall(r"\p{Alphabetic}+", s):
+                if w in index:
+                    counts[index[w]] = counts.get(index[w], 0) + 1
+        want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: opts["top"]]
+        got = [(index[m["word"]], m["count"]) for m in rec["top_members"]]
+        assert got == want, (r, got, want)
+    sup = [i < 250 or len(w) < 4 for i, w in enumerate(words)]
+    assert voc["superficial"] == sum(sup)
+    for name, key in (("mi", "mi"), ("logit_lens", "lens"), ("top_members", "top_members")):
+        lists = [[index[m["word"]] for m in rec[key]] for rec in recs]
+        want = mi_quality(lists, sup)
+        got = rep["quality"][name]
+        for k, v in want.items():
+            if v is None or isinstance(v, int):
+                assert got[k] == v, (name, k, got[k], v)
+            else:
+                close(got[k], v, f"{name} {k}", 1e-12)
+    print(f"ok mi: {len(recs)} regions x {len(words)} words, {len(voc['skipped'])} skipped")
+
+
+# ----------------------------------------------------------------------------------------------
 # HF transformers with a PyTorch forward hook
 
 
@@ -457,6 +574,40 @@ def check_hf_steer(model_dir, dict_path, steer_paths):
     print(f"ok hf-steer: {len(recs)} continuations, worst log-prob |Δ| {worst:.2e}, gates (opened, positions, nearest in set outside θ, within 20% of θ from the edge) {gates}")
 
 
+def check_hf_shift(model_dir, dict_path, shift_path):
+    """`explain-steer`: the next-token log-mass on each record's tokens, unedited, with its edit
+    and with its control edit, from HF transformers with the same edits as forward hooks."""
+    import torch
+
+    from transformers import AutoModelForCausalLM
+
+    torch.set_grad_enabled(False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    info, t = load_dict(dict_path)
+    recs = [json.loads(l) for l in open(shift_path)]
+    worst = 0.0
+    for r in recs:
+        layer = int(r["hook"].split(".")[1])
+        assert r["hook"].endswith("hook_resid_post")
+        ids = torch.tensor([r["prompt_ids"]])
+        tokens = torch.tensor(r["tokens"])
+        assert r["edit"]["regions"] == [r["region"]] and r["control_edit"]["regions"] == [r["control_region"]]
+        assert r["control_region"] != r["region"]
+        got = {}
+        for key, edit in (("base", None), ("steered", r["edit"]), ("control", r["control_edit"])):
+            handle = None
+            if edit is not None:
+                assert edit["kind"] == "raise" and edit["keep_norm"], edit
+                handle = model.model.layers[layer].register_forward_hook(Hook(edit, t, info["theta"]))
+            lp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)
+            if handle is not None:
+                handle.remove()
+            got[key] = float(torch.logsumexp(lp[tokens], 0))
+            worst = max(worst, close(r[key], got[key], f"r{r['region']} p{r['prompt_index']} {key}"))
+    print(f"ok hf-shift: {len(recs)} records, max |Δ log-mass| {worst:.2e}")
+
+
 def check_hf_ablate(model_dir, dict_path, report_path, per_position_path, prompts_path, targets):
     import torch
 
@@ -528,8 +679,12 @@ def main():
         check_ood(a[0], a[1], a[2], a[3], a[4:])
     elif cmd == "lens":
         check_lens(a[0], a[1], a[2])
+    elif cmd == "mi":
+        check_mi(a[0], a[1], a[2], a[3])
     elif cmd == "hf-steer":
         check_hf_steer(a[0], a[1], a[2:])
+    elif cmd == "hf-shift":
+        check_hf_shift(a[0], a[1], a[2])
     elif cmd == "hf-ablate":
         check_hf_ablate(a[0], a[1], a[2], a[3], a[4], a[5:])
     else:

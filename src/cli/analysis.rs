@@ -609,7 +609,9 @@ fn model_target(
 }
 
 #[cfg(feature = "torch")]
-fn load_model(dir: &Path) -> Result<(exemplar::model::Gemma, exemplar::model::Tokenizer)> {
+pub(super) fn load_model(
+    dir: &Path,
+) -> Result<(exemplar::model::Gemma, exemplar::model::Tokenizer)> {
     let model = exemplar::model::Gemma::load(dir, tch::Kind::Float, tch::Device::Cpu)?;
     let tok = exemplar::model::Tokenizer::from_file(
         &dir.join("tokenizer.json"),
@@ -683,7 +685,7 @@ mod torch {
 
     impl ModelTarget {
         /// The dictionary, and where it applies in the model.
-        fn resolve(&self) -> Result<(Dictionary, target::Target)> {
+        pub(crate) fn resolve(&self) -> Result<(Dictionary, target::Target)> {
             let dict = Dictionary::load(&self.dictionary)?;
             let (_, t) = model_target(
                 &dict,
@@ -716,11 +718,14 @@ mod torch {
         #[arg(
             long,
             short = 'r',
-            required = true,
+            required_unless_present = "region_set",
             value_delimiter = ',',
             value_name = "R"
         )]
         pub region: Vec<usize>,
+        /// Also the regions of a labelled set: `FILE:LABEL`, FILE written by `explain-labels`.
+        #[arg(long, value_name = "FILE:LABEL")]
+        pub region_set: Option<String>,
         /// Ablate all --region directions in one edit instead of one edit per region.
         #[arg(long)]
         pub together: bool,
@@ -878,8 +883,44 @@ mod torch {
         Ok(out)
     }
 
-    pub fn steer(a: SteerArgs) -> Result<()> {
+    /// The regions of `FILE:LABEL` (a file of `explain-labels`).
+    pub(crate) fn region_set(spec: &str) -> Result<Vec<usize>> {
+        let (file, label) = spec
+            .rsplit_once(':')
+            .with_context(|| format!("--region-set {spec}: give FILE:LABEL"))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--region-set: cannot read {file}"))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("--region-set: {file} is not JSON"))?;
+        let Some(sets) = v.get("sets").and_then(Value::as_object) else {
+            bail!("--region-set: {file} has no `sets` object (write it with `explain-labels`)");
+        };
+        let Some(regions) = sets.get(label).and_then(Value::as_array) else {
+            let names: Vec<&str> = sets.keys().map(String::as_str).collect();
+            bail!(
+                "--region-set: {file} has no set `{label}` (it has: {})",
+                names.join(", ")
+            );
+        };
+        regions
+            .iter()
+            .map(|r| {
+                r.as_u64().map(|r| r as usize).with_context(|| {
+                    format!("--region-set: {file}: set `{label}` holds {r}, not a region id")
+                })
+            })
+            .collect()
+    }
+
+    pub fn steer(mut a: SteerArgs) -> Result<()> {
         check_output(&a.out, a.force)?;
+        if let Some(spec) = &a.region_set {
+            for r in region_set(spec)? {
+                if !a.region.contains(&r) {
+                    a.region.push(r);
+                }
+            }
+        }
         if let Some(s) = &a.summary {
             check_output(s, a.force)?;
             if !a.measure {

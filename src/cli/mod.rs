@@ -9,6 +9,9 @@ mod circuits;
 mod commands;
 mod compute;
 mod evaluate;
+#[cfg(feature = "torch")]
+mod explain;
+mod mib;
 mod quality;
 mod report;
 mod sae;
@@ -67,6 +70,9 @@ pub enum Command {
     Ood(evaluate::OodArgs),
     /// Export a dictionary as an SAELens-layout SAE (cfg.json + sae_weights.safetensors).
     ExportSae(sae::ExportSaeArgs),
+    /// Export dictionaries as MIB causal-variable featurizers (featurizer.py, per-unit
+    /// featurizer / inverse featurizer / indices files).
+    MibExport(mib::MibExportArgs),
     /// Encode activations with an SAE (SAELens directory or Gemma Scope params.npz) → .npy.
     SaeEncode(sae::SaeEncodeArgs),
     /// EP ↔ SAE correspondence: top-k overlap F1 both ways, Hungarian, top-1 coherence.
@@ -85,6 +91,17 @@ pub enum Command {
     /// Label regions: logit-lens tokens of exemplar and mean direction, top member contexts.
     #[cfg(feature = "torch")]
     Label(analysis::LabelArgs),
+    /// Explain regions by words (Wu et al.'s mutual information), against the logit-lens and
+    /// top-members baselines: Diversity, Lexical, Dominate; files for an external labeller.
+    #[cfg(feature = "torch")]
+    Explain(Box<explain::ExplainArgs>),
+    /// An external labeller's labels of regions → region sets for steer --region-set FILE:LABEL.
+    #[cfg(feature = "torch")]
+    ExplainLabels(explain::ExplainLabelsArgs),
+    /// Explanation-guided steering: raise each region (norm kept), next-token mass on its
+    /// explanation words against a random other region's steering.
+    #[cfg(feature = "torch")]
+    ExplainSteer(Box<explain::ExplainSteerArgs>),
     /// Circuits from EP codes of attention heads (O'Neill & Bui), checked by exact per-head
     /// patching; MIB faithfulness (CPR, CMD) and importance-score export.
     #[cfg(feature = "torch")]
@@ -487,6 +504,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Detect(a) => evaluate::detect(a),
         Command::Ood(a) => evaluate::ood(a),
         Command::ExportSae(a) => sae::export_sae(a),
+        Command::MibExport(a) => mib::mib_export(a),
         Command::SaeEncode(a) => sae::sae_encode(a),
         Command::CompareSae(a) => sae::compare_sae(a),
         Command::Match(a) => sae::match_dictionaries(a),
@@ -498,6 +516,12 @@ pub fn main() -> std::process::ExitCode {
         Command::Ablate(a) => analysis::ablate(*a),
         #[cfg(feature = "torch")]
         Command::Label(a) => analysis::label(a),
+        #[cfg(feature = "torch")]
+        Command::Explain(a) => explain::explain(*a),
+        #[cfg(feature = "torch")]
+        Command::ExplainLabels(a) => explain::explain_labels(a),
+        #[cfg(feature = "torch")]
+        Command::ExplainSteer(a) => explain::explain_steer(*a),
         #[cfg(feature = "torch")]
         Command::Circuits(a) => circuits::circuits(*a),
         Command::Hierarchy(a) => analysis::hierarchy(a),

@@ -4,6 +4,8 @@
 
 pub mod encode;
 pub mod file;
+pub mod mib;
+pub mod torch_save;
 
 use crate::backend::cpu::nearest_rows;
 use crate::data::TokenRef;

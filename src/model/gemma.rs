@@ -407,6 +407,11 @@ impl Gemma {
             .to_kind(x.kind())
     }
 
+    /// The model's final norm of `x` `[..., D]` (what [`Gemma::logits_of`] unembeds).
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.rms_norm(x, &self.final_norm)
+    }
+
     /// The final norm then the unembedding (and final soft-capping) of `x` `[..., D]`.
     pub fn logits_of(&self, x: &Tensor) -> Tensor {
         let h = self.rms_norm(x, &self.final_norm);

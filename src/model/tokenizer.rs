@@ -29,6 +29,16 @@ impl Tokenizer {
             .collect())
     }
 
+    /// The ids of `text` with no BOS and no other special token.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<i64>> {
+        Ok(self.encode(text)?[1..].to_vec())
+    }
+
+    /// The id of the unknown token `<unk>`, when the vocabulary has one.
+    pub fn unknown_id(&self) -> Option<i64> {
+        self.inner.token_to_id("<unk>").map(|i| i as i64)
+    }
+
     /// The text of `ids` (special tokens such as the BOS left out), as the tokenizer decodes it.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
