@@ -25,7 +25,7 @@ const SKLEARN_TREE_CHECK: &str = r#"
 import json, sys
 import numpy as np
 from sklearn.tree import DecisionTreeClassifier
-x = np.load(sys.argv[1]).astype(np.float64); y = np.load(sys.argv[2]).astype(np.int64)
+x = np.load(sys.argv[1]).astype(np.float64); y = np.load(sys.argv[2]).reshape(-1).astype(np.int64)
 xt = np.load(sys.argv[3]).astype(np.float64)
 ours = json.load(open(sys.argv[4]))
 clf = DecisionTreeClassifier(max_depth=5, min_samples_split=2, min_samples_leaf=1,
@@ -485,29 +485,48 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
         c.env("EXEMPLAR_BIN", exe)
             .env("EXEMPLAR_GEMMA3_270M", &model)
             .env("HOOK", hook)
+            .env("CTX", "32")
             .env("CI", "1")
             .current_dir(w);
     };
     // The harvest stops at the shard that reaches the target, and resumes past finished shards.
+    let rows_of = |line: &str| -> u64 {
+        serde_json::from_str::<Value>(line).unwrap()["rows"]
+            .as_u64()
+            .unwrap()
+    };
     let mut c = Command::new("bash");
-    c.arg(script("harvest.sh")).args([".", "3000"]);
+    c.arg(script("harvest.sh")).args([".", "1"]);
     env(&mut c);
     run_ok(&mut c);
     let timings = std::fs::read_to_string(w.join("harvest/timings.jsonl")).unwrap();
-    let first = timings.lines().count();
-    assert!(first >= 1);
+    assert_eq!(timings.lines().count(), 1, "one shard reaches 1 row");
+    let first = rows_of(timings.lines().next().unwrap());
     let mut c = Command::new("bash");
-    c.arg(script("harvest.sh")).args([".", "6000"]);
+    c.arg(script("harvest.sh"))
+        .args([".", &(first + 1).to_string()]);
     env(&mut c);
-    run_ok(&mut c);
-    let timings = std::fs::read_to_string(w.join("harvest/timings.jsonl")).unwrap();
+    let log = c.output().unwrap();
     assert!(
-        timings.lines().count() > first,
-        "the second harvest added shards"
+        log.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log.stderr)
     );
+    assert_mentions(
+        &String::from_utf8_lossy(&log.stderr),
+        &["skip shard-00.safetensors (done)"],
+    );
+    let timings = std::fs::read_to_string(w.join("harvest/timings.jsonl")).unwrap();
+    assert_eq!(
+        timings.lines().count(),
+        2,
+        "the second harvest added one shard"
+    );
+    let total: u64 = timings.lines().map(rows_of).sum();
+    assert!(total >= 4000, "{total} rows harvested");
     let mut c = Command::new(&py);
     c.arg(script("make_labelled.py"))
-        .args([".", "--max-tokens", "24", "--segments", "3"])
+        .args([".", "--max-tokens", "48", "--segments", "3"])
         .env("EXEMPLAR_GEMMA3_270M", &model)
         .current_dir(w);
     run_ok(&mut c);
@@ -522,7 +541,7 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
             "--corpus",
             "segments.jsonl",
             "--ctx",
-            "24",
+            "48",
             "-o",
             "heldout.safetensors",
         ],
@@ -621,6 +640,7 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
         Command::new(&py)
             .arg(script("recompute.py"))
             .args([".", "out/report.json", "--model", model.to_str().unwrap()])
+            .env("CTX", "32")
             .current_dir(w),
     );
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -633,6 +653,7 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
     let out = Command::new(&py)
         .arg(script("recompute.py"))
         .args([".", "bad.json", "--model", model.to_str().unwrap()])
+        .env("CTX", "32")
         .current_dir(w)
         .output()
         .unwrap();

@@ -88,20 +88,25 @@ def concept_rows(workdir):
     return by
 
 
-def detect(codes_of, score_of, by, width):
+def detect(codes_of, by):
+    """codes_of(doc) -> (tokens × width) codes; per concept the argmax of the positive −
+    negative mean code per token (train rows) and the AUROC of the max over tokens (eval rows).
+    Per document only the sum and the max over its tokens are kept."""
+    stats = {}
+
+    def st(i):
+        if i not in stats:
+            c = codes_of(i)
+            stats[i] = (c.sum(0), c.max(0), len(c))
+        return stats[i]
     out = {}
     for cid, g in sorted(by.items()):
         def mean(ids):
-            s, n = np.zeros(width), 0
-            for i in ids:
-                c = codes_of(i)
-                s += c.sum(0)
-                n += len(c)
-            return s / n
-        contrast = mean(g["train_pos"]) - mean(g["train_neg"])
-        k = int(np.argmax(contrast))
-        out[cid] = (k, auroc([score_of(i, k) for i in g["eval_pos"]],
-                             [score_of(i, k) for i in g["eval_neg"]]))
+            s = sum(st(i)[0] for i in ids)
+            return s / sum(st(i)[2] for i in ids)
+        k = int(np.argmax(mean(g["train_pos"]) - mean(g["train_neg"])))
+        out[cid] = (k, auroc([st(i)[1][k] for i in g["eval_pos"]],
+                             [st(i)[1][k] for i in g["eval_neg"]]))
     return out
 
 
@@ -125,6 +130,7 @@ def main():
     ap.add_argument("report")
     ap.add_argument("--model", default=os.environ.get("EXEMPLAR_GEMMA3_270M"))
     ap.add_argument("--max-builds", type=int, default=None)
+    ap.add_argument("--budgets", default=None, help="check only the builds of these budgets")
     ap.add_argument("--tol", type=float, default=1e-6)
     a = ap.parse_args()
     rep = json.load(open(a.report))
@@ -145,7 +151,7 @@ def main():
     cfg = json.load(open(os.path.join(a.model, "config.json")))
     c = cfg.get("text_config", cfg)
     layer = int(rep["hook"].split(".")[1])
-    seq = 65
+    seq = int(os.environ.get("CTX", "64")) + 1  # BOS + ctx, as harvest.sh packed them
     per_tok = 2.0 * (c["hidden_size"] * c["num_attention_heads"] * c["head_dim"] * 2
                      + c["hidden_size"] * c["num_key_value_heads"] * c["head_dim"] * 2
                      + 3 * c["hidden_size"] * c["intermediate_size"]
@@ -153,6 +159,9 @@ def main():
     per_row = per_tok * seq / (seq - 1)
     same("forward FLOPs per row", per_row, rep["harvest"]["forward_flops_per_row"])
     builds = rep["builds"][: a.max_builds] if a.max_builds else rep["builds"]
+    if a.budgets:
+        keep = {int(v) for v in a.budgets.split(",")}
+        builds = [b for b in builds if b["budget"] in keep]
     for b in builds:
         name = b["name"]
         same(f"{name} forward FLOPs", b["budget"] * per_row, b["forward_flops"])
@@ -169,14 +178,7 @@ def main():
             same(f"{name} theta", m["theta"], b["theta"])
             center = t["center"].astype(np.float64)
             w = unit(t["direction_sums"].astype(np.float64))
-            cache = {}
-
-            def u_of(i):
-                if i not in cache:
-                    cache[i] = unit(H.doc(i) - center)
-                return cache[i]
-            res = detect(lambda i: u_of(i) @ w.T, lambda i, k: float((u_of(i) @ w[k]).max()),
-                         by, len(w))
+            res = detect(lambda i: unit(H.doc(i) - center) @ w.T, by)
         else:
             d = os.path.join(a.workdir, "runs", name)
             t, _ = read_st(os.path.join(d, "sae_weights.safetensors"))
@@ -185,13 +187,7 @@ def main():
             p["k"] = b["k"]
             same(f"{name} width", int(p["W_enc"].shape[1]), b["width"])
             assert sc.get("d_sae", b["width"]) == b["width"]
-            cache = {}
-
-            def z_of(i):
-                if i not in cache:
-                    cache[i] = sae_encode(p, H.doc(i))
-                return cache[i]
-            res = detect(z_of, lambda i, k: float(z_of(i)[:, k].max()), by, b["width"])
+            res = detect(lambda i: sae_encode(p, H.doc(i)), by)
             rows = H.x[: b["heldout_rows"]]
             z = sae_encode(p, rows)
             recon = z @ p["W_dec"] + p["b_dec"]

@@ -263,12 +263,14 @@ def cmd_run(a):
             first_ep = first_ep or W.run_path(name + ".safetensors")
             detect(W, name, "ep")
             for t in TASKS:
-                probe(W, name + ".onehot", t, W.run_path(name + ".safetensors"),
-                      ["--features", "ep-onehot", "--pool", "count", "--top-n", "1",
-                       "--binarize"], a)
-                probe(W, name + f".top{a.top_n}", t, W.run_path(name + ".safetensors"),
-                      ["--features", "ep-topk", "-k", str(a.top_n), "--pool", "count",
-                       "--top-n", str(a.top_n), "--binarize"], a)
+                if "onehot" in a.ep_probes:
+                    probe(W, name + ".onehot", t, W.run_path(name + ".safetensors"),
+                          ["--features", "ep-onehot", "--pool", "count", "--top-n", "1",
+                           "--binarize"], a)
+                if "top" in a.ep_probes:
+                    probe(W, name + f".top{a.top_n}", t, W.run_path(name + ".safetensors"),
+                          ["--features", "ep-topk", "-k", str(a.top_n), "--pool", "count",
+                           "--top-n", str(a.top_n), "--binarize"], a)
         for w, k in saes:
             name = sae_name(b, w, k)
             detect(W, name, "sae")
@@ -278,7 +280,8 @@ def cmd_run(a):
                       ["--features", "sae", "--sae", W.run_path(name), "--pool", "count",
                        "--top-n", str(a.top_n), "--binarize"], a)
             for p in pcts:
-                compare(W, ep_name(b, p), name, a)
+                if a.compare_percentiles is None or p in a.compare_percentiles:
+                    compare(W, ep_name(b, p), name, a)
     if first_ep:
         for t in TASKS:
             probe(W, "raw-mean", t, first_ep, ["--features", "raw", "--raw-pool", "mean"], a)
@@ -303,7 +306,7 @@ def forward_cost(W, model_dir):
     h, i = c["hidden_size"], c["intermediate_size"]
     nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     layer = int(HOOK.split(".")[1])
-    seq = 65  # BOS + 64 (harvest.sh --ctx 64 --pack)
+    seq = int(os.environ.get("CTX", "64")) + 1  # BOS + ctx (harvest.sh --pack --ctx $CTX)
     per_tok = 2.0 * (h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * i + 2 * seq * nh * hd) * (layer + 1)
     return {"rows": rows, "seconds": secs, "rows_per_second": rows / secs if secs else None,
             "flops_per_row": per_tok * seq / (seq - 1), "seconds_per_row": secs / rows if rows else None}
@@ -419,7 +422,80 @@ def cmd_report(a):
     with open(os.path.join(a.outdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     plots(report, a.outdir)
+    with open(os.path.join(a.outdir, "tables.md"), "w") as f:
+        f.write(tables(report))
     log("wrote", os.path.join(a.outdir, "report.json"))
+
+
+def tables(rep):
+    """The report as markdown tables (README.md quotes them)."""
+    f = lambda v, n=3: "-" if v is None else (f"{v:.{n}f}" if isinstance(v, float) else str(v))
+    g = lambda v: "-" if v is None else f"{v:.3g}"
+    out = []
+    out.append("| build | budget | K / width | steps (stopped) | held-out FVU | never firing | "
+               "build FLOPs | build s | forward FLOPs | forward s | forward share (FLOPs / s) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for b in rep["builds"]:
+        if b["kind"] == "ep":
+            size, steps, fvu, dead = f"K = {b['partitions']:,}", "1 pass", None, None
+        else:
+            size = f"{b['width']:,} (k = {b['k']})"
+            steps = f"{b['steps']:,} in {b['epochs']} ep. ({b['stopped']})"
+            fvu, dead = b["heldout_fvu"], b["heldout_dead_fraction"]
+        out.append(f"| {b['name']} | {b['budget']:,} | {size} | {steps} | {f(fvu)} | {f(dead)} | "
+                   f"{g(b['build_flops'])} | {b['build_seconds']:.1f} | {g(b['forward_flops'])} | "
+                   f"{b['forward_seconds']:.0f} | {b['forward_share_flops']:.3f} / "
+                   f"{b['forward_share_seconds']:.3f} |")
+    out.append("")
+    concepts = None
+    for b in rep["builds"]:
+        if b.get("detection"):
+            concepts = [(c["concept_id"], c["concept"]) for c in b["detection"]]
+            break
+    if concepts:
+        names = [b["name"] for b in rep["builds"] if b.get("detection")]
+        out.append("| concept | " + " | ".join(names) + " |")
+        out.append("|---|" + "---|" * len(names))
+        for cid, cn in concepts:
+            row = []
+            for b in rep["builds"]:
+                if b.get("detection"):
+                    row.append(f(next(c["auroc"] for c in b["detection"] if c["concept_id"] == cid)))
+            out.append(f"| {cid}: {cn} | " + " | ".join(row) + " |")
+        out.append("| **mean AUROC** | " + " | ".join(
+            f"**{f(b['detection_mean_auroc'])}**" for b in rep["builds"] if b.get("detection")) + " |")
+        out.append("")
+    out.append("| features | " + " | ".join(f"{t} (logistic / tree)" for t in TASKS) + " |")
+    out.append("|---|" + "---|" * len(TASKS))
+    for nm in ("raw-mean", "raw-last", "tfidf"):
+        cells = []
+        for t in TASKS:
+            v = rep["baselines"][t].get(nm)
+            if nm == "tfidf":
+                cells.append(f(v and v["accuracy"]) + " / -")
+            else:
+                cells.append(f((v or {}).get("logistic", {}).get("accuracy")) + " / " +
+                             f((v or {}).get("tree", {}).get("accuracy")))
+        out.append(f"| {nm} | " + " | ".join(cells) + " |")
+    for b in rep["builds"]:
+        for tag, per in sorted(b.get("probes", {}).items()):
+            cells = [f(per.get(t, {}).get("logistic", {}).get("accuracy")) + " / " +
+                     f(per.get(t, {}).get("tree", {}).get("accuracy")) for t in TASKS]
+            out.append(f"| {b['name']} {tag} | " + " | ".join(cells) + " |")
+    out.append("")
+    if rep["correspondence"]:
+        out.append("| EP | SAE | rows | EP regions with an SAE feature at F1 > 0.5 | SAE features "
+                   "with an EP region at F1 > 0.5 | eligible EP / SAE | mean F1 EP→SAE / SAE→EP |")
+        out.append("|---|---|---|---|---|---|---|")
+        for c in rep["correspondence"]:
+            out.append(f"| {c['ep']} | {c['sae']} | {c['rows']:,} | {f(c['ep_regions_matched_f1_gt_0_5'])} | "
+                       f"{f(c['sae_features_matched_f1_gt_0_5'])} | {c['ep_eligible']} / {c['sae_eligible']} | "
+                       f"{f(c['ep_to_sae_mean_f1'])} / {f(c['sae_to_ep_mean_f1'])} |")
+        out.append("")
+    if rep["not_run"]:
+        out.append("Not run: " + "; ".join(f"{n['build']} ({n['reason']})" for n in rep["not_run"]))
+        out.append("")
+    return "\n".join(out)
 
 
 def add_evals(W, e, name, a, copy):
@@ -523,6 +599,10 @@ def main():
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--c-grid", default="0.1,1,10")
     r.add_argument("--skip-eval", action="store_true")
+    r.add_argument("--ep-probes", default="onehot,top",
+                   help="EP probe feature sets: onehot (top-1), top (top-N), comma-separated")
+    r.add_argument("--compare-percentiles", type=lambda v: [float(p) for p in v.split(",")],
+                   default=None, help="EP percentiles compared with each SAE (default: all)")
     g = sub.add_parser("report")
     g.add_argument("workdir")
     g.add_argument("outdir")
