@@ -412,6 +412,8 @@ def cmd_report(a):
                         "ep_to_sae_mean_f1": sm["ep_to_sae"]["mean_f1"],
                         "sae_to_ep_mean_f1": sm["sae_to_ep"]["mean_f1"]})
                     copy.append(f"{ep_name(b, p)}--{name}.compare.txt")
+    copy += [f"{nm}.{t}.probe.txt" for nm in ("raw-mean", "raw-last") for t in TASKS]
+    copy += [f"tfidf.{t}.json" for t in TASKS]
     for b in report["builds"]:
         tot = b["build_flops"] + b["forward_flops"]
         b["forward_share_flops"] = b["forward_flops"] / tot
