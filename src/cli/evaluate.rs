@@ -390,6 +390,14 @@ pub struct DetectArgs {
 pub fn detect(a: DetectArgs) -> Result<()> {
     a.source.check()?;
     a.report.check()?;
+    // The dictionary (or the SAE) first: a wrong path fails before any other work.
+    let dict = a.dictionary.as_deref().map(Dictionary::load).transpose()?;
+    let sae = match (&dict, &a.sae) {
+        (None, Some(path)) => {
+            Some(Sae::load(path).with_context(|| format!("loading the SAE {}", path.display()))?)
+        }
+        _ => None,
+    };
     let field = if a.text_field == "output" {
         TextField::Output
     } else {
@@ -418,9 +426,9 @@ pub fn detect(a: DetectArgs) -> Result<()> {
         );
     }
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let Some(dictionary) = &a.dictionary else {
+    let Some(dict) = dict else {
         let path = a.sae.as_ref().expect("clap requires --dictionary or --sae");
-        let sae = Sae::load(path).with_context(|| format!("loading the SAE {}", path.display()))?;
+        let sae = sae.expect("loaded above");
         let report = detect::detect_concepts_sae(&sae, &rows, &docs)
             .with_context(|| format!("the SAE {}", path.display()))?;
         let mut table = String::new();
@@ -458,7 +466,6 @@ pub fn detect(a: DetectArgs) -> Result<()> {
         )?;
         return a.report.emit(&serde_json::to_value(&report)?, &table);
     };
-    let dict = Dictionary::load(dictionary)?;
     let report = detect::detect_concepts(&dict, &rows, &docs, parse_basis(&a.basis))?;
     let mut table = String::new();
     writeln!(
