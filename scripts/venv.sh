@@ -13,6 +13,8 @@ PY_PACKAGES=(
     sae-lens==6.54.12 transformer-lens==3.9.0
     # The Python package's build and tests (python/test.sh).
     maturin==1.16.0 pytest==9.2.0 ml-dtypes==0.6.0
+    # The plots of docs/benchmarks/*-ep-vs-sae-gemma-3-270m (run_benchmark.py).
+    matplotlib==3.11.2
 )
 # What must import for the venv to count as ready (a cheap check, no torch import).
 _VENV_CHECK='

@@ -160,9 +160,34 @@ pub struct TrainSaeArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub sae: SaeTrainArgs,
-    /// Train on at most this many rows (default: one pass over the input).
+    /// Train on at most this many rows (default: one pass over the input); with --epochs, the
+    /// budget each epoch passes over (an error when the input has fewer rows).
     #[arg(long, value_name = "N")]
     pub max_activations: Option<u64>,
+    /// Passes over the budget at most (several: the rows are held in memory and shuffled per
+    /// epoch, seeded by --sae-seed).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub epochs: u64,
+    /// Held-out activation files: their FVU is checked during training and decides
+    /// convergence (never trained on).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub eval_activations: Vec<PathBuf>,
+    /// Held-out rows used (the first N).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub eval_rows: usize,
+    /// Training rows between two held-out checks (default: one epoch).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub eval_every: u64,
+    /// Stop when the best held-out FVU has not improved by this relative amount for
+    /// --patience checks in a row.
+    #[arg(long, default_value_t = 0.01)]
+    pub tolerance: f64,
+    /// Held-out checks without progress before stopping.
+    #[arg(long, default_value_t = 2)]
+    pub patience: u32,
+    /// Stop the training loop after this many wall-clock seconds.
+    #[arg(long, value_name = "S")]
+    pub max_seconds: Option<f64>,
     #[command(flatten)]
     pub output: OutDir,
     /// Print the training record as JSON.
@@ -185,6 +210,33 @@ pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
         exemplar::data::ActivationStream::open(&a.input.activations, stream_options(&a.input))?;
     let mut cfg = a.sae.config()?;
     cfg.max_rows = a.max_activations;
+    cfg.epochs = a.epochs;
+    cfg.eval_every = a.eval_every;
+    cfg.tolerance = a.tolerance;
+    cfg.patience = a.patience;
+    cfg.max_seconds = a.max_seconds;
+    if !a.eval_activations.is_empty() {
+        let eval = exemplar::eval::budget::EvalSet::load(
+            &a.eval_activations,
+            stream_options(&a.input),
+            a.eval_rows,
+            None,
+        )?;
+        if eval.dim != stream.dim() {
+            return Err(exemplar::Error::DimensionMismatch {
+                what: format!(
+                    "held-out activations {} (the training input {} has D = {})",
+                    a.eval_activations[0].display(),
+                    a.input.activations[0].display(),
+                    stream.dim()
+                ),
+                expected: stream.dim(),
+                found: eval.dim,
+            }
+            .into());
+        }
+        cfg.eval_rows = eval.rows;
+    }
     let (sae, rec) = exemplar::sae::train::train_topk_sae(&mut stream, &cfg)?;
     sae.save_saelens(&a.output.out, a.output.force)?;
     if a.json {
@@ -195,10 +247,25 @@ pub fn train_sae(a: TrainSaeArgs) -> Result<()> {
             rec.width, rec.k, rec.rows, rec.steps, rec.seconds, rec.device, rec.flops
         );
         println!(
-            "final fraction of variance unexplained {:.4}; dead features {:.1}%",
+            "final fraction of variance unexplained {:.4}; dead features {:.1}%; {} epoch(s), stopped: {}",
             rec.final_fvu,
-            100.0 * rec.dead_fraction
+            100.0 * rec.dead_fraction,
+            rec.epochs,
+            rec.stopped
         );
+        if let (Some(e), Some(dead)) = (rec.eval_fvu, rec.eval_dead_fraction) {
+            println!(
+                "held-out ({} rows): FVU {e:.4}, features never firing {:.1}%",
+                rec.eval_rows,
+                100.0 * dead
+            );
+            for c in &rec.curve {
+                println!(
+                    "  epoch {:>4}  step {:>7}  rows {:>10}  train FVU {:.4}  held-out FVU {:.4}  {:.1} s",
+                    c.epoch, c.steps, c.rows, c.train_fvu, c.eval_fvu, c.seconds
+                );
+            }
+        }
         println!("wrote {}", a.output.out.display());
     }
     Ok(())

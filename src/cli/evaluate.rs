@@ -131,6 +131,13 @@ pub struct ProbeArgs {
     /// Seed of the split and the folds.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Classifiers: logistic regression (C by CV), a decision tree (CART, Gini; --tree-depth,
+    /// min split 2, min leaf 1, on the unstandardised features), or both.
+    #[arg(long, default_value = "logistic", value_parser = ["logistic", "tree", "both"])]
+    pub classifier: String,
+    /// Maximum depth of the decision tree.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub tree_depth: usize,
     #[command(flatten)]
     pub report: ReportOut,
 }
@@ -254,6 +261,36 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
             sae.as_ref(),
         )
         .with_context(|| format!("features {}", kind.name()))?;
+        if a.classifier != "logistic" {
+            let cfg = exemplar::eval::tree::TreeConfig {
+                max_depth: a.tree_depth,
+                ..Default::default()
+            };
+            let r = probe::run_tree_probe(&x, width, &y, names.len(), &options, &cfg)
+                .with_context(|| format!("tree probe on {}", kind.name()))?;
+            writeln!(
+                table,
+                "{:<28} {:>8} {:<16} {:>8} {:>9} {:>9.4} {:>9.4}",
+                format!("{} (tree d{})", kind.name(), a.tree_depth),
+                width,
+                pooling.name() + if a.binarize { ", bin" } else { "" },
+                "-",
+                "-",
+                r.test.accuracy,
+                r.test.macro_f1
+            )?;
+            results.push(serde_json::json!({
+                "features": kind.name(), "classifier": "tree", "width": width,
+                "pooling": pooling.name(), "binarize": a.binarize, "n_train": r.n_train,
+                "n_test": r.n_test, "tree_config": r.config, "depth": r.depth,
+                "leaves": r.leaves, "accuracy": r.test.accuracy, "macro_f1": r.test.macro_f1,
+                "tree": r.tree,
+            }));
+            if a.classifier == "tree" {
+                acc_of.insert(f.clone(), r.test.accuracy);
+                continue;
+            }
+        }
         let r = probe::run_probe(&x, width, &y, names.len(), &options)
             .with_context(|| format!("probe on {}", kind.name()))?;
         let cv_best =
@@ -282,7 +319,7 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
             })
             .collect();
         results.push(serde_json::json!({
-            "features": kind.name(), "width": width, "pooling": pooling.name(),
+            "features": kind.name(), "classifier": "logistic", "width": width, "pooling": pooling.name(),
             "binarize": a.binarize, "n_train": r.n_train, "n_test": r.n_test,
             "chosen_c": r.chosen_c, "cv": r.cv, "accuracy": r.test.accuracy,
             "macro_f1": r.test.macro_f1, "per_class": per_class, "converged": r.converged,
@@ -295,8 +332,13 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     if let Some(q) = ratio {
         writeln!(table, "EP one-hot accuracy / raw accuracy: {q:.4}")?;
     }
+    // The test documents (the same seeded split as every probe above), so another classifier
+    // can be scored on the same split.
+    let (_, test) = probe::stratified_split(&y, names.len(), a.test_fraction, a.seed)?;
+    let test_doc_ids: Vec<i64> = test.iter().map(|&i| doc_ids[i]).collect();
     let value = serde_json::json!({
         "documents": labels.len(), "classes": names, "test_fraction": a.test_fraction,
+        "test_doc_ids": test_doc_ids,
         "folds": a.folds, "c_grid": a.c_grid, "seed": a.seed,
         "standardized": "features standardised with mean/std fitted on the training rows",
         "results": results, "ep_onehot_over_raw_accuracy": ratio,
@@ -316,8 +358,19 @@ pub struct DetectArgs {
     #[arg(long, value_name = "FILE")]
     pub concepts: PathBuf,
     /// The dictionary.
-    #[arg(long, short = 'd', value_name = "FILE")]
-    pub dictionary: PathBuf,
+    #[arg(
+        long,
+        short = 'd',
+        value_name = "FILE",
+        required_unless_present = "sae",
+        conflicts_with = "sae"
+    )]
+    pub dictionary: Option<PathBuf>,
+    /// An SAE (SAELens directory, .safetensors, or Gemma Scope .npz) instead of a dictionary:
+    /// per concept the feature with the largest positive-minus-negative mean code, scored by its
+    /// max over tokens.
+    #[arg(long, value_name = "PATH")]
+    pub sae: Option<PathBuf>,
     /// Basis of the region choice and scoring direction (AxBench's EPMean / EPExemplar).
     #[arg(long, default_value = "mean", value_parser = ["mean", "exemplar"])]
     pub basis: String,
@@ -337,7 +390,14 @@ pub struct DetectArgs {
 pub fn detect(a: DetectArgs) -> Result<()> {
     a.source.check()?;
     a.report.check()?;
-    let dict = Dictionary::load(&a.dictionary)?;
+    // The dictionary (or the SAE) first: a wrong path fails before any other work.
+    let dict = a.dictionary.as_deref().map(Dictionary::load).transpose()?;
+    let sae = match (&dict, &a.sae) {
+        (None, Some(path)) => {
+            Some(Sae::load(path).with_context(|| format!("loading the SAE {}", path.display()))?)
+        }
+        _ => None,
+    };
     let field = if a.text_field == "output" {
         TextField::Output
     } else {
@@ -365,8 +425,48 @@ pub fn detect(a: DetectArgs) -> Result<()> {
             r.doc_id
         );
     }
-    let report = detect::detect_concepts(&dict, &rows, &docs, parse_basis(&a.basis))?;
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let Some(dict) = dict else {
+        let path = a.sae.as_ref().expect("clap requires --dictionary or --sae");
+        let sae = sae.expect("loaded above");
+        let report = detect::detect_concepts_sae(&sae, &rows, &docs)
+            .with_context(|| format!("the SAE {}", path.display()))?;
+        let mut table = String::new();
+        writeln!(
+            table,
+            "concept detection with the SAE {} ({} features), {} concepts",
+            path.display(),
+            report.d_sae,
+            report.concepts.len()
+        )?;
+        writeln!(table, "  scoring: {}", report.scoring)?;
+        writeln!(
+            table,
+            "{:>6} {:<28} {:>7} {:>8} {:>8} {:>9}",
+            "id", "concept", "feature", "contrast", "AUROC", "HN"
+        )?;
+        for c in &report.concepts {
+            let name: String = c.concept.chars().take(28).collect();
+            writeln!(
+                table,
+                "{:>6} {:<28} {:>7} {:>8.4} {:>8.4} {:>9}",
+                c.concept_id,
+                name,
+                c.feature,
+                c.contrast,
+                c.auroc,
+                opt(c.hard_negative_accuracy)
+            )?;
+        }
+        writeln!(
+            table,
+            "mean AUROC {:.4}; mean hard-negative accuracy {}",
+            report.mean_auroc,
+            opt(report.mean_hard_negative_accuracy)
+        )?;
+        return a.report.emit(&serde_json::to_value(&report)?, &table);
+    };
+    let report = detect::detect_concepts(&dict, &rows, &docs, parse_basis(&a.basis))?;
     let mut table = String::new();
     writeln!(
         table,

@@ -207,17 +207,33 @@ pub fn read_concepts(path: &Path, field: TextField, require_text: bool) -> Resul
             ),
         ));
     }
-    let mut seen = HashMap::new();
+    // A document may serve several concepts (a positive of one, a negative of another), but
+    // only once per concept; a shared negative (concept -1) serves every concept, so its
+    // document serves nothing else.
+    let mut uses: HashMap<i64, Vec<(i64, usize)>> = HashMap::new();
     for r in &rows {
-        if let Some(first) = seen.insert(r.doc_id, r.line) {
-            return Err(Error::format(
-                path,
-                format!(
-                    "line {}: doc_id {} already used on line {first}",
-                    r.line, r.doc_id
-                ),
-            ));
+        uses.entry(r.doc_id)
+            .or_default()
+            .push((r.concept_id, r.line));
+    }
+    let mut clash: Option<(usize, usize, i64)> = None;
+    for (doc, u) in &uses {
+        for (x, &(cx, lx)) in u.iter().enumerate() {
+            for &(cy, ly) in &u[..x] {
+                if cx == cy || cx < 0 || cy < 0 {
+                    let c = (ly.min(lx), ly.max(lx), *doc);
+                    if clash.is_none_or(|o| c.1 < o.1) {
+                        clash = Some(c);
+                    }
+                }
+            }
         }
+    }
+    if let Some((a, b, doc)) = clash {
+        return Err(Error::format(
+            path,
+            format!("line {b}: doc_id {doc} already used on line {a} for the same concept"),
+        ));
     }
     Ok(rows)
 }
@@ -370,55 +386,17 @@ pub fn detect_concepts(
         code_sums.insert(doc, v.clone());
         Ok(v)
     };
-    let mut concepts: BTreeMap<i64, String> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.concept_id >= 0) {
-        if let Some(c) = &r.concept {
-            concepts.entry(r.concept_id).or_insert_with(|| c.clone());
-        }
-    }
-    if concepts.is_empty() {
-        return Err(Error::EmptyInput(
-            "no concept has a positive example".into(),
-        ));
-    }
     let mut results = Vec::new();
-    for (&cid, name) in &concepts {
-        let of = |eval: bool, cat: Category| -> Vec<&ConceptRow> {
-            rows.iter()
-                .filter(|r| {
-                    (r.concept_id == cid || (r.concept_id < 0 && cat == Category::Negative))
-                        && r.category == cat
-                        && r.eval == Some(eval)
-                })
-                .collect()
-        };
-        let train_pos = of(false, Category::Positive);
-        let train_neg: Vec<&ConceptRow> = of(false, Category::Negative)
-            .into_iter()
-            .chain(of(false, Category::HardNegative))
-            .collect();
-        let (eval_pos, eval_neg, eval_hard) = (
-            of(true, Category::Positive),
-            of(true, Category::Negative),
-            of(true, Category::HardNegative),
-        );
-        let need = |what: &str, n: usize| {
-            if n == 0 {
-                Err(Error::param(
-                    "concepts",
-                    format!("concept {cid} ({name}): no {what}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        need("positive training example", train_pos.len())?;
-        need("negative training example", train_neg.len())?;
-        need("positive eval example", eval_pos.len())?;
-        need(
-            "negative or hard-negative eval example",
-            eval_neg.len() + eval_hard.len(),
-        )?;
+    for g in concept_groups(rows)? {
+        let ConceptGroup {
+            cid,
+            name,
+            train_pos,
+            train_neg,
+            eval_pos,
+            eval_neg,
+            eval_hard,
+        } = g;
         let mean_code = |group: &[&ConceptRow],
                          f: &mut dyn FnMut(i64) -> Result<(Vec<f64>, usize)>|
          -> Result<Vec<f64>> {
@@ -470,7 +448,7 @@ pub fn detect_concepts(
         };
         results.push(ConceptResult {
             concept_id: cid,
-            concept: name.clone(),
+            concept: name,
             region: best,
             contrast: contrast[best],
             train_positive: train_pos.len(),
@@ -499,6 +477,228 @@ pub fn detect_concepts(
         mean_auroc_cosine: mean(&|r| Some(r.auroc_cosine)).unwrap_or(f64::NAN),
         mean_hard_negative_accuracy_reference: mean(&|r| r.hard_negative_accuracy_reference),
         mean_hard_negative_accuracy_cosine: mean(&|r| r.hard_negative_accuracy_cosine),
+        concepts: results,
+    })
+}
+
+/// One concept's rows by role.
+struct ConceptGroup<'a> {
+    cid: i64,
+    name: String,
+    train_pos: Vec<&'a ConceptRow>,
+    train_neg: Vec<&'a ConceptRow>,
+    eval_pos: Vec<&'a ConceptRow>,
+    eval_neg: Vec<&'a ConceptRow>,
+    eval_hard: Vec<&'a ConceptRow>,
+}
+
+/// The concepts of `rows` (with a split) and their rows by role; an error names a concept
+/// without positives or negatives in a split.
+fn concept_groups(rows: &[ConceptRow]) -> Result<Vec<ConceptGroup<'_>>> {
+    let mut concepts: BTreeMap<i64, String> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.concept_id >= 0) {
+        if let Some(c) = &r.concept {
+            concepts.entry(r.concept_id).or_insert_with(|| c.clone());
+        }
+    }
+    if concepts.is_empty() {
+        return Err(Error::EmptyInput(
+            "no concept has a positive example".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (cid, name) in concepts {
+        let of = |eval: bool, cat: Category| -> Vec<&ConceptRow> {
+            rows.iter()
+                .filter(|r| {
+                    (r.concept_id == cid || (r.concept_id < 0 && cat == Category::Negative))
+                        && r.category == cat
+                        && r.eval == Some(eval)
+                })
+                .collect()
+        };
+        let train_pos = of(false, Category::Positive);
+        let train_neg: Vec<&ConceptRow> = of(false, Category::Negative)
+            .into_iter()
+            .chain(of(false, Category::HardNegative))
+            .collect();
+        let (eval_pos, eval_neg, eval_hard) = (
+            of(true, Category::Positive),
+            of(true, Category::Negative),
+            of(true, Category::HardNegative),
+        );
+        let need = |what: &str, n: usize| {
+            if n == 0 {
+                Err(Error::param(
+                    "concepts",
+                    format!("concept {cid} ({name}): no {what}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        need("positive training example", train_pos.len())?;
+        need("negative training example", train_neg.len())?;
+        need("positive eval example", eval_pos.len())?;
+        need(
+            "negative or hard-negative eval example",
+            eval_neg.len() + eval_hard.len(),
+        )?;
+        out.push(ConceptGroup {
+            cid,
+            name,
+            train_pos,
+            train_neg,
+            eval_pos,
+            eval_neg,
+            eval_hard,
+        });
+    }
+    Ok(out)
+}
+
+/// Detection results of one concept with an SAE's features.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaeConceptResult {
+    pub concept_id: i64,
+    pub concept: String,
+    /// The chosen feature f*.
+    pub feature: usize,
+    /// Its contrast (mean positive − mean negative code per token).
+    pub contrast: f64,
+    pub train_positive: usize,
+    pub train_negative: usize,
+    pub eval_positive: usize,
+    pub eval_negative: usize,
+    pub eval_hard_negative: usize,
+    pub auroc: f64,
+    /// `None` without eval hard negatives.
+    pub hard_negative_accuracy: Option<f64>,
+}
+
+/// SAE detection over concepts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaeDetectReport {
+    pub selection: &'static str,
+    pub scoring: &'static str,
+    pub d_sae: usize,
+    pub mean_auroc: f64,
+    pub mean_hard_negative_accuracy: Option<f64>,
+    pub concepts: Vec<SaeConceptResult>,
+}
+
+/// The latent track with an SAE: per concept the feature `f*` with the largest contrast of its
+/// mean code per token (positive training rows − negative and hard-negative training rows), eval
+/// rows scored by the max over their tokens of `f*`'s code (AxBench's SAE scoring).
+pub fn detect_concepts_sae(
+    sae: &crate::sae::Sae,
+    rows: &[ConceptRow],
+    docs: &DocumentActivations,
+) -> Result<SaeDetectReport> {
+    if docs.dim != sae.d_in {
+        return Err(Error::DimensionMismatch {
+            what: "activations (the SAE's input width d_in)".into(),
+            expected: sae.d_in,
+            found: docs.dim,
+        });
+    }
+    let f = sae.d_sae;
+    // Per document, its tokens' non-zero codes (feature, value): SAE codes are sparse, and a
+    // dense cache of every document would take tokens × d_sae floats.
+    type Sparse = Vec<Vec<(u32, f32)>>;
+    let mut codes: HashMap<i64, std::rc::Rc<Sparse>> = HashMap::new();
+    let mut code_of = |doc: i64| -> Result<std::rc::Rc<Sparse>> {
+        if let Some(v) = codes.get(&doc) {
+            return Ok(v.clone());
+        }
+        let c = sae.encode(docs.get(doc)?)?;
+        let sparse: Sparse = c
+            .chunks(f)
+            .map(|t| {
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != 0.0)
+                    .map(|(j, &v)| (j as u32, v))
+                    .collect()
+            })
+            .collect();
+        let v = std::rc::Rc::new(sparse);
+        codes.insert(doc, v.clone());
+        Ok(v)
+    };
+    let mut results = Vec::new();
+    for g in concept_groups(rows)? {
+        let mut mean = |group: &[&ConceptRow]| -> Result<Vec<f64>> {
+            let (mut s, mut n) = (vec![0.0f64; f], 0usize);
+            for r in group {
+                for t in code_of(r.doc_id)?.iter() {
+                    t.iter().for_each(|&(j, v)| s[j as usize] += v as f64);
+                    n += 1;
+                }
+            }
+            Ok(s.into_iter().map(|v| v / n.max(1) as f64).collect())
+        };
+        let mp = mean(&g.train_pos)?;
+        let mn = mean(&g.train_neg)?;
+        let mut best = 0;
+        let contrast: Vec<f64> = mp.iter().zip(&mn).map(|(a, b)| a - b).collect();
+        for j in 1..f {
+            if contrast[j] > contrast[best] {
+                best = j;
+            }
+        }
+        let mut score = |group: &[&ConceptRow]| -> Result<Vec<f64>> {
+            group
+                .iter()
+                .map(|r| {
+                    Ok(code_of(r.doc_id)?
+                        .iter()
+                        .map(|t| {
+                            t.iter()
+                                .find(|&&(j, _)| j as usize == best)
+                                .map_or(0.0, |&(_, v)| v as f64)
+                        })
+                        .fold(f64::NEG_INFINITY, f64::max))
+                })
+                .collect()
+        };
+        let (p, n, h) = (
+            score(&g.eval_pos)?,
+            score(&g.eval_neg)?,
+            score(&g.eval_hard)?,
+        );
+        let s: Vec<f64> = p.iter().chain(&n).chain(&h).copied().collect();
+        let l: Vec<bool> = (0..s.len()).map(|i| i < p.len()).collect();
+        results.push(SaeConceptResult {
+            concept_id: g.cid,
+            concept: g.name,
+            feature: best,
+            contrast: contrast[best],
+            train_positive: g.train_pos.len(),
+            train_negative: g.train_neg.len(),
+            eval_positive: p.len(),
+            eval_negative: n.len(),
+            eval_hard_negative: h.len(),
+            auroc: roc_auc(&s, &l)?,
+            hard_negative_accuracy: if h.is_empty() || n.is_empty() {
+                None
+            } else {
+                Some(hard_negative_accuracy(&p, &n, &h)?)
+            },
+        });
+    }
+    let hn: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.hard_negative_accuracy)
+        .collect();
+    Ok(SaeDetectReport {
+        selection:
+            "feature with the largest mean code per token on positive minus negative training rows",
+        scoring: "max over tokens of the chosen feature's code",
+        d_sae: f,
+        mean_auroc: results.iter().map(|r| r.auroc).sum::<f64>() / results.len() as f64,
+        mean_hard_negative_accuracy: (!hn.is_empty())
+            .then(|| hn.iter().sum::<f64>() / hn.len() as f64),
         concepts: results,
     })
 }

@@ -18,5 +18,6 @@ pub mod plot;
 pub mod probe;
 pub mod quality;
 pub mod synthetic;
+pub mod tree;
 
 pub use intrinsic::{gini, intrinsic_metrics, median, IntrinsicMetrics};

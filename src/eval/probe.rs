@@ -689,6 +689,49 @@ pub fn run_probe(
     })
 }
 
+/// The outcome of a decision-tree probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeProbeResult {
+    pub n_features: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub config: crate::eval::tree::TreeConfig,
+    pub depth: usize,
+    pub leaves: usize,
+    /// Accuracy, macro-F1 and per-class metrics on the test split.
+    pub test: ClassificationReport,
+    #[serde(skip)]
+    pub tree: crate::eval::tree::DecisionTree,
+}
+
+/// The decision-tree probe on document features `x` (`n × d`): the same seeded stratified split
+/// as [`run_probe`], a tree fitted on the raw (unstandardised) training features, metrics on the
+/// test part.
+pub fn run_tree_probe(
+    x: &[f64],
+    d: usize,
+    y: &[usize],
+    n_classes: usize,
+    options: &ProbeOptions,
+    config: &crate::eval::tree::TreeConfig,
+) -> Result<TreeProbeResult> {
+    let (train, test) = stratified_split(y, n_classes, options.test_fraction, options.seed)?;
+    let ytr: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+    let tree = crate::eval::tree::fit_tree(&take_rows(x, d, &train), d, &ytr, n_classes, config)?;
+    let pred = tree.predict(&take_rows(x, d, &test))?;
+    let yte: Vec<usize> = test.iter().map(|&i| y[i]).collect();
+    Ok(TreeProbeResult {
+        n_features: d,
+        n_train: train.len(),
+        n_test: test.len(),
+        config: *config,
+        depth: tree.depth(),
+        leaves: tree.leaves(),
+        test: classification_report(&yte, &pred)?,
+        tree,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

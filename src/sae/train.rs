@@ -15,6 +15,15 @@
 //! FLOPs are counted as executed: per row 2·D·F for the encoder and 2·F·D for the (dense)
 //! decoder forward, twice that for the backward, plus the same ×3 for the AuxK decode when dead
 //! features exist.
+//!
+//! Several epochs (`epochs` > 1): the budget's rows (`max_rows`, or the whole input) are read
+//! once into memory and each epoch visits them in a fresh seeded random order. With held-out
+//! rows (`eval_rows`), the held-out FVU is measured every `eval_every` training rows and at the
+//! end (its FLOPs, 4·D·F per held-out row, are counted apart in `eval_flops`), and training stops
+//! once it has not improved on its best by more than the relative `tolerance` for `patience`
+//! checks in a row (`stopped` = "converged"); else at `epochs` ("max epochs"), the end of a
+//! single pass ("end of input") or `max_seconds` ("time limit"). The curve of checks is in the
+//! record.
 
 use super::{Sae, SaeActivation};
 use crate::data::ActivationStream;
@@ -42,6 +51,18 @@ pub struct TrainConfig {
     pub dead_after: u64,
     pub seed: i64,
     pub device: Device,
+    /// Passes over the budget's rows at most (1: one streamed pass).
+    pub epochs: u64,
+    /// Held-out rows (row-major, D columns) whose FVU decides convergence; empty: none.
+    pub eval_rows: Vec<f32>,
+    /// Training rows between two held-out checks (0: once per epoch).
+    pub eval_every: u64,
+    /// Relative improvement of the best held-out FVU that counts as progress.
+    pub tolerance: f64,
+    /// Checks without progress after which training stops.
+    pub patience: u32,
+    /// Wall-clock limit of the training loop in seconds.
+    pub max_seconds: Option<f64>,
 }
 
 impl TrainConfig {
@@ -57,6 +78,12 @@ impl TrainConfig {
             dead_after: 1_000_000,
             seed: 0,
             device: Device::Cpu,
+            epochs: 1,
+            eval_rows: Vec::new(),
+            eval_every: 0,
+            tolerance: 0.01,
+            patience: 2,
+            max_seconds: None,
         }
     }
 
@@ -77,7 +104,7 @@ pub struct TrainRecord {
     pub learning_rate: f64,
     /// FLOPs executed by the training steps (see the module docs).
     pub flops: f64,
-    /// Wall-clock seconds of the training loop (input reading included).
+    /// Wall-clock seconds of the training loop (input reading included, held-out checks not).
     pub seconds: f64,
     /// Seconds the device was held (the training loop's wall time on that device).
     pub device_seconds: f64,
@@ -86,6 +113,91 @@ pub struct TrainRecord {
     pub final_fvu: f64,
     /// Features dead at the end.
     pub dead_fraction: f64,
+    /// Epochs begun (1 for a single streamed pass).
+    #[serde(default)]
+    pub epochs: u64,
+    /// Why training stopped: "end of input", "max epochs", "converged" or "time limit".
+    #[serde(default)]
+    pub stopped: String,
+    /// Held-out FVU at the end (None without held-out rows).
+    #[serde(default)]
+    pub eval_fvu: Option<f64>,
+    /// Fraction of features that never fire on the held-out rows at the end.
+    #[serde(default)]
+    pub eval_dead_fraction: Option<f64>,
+    /// Held-out rows.
+    #[serde(default)]
+    pub eval_rows: usize,
+    /// FLOPs of the held-out checks (not in `flops`).
+    #[serde(default)]
+    pub eval_flops: f64,
+    /// Wall seconds of the held-out checks during training (not in `seconds`).
+    #[serde(default)]
+    pub eval_seconds: f64,
+    /// The held-out checks, in order.
+    #[serde(default)]
+    pub curve: Vec<CurvePoint>,
+}
+
+/// One held-out check during training.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CurvePoint {
+    pub epoch: u64,
+    pub steps: u64,
+    pub rows: u64,
+    /// Mean training-batch FVU of the last 10 steps.
+    pub train_fvu: f64,
+    pub eval_fvu: f64,
+    pub seconds: f64,
+}
+
+/// Held-out FVU and the fraction of features that never fire, in chunks of rows.
+fn eval_fvu(
+    x_all: &Tensor,
+    w_enc: &Tensor,
+    b_enc: &Tensor,
+    w_dec: &Tensor,
+    b_dec: &Tensor,
+    k: i64,
+) -> (f64, f64) {
+    tch::no_grad(|| {
+        let n = x_all.size()[0];
+        let f = w_enc.size()[1];
+        let mean = x_all.mean_dim([0i64].as_slice(), true, Kind::Float);
+        let (mut err, mut tot) = (0.0f64, 0.0f64);
+        let mut fired = Tensor::zeros([f], (Kind::Int64, x_all.device()));
+        let mut s = 0;
+        while s < n {
+            let x = x_all.narrow(0, s, (n - s).min(2048));
+            let pre = (&x - b_dec).matmul(w_enc) + b_enc;
+            let (vals, idx) = pre.topk(k, -1, true, false);
+            let z = pre.zeros_like().scatter(-1, &idx, &vals.relu());
+            let recon = z.matmul(w_dec) + b_dec;
+            err += f64::try_from(
+                (&x - recon)
+                    .square()
+                    .to_kind(Kind::Double)
+                    .sum(Kind::Double),
+            )
+            .unwrap_or(f64::NAN);
+            tot += f64::try_from(
+                (&x - &mean)
+                    .square()
+                    .to_kind(Kind::Double)
+                    .sum(Kind::Double),
+            )
+            .unwrap_or(f64::NAN);
+            fired = fired.index_add(
+                0,
+                &idx.flatten(0, -1),
+                &vals.gt(0.0).to_kind(Kind::Int64).flatten(0, -1),
+            );
+            s += 2048;
+        }
+        let dead =
+            f64::try_from(fired.eq(0).to_kind(Kind::Double).mean(Kind::Double)).unwrap_or(f64::NAN);
+        (err / tot.max(1e-30), dead)
+    })
 }
 
 fn device_name(d: Device) -> String {
@@ -119,6 +231,35 @@ pub fn train_topk_sae(
     if cfg.max_rows == Some(0) {
         return Err(Error::param("max activations", "must be at least 1"));
     }
+    if cfg.epochs == 0 {
+        return Err(Error::param("epochs", "must be at least 1"));
+    }
+    if !cfg.eval_rows.is_empty() && cfg.eval_rows.len() % d != 0 {
+        return Err(Error::DimensionMismatch {
+            what: "held-out rows of the SAE training".into(),
+            expected: d,
+            found: cfg.eval_rows.len(),
+        });
+    }
+    if cfg.epochs > 1 {
+        if let Some(m) = cfg.max_rows {
+            if m > stream.total_rows() {
+                return Err(Error::param(
+                    "max activations",
+                    format!(
+                        "the budget of {m} rows is larger than the input ({} rows in {})",
+                        stream.total_rows(),
+                        stream
+                            .paths()
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let lr = cfg.learning_rate();
     if !(lr.is_finite() && lr > 0.0) {
         return Err(Error::param("lr", format!("must be positive, got {lr}")));
@@ -144,29 +285,91 @@ pub fn train_topk_sae(
     .build(&vs, lr)
     .map_err(tch_err)?;
 
-    let pb = crate::progress::progress_bar(
-        cfg.max_rows.unwrap_or(u64::MAX).min(stream.total_rows()),
-        "train-sae",
-    );
+    let budget = cfg.max_rows.unwrap_or(u64::MAX).min(stream.total_rows());
+    // Several epochs: the budget's rows in memory, visited in a seeded random order per epoch.
+    let memory = if cfg.epochs > 1 {
+        let mut v: Vec<f32> = Vec::with_capacity(budget as usize * d);
+        while (v.len() / d) < budget as usize {
+            let Some(b) = stream.next_batch(budget as usize - v.len() / d)? else {
+                break;
+            };
+            v.extend_from_slice(&b.data);
+        }
+        let n = (v.len() / d) as i64;
+        if n == 0 {
+            return Err(Error::EmptyInput("no rows to train the SAE on".into()));
+        }
+        Some(Tensor::from_slice(&v).view([n, di]).to_device(dev))
+    } else {
+        None
+    };
+    let x_eval = (!cfg.eval_rows.is_empty()).then(|| {
+        Tensor::from_slice(&cfg.eval_rows)
+            .view([(cfg.eval_rows.len() / d) as i64, di])
+            .to_device(dev)
+    });
+    let n_eval = cfg.eval_rows.len() / d;
+    let epoch_rows = match &memory {
+        Some(m) => m.size()[0] as u64,
+        None => budget,
+    };
+    let eval_every = if cfg.eval_every == 0 {
+        epoch_rows
+    } else {
+        cfg.eval_every
+    };
+    let pb = crate::progress::progress_bar(epoch_rows.saturating_mul(cfg.epochs), "train-sae");
     let mut since_fired = Tensor::zeros([fi], (Kind::Int64, dev));
     let (mut rows, mut steps, mut flops) = (0u64, 0u64, 0f64);
     let mut recent_fvu: Vec<f64> = Vec::new();
     let start = Instant::now();
     let k_aux = (d / 2).max(1) as i64;
+    let (mut epoch, mut epoch_pos, mut perm) = (1u64, 0i64, None::<Tensor>);
+    let (mut since_check, mut best_eval, mut no_progress) = (0u64, f64::INFINITY, 0u32);
+    let (mut curve, mut eval_flops, mut eval_seconds) = (Vec::<CurvePoint>::new(), 0f64, 0f64);
+    let mut stopped = "end of input";
     loop {
-        let want = match cfg.max_rows {
-            Some(m) if rows >= m => break,
-            Some(m) => cfg.batch_size.min((m - rows) as usize),
-            None => cfg.batch_size,
-        };
-        let Some(batch) = stream.next_batch(want)? else {
-            break;
-        };
-        let n = batch.rows() as i64;
-        if n == 0 {
-            continue;
+        if let Some(limit) = cfg.max_seconds {
+            if start.elapsed().as_secs_f64() >= limit {
+                stopped = "time limit";
+                break;
+            }
         }
-        let x = Tensor::from_slice(&batch.data).view([n, di]).to_device(dev);
+        let x = match &memory {
+            None => {
+                let want = match cfg.max_rows {
+                    Some(m) if rows >= m => break,
+                    Some(m) => cfg.batch_size.min((m - rows) as usize),
+                    None => cfg.batch_size,
+                };
+                let Some(batch) = stream.next_batch(want)? else {
+                    break;
+                };
+                let n = batch.rows() as i64;
+                if n == 0 {
+                    continue;
+                }
+                Tensor::from_slice(&batch.data).view([n, di]).to_device(dev)
+            }
+            Some(m) => {
+                let total = m.size()[0];
+                if epoch_pos >= total {
+                    if epoch >= cfg.epochs {
+                        stopped = "max epochs";
+                        break;
+                    }
+                    epoch += 1;
+                    epoch_pos = 0;
+                    perm = None;
+                }
+                let p = perm.get_or_insert_with(|| Tensor::randperm(total, (Kind::Int64, dev)));
+                let n = (cfg.batch_size as i64).min(total - epoch_pos);
+                let idx = p.narrow(0, epoch_pos, n);
+                epoch_pos += n;
+                m.index_select(0, &idx)
+            }
+        };
+        let n = x.size()[0];
         if steps == 0 {
             tch::no_grad(|| {
                 let mut b = b_dec.shallow_clone();
@@ -232,8 +435,36 @@ pub fn train_topk_sae(
         }
         rows += n as u64;
         steps += 1;
+        since_check += n as u64;
         pb.set_position(rows);
         pb.set_message(format!("fvu {fvu:.4}  dead {n_dead}"));
+        if let Some(xe) = &x_eval {
+            if since_check >= eval_every {
+                since_check = 0;
+                let t = Instant::now();
+                let (e, _) = eval_fvu(xe, &w_enc, &b_enc, &w_dec, &b_dec, cfg.k as i64);
+                eval_seconds += t.elapsed().as_secs_f64();
+                eval_flops += 4.0 * (d * f) as f64 * n_eval as f64;
+                curve.push(CurvePoint {
+                    epoch,
+                    steps,
+                    rows,
+                    train_fvu: recent_fvu.iter().sum::<f64>() / recent_fvu.len() as f64,
+                    eval_fvu: e,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                if e < best_eval * (1.0 - cfg.tolerance) {
+                    no_progress = 0;
+                } else {
+                    no_progress += 1;
+                }
+                best_eval = best_eval.min(e);
+                if no_progress >= cfg.patience {
+                    stopped = "converged";
+                    break;
+                }
+            }
+        }
     }
     if dev.is_cuda() {
         tch::Cuda::synchronize(match dev {
@@ -241,7 +472,7 @@ pub fn train_topk_sae(
             _ => 0,
         });
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64() - eval_seconds;
     pb.finish_and_clear();
     if rows == 0 {
         return Err(Error::EmptyInput("no rows to train the SAE on".into()));
@@ -261,6 +492,14 @@ pub fn train_topk_sae(
         t.copy_data(&mut v, len);
         v
     };
+    let (eval_fvu_end, eval_dead) = match &x_eval {
+        Some(xe) => {
+            let (e, dead) = eval_fvu(xe, &w_enc, &b_enc, &w_dec, &b_dec, cfg.k as i64);
+            eval_flops += 4.0 * (d * f) as f64 * n_eval as f64;
+            (Some(e), Some(dead))
+        }
+        None => (None, None),
+    };
     let record = TrainRecord {
         rows,
         steps,
@@ -273,6 +512,14 @@ pub fn train_topk_sae(
         device: device_name(dev),
         final_fvu: recent_fvu.iter().sum::<f64>() / recent_fvu.len().max(1) as f64,
         dead_fraction,
+        epochs: epoch,
+        stopped: stopped.into(),
+        eval_fvu: eval_fvu_end,
+        eval_dead_fraction: eval_dead,
+        eval_rows: n_eval,
+        eval_flops,
+        eval_seconds,
+        curve,
     };
     let mut metadata = Map::new();
     metadata.insert(
