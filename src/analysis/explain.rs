@@ -47,6 +47,15 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// Each word's position in [`Vocabulary::words`].
+    pub fn index(&self) -> HashMap<&str, usize> {
+        self.words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_str(), i))
+            .collect()
+    }
+
     /// Superficial words: rank below [`SUPERFICIAL_RANK`] or fewer than [`SUPERFICIAL_CHARS`]
     /// characters (Wu et al.'s definition, on the vocabulary after skipping).
     pub fn superficial(&self) -> Vec<bool> {
@@ -339,12 +348,7 @@ pub fn explain(
     let score = lp_word.exp() * &lp_region;
     let mi_top = top_columns(&score, opts.top);
     let lens_top = top_columns(a, opts.top);
-    let index: HashMap<&str, usize> = vocab
-        .words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.as_str(), i))
-        .collect();
+    let index = vocab.index();
     let mut out = Vec::with_capacity(regions.len());
     for &r in &regions {
         let i = r as i64;
@@ -434,12 +438,7 @@ pub fn quality(lists: &[Vec<usize>], superficial: &[bool]) -> Quality {
 
 /// The word lists of each method, as vocabulary indices: [mi, lens, top members].
 pub fn word_lists(vocab: &Vocabulary, ex: &[RegionExplanation]) -> [Vec<Vec<usize>>; 3] {
-    let index: HashMap<&str, usize> = vocab
-        .words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.as_str(), i))
-        .collect();
+    let index = vocab.index();
     let ids = |it: Vec<&String>| it.into_iter().map(|w| index[w.as_str()]).collect();
     [
         ex.iter()
