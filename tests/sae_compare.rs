@@ -14,24 +14,10 @@ use exemplar::eval::assignment::linear_sum_assignment;
 use exemplar::eval::compare::{Accumulator, CompareConfig};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 /// Runs `python scripts/sae_fixtures.py args...` in `dir`; returns stdout (panics on failure).
 fn fixtures(py: &Path, dir: &Path, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sae_fixtures.py");
-    let out = Command::new(py)
-        .arg(&script)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sae_fixtures.py {args:?} failed\n--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    run_python_check(py, "sae_fixtures.py", dir, args)
 }
 
 fn json_of(text: &str) -> Value {
