@@ -646,6 +646,10 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
             b["name"]
         );
         assert!(!b["probes"].as_object().unwrap().is_empty());
+        // EP and SAEs both report a held-out FVU, on the same first rows.
+        let fvu = b["heldout_fvu"].as_f64().unwrap();
+        assert!(fvu > 0.0 && fvu < 1.5, "{}: FVU {fvu}", b["name"]);
+        assert_eq!(b["heldout_rows"], 1000, "{}", b["name"]);
     }
     assert!(w.join("out/quality_vs_build_flops.png").exists());
     let out = run_ok(
@@ -661,6 +665,9 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
     // The recomputation can fail: a changed number in the report is caught.
     let mut bad = report.clone();
     bad["builds"][0]["detection"][0]["auroc"] = serde_json::json!(0.123);
+    assert_eq!(bad["builds"][0]["kind"], "ep");
+    let fvu = bad["builds"][0]["heldout_fvu"].as_f64().unwrap();
+    bad["builds"][0]["heldout_fvu"] = serde_json::json!(fvu * 1.05);
     std::fs::write(w.join("bad.json"), bad.to_string()).unwrap();
     let out = Command::new(&py)
         .arg(script("recompute.py"))
@@ -670,5 +677,8 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert_mentions(&String::from_utf8_lossy(&out.stdout), &["concept 0 AUROC"]);
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stdout),
+        &["concept 0 AUROC", "held-out FVU (nearest exemplar)"],
+    );
 }

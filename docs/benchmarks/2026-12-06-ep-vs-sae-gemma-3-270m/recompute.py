@@ -6,7 +6,8 @@ safetensors reader, its own encoders and AUROC), and fails (exit 1) on any disag
 Checked for every build in the report:
 * EP: the partition count and θ from the dictionary file; per concept the region chosen on the
   training rows (largest mean positive − negative cosine code per token, mean-direction basis) and
-  its held-out AUROC (max over tokens of cos(x_t − c, w_k*)), and the mean AUROC;
+  its held-out AUROC (max over tokens of cos(x_t − c, w_k*)), and the mean AUROC; the held-out FVU
+  of the nearest exemplar's reconstruction c + ((x − c)·e_k) e_k on the first `heldout_rows` rows;
 * SAE: per concept the feature chosen the same way from its TopK codes and its AUROC (max over
   tokens of the code), the mean AUROC; the held-out FVU and the fraction of features that never
   fire on the first `eval_rows` held-out rows (the training's own end-of-run check);
@@ -179,6 +180,17 @@ def main():
             center = t["center"].astype(np.float64)
             w = unit(t["direction_sums"].astype(np.float64))
             res = detect(lambda i: unit(H.doc(i) - center) @ w.T, by)
+            if b.get("heldout_fvu") is not None:
+                # the nearest exemplar by cosine (= largest projection: one norm per row), and
+                # the hard featurizer's reconstruction c + ((x - c).e_k) e_k
+                rows = H.x[: b["heldout_rows"]]
+                e = t["exemplars"].astype(np.float64)
+                xc = rows - center
+                proj = xc @ e.T
+                k = proj.argmax(1)
+                recon = center + proj[np.arange(len(k)), k][:, None] * e[k]
+                fvu = ((rows - recon) ** 2).sum() / ((rows - rows.mean(0)) ** 2).sum()
+                same(f"{name} held-out FVU (nearest exemplar)", fvu, b["heldout_fvu"], 1e-3)
         else:
             d = os.path.join(a.workdir, "runs", name)
             t, _ = read_st(os.path.join(d, "sae_weights.safetensors"))

@@ -178,6 +178,62 @@ def detect(W, name, kind):
     os.replace(out + ".tmp", out)
 
 
+def heldout_slice(W, n):
+    """The first n held-out rows as an .npy (the rows the SAEs' held-out FVU is measured on)."""
+    import numpy as np
+
+    out = W.path(f"heldout-first{n}.npy")
+    if os.path.exists(out):
+        return out
+    src = W.path("heldout.safetensors")
+    h = st_header(src)
+    t = h["activations"]
+    if t["dtype"] != "F32":
+        sys.exit(f"{src}: activations are {t['dtype']}, expected F32")
+    n_all, d = t["shape"]
+    if n > n_all:
+        sys.exit(f"--eval-rows {n}: {src} has {n_all} rows")
+    with open(src, "rb") as f:
+        base = 8 + struct.unpack("<Q", f.read(8))[0]
+    x = np.memmap(src, dtype=np.float32, mode="r", offset=base + t["data_offsets"][0],
+                  shape=(n_all, d))[:n]
+    with open(out + ".tmp", "wb") as f:
+        np.save(f, np.ascontiguousarray(x))
+    os.replace(out + ".tmp", out)
+    return out
+
+
+def ep_fvu(W, name, a):
+    """EP's held-out FVU on the SAEs' held-out rows: `exemplar assign` finds each row's nearest
+    exemplar k; the reconstruction is the hard featurizer's, x^ = c + ((x - c).e_k) e_k (the
+    coefficient may be negative: no ReLU); FVU = sum |x - x^|^2 / sum |x - mean|^2."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    out = W.run_path(name + ".fvu.json")
+    if os.path.exists(out):
+        return
+    rows_path = heldout_slice(W, a.eval_rows)
+    npz = W.run_path(f"{name}.assign{a.eval_rows}.npz")
+    log("held-out FVU", name)
+    W.exemplar(["assign", "-d", W.run_path(name + ".safetensors"), "-a", rows_path,
+                "--device", "cpu", "-o", npz + ".tmp.npz", "--force"],
+               W.run_path(name + ".assign.txt"))
+    os.replace(npz + ".tmp.npz", npz)
+    ids = np.load(npz)["ids"]
+    t = load_file(W.run_path(name + ".safetensors"))
+    c = t["center"].astype(np.float64)
+    e = t["exemplars"].astype(np.float64)[ids]
+    x = np.load(rows_path).astype(np.float64)
+    xc = x - c
+    recon = c + (xc * e).sum(1, keepdims=True) * e
+    fvu = float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    with open(out + ".tmp", "w") as f:
+        json.dump({"rows": len(x), "fvu": fvu, "assignment": os.path.basename(npz),
+                   "reconstruction": "c + ((x - c).e_k) e_k, k = nearest exemplar"}, f)
+    os.replace(out + ".tmp", out)
+
+
 TASKS = ["task-source", "task-code-prose-lang", "task-lang-family"]
 
 
@@ -256,13 +312,20 @@ def cmd_run(a):
             train_sae(W, b, w, k, a)
     if a.skip_eval:
         return
+    evals = set(a.evals.split(","))
+    unknown = evals - {"detect", "fvu", "probe", "compare", "baselines"}
+    if unknown:
+        sys.exit(f"--evals: unknown {sorted(unknown)} (detect, fvu, probe, compare, baselines)")
     first_ep = None
     for b in budgets:
         for p in pcts:
             name = ep_name(b, p)
             first_ep = first_ep or W.run_path(name + ".safetensors")
-            detect(W, name, "ep")
-            for t in TASKS:
+            if "detect" in evals:
+                detect(W, name, "ep")
+            if "fvu" in evals:
+                ep_fvu(W, name, a)
+            for t in TASKS if "probe" in evals else []:
                 if "onehot" in a.ep_probes:
                     probe(W, name + ".onehot", t, W.run_path(name + ".safetensors"),
                           ["--features", "ep-onehot", "--pool", "count", "--top-n", "1",
@@ -273,16 +336,18 @@ def cmd_run(a):
                            "--top-n", str(a.top_n), "--binarize"], a)
         for w, k in saes:
             name = sae_name(b, w, k)
-            detect(W, name, "sae")
+            if "detect" in evals:
+                detect(W, name, "sae")
+            if "compare" in evals:
+                for p in pcts:
+                    if a.compare_percentiles is None or p in a.compare_percentiles:
+                        compare(W, ep_name(b, p), name, a)
             d = W.run_path(ep_name(b, pcts[0]) + ".safetensors") if pcts else first_ep
-            for t in TASKS:
+            for t in TASKS if "probe" in evals else []:
                 probe(W, name + f".top{a.top_n}", t, d,
                       ["--features", "sae", "--sae", W.run_path(name), "--pool", "count",
                        "--top-n", str(a.top_n), "--binarize"], a)
-            for p in pcts:
-                if a.compare_percentiles is None or p in a.compare_percentiles:
-                    compare(W, ep_name(b, p), name, a)
-    if first_ep:
+    if first_ep and "baselines" in evals:
         for t in TASKS:
             probe(W, "raw-mean", t, first_ep, ["--features", "raw", "--raw-pool", "mean"], a)
             probe(W, "raw-last", t, first_ep, ["--features", "raw", "--raw-pool", "last"], a)
@@ -375,6 +440,11 @@ def cmd_report(a):
                  "build_flops": m["clustering_flops"] + cal_flops,
                  "clustering_flops": m["clustering_flops"], "calibration_flops": cal_flops,
                  "build_seconds": rec["wall_seconds"], **fwd_part(b)}
+            fp = W.run_path(name + ".fvu.json")
+            if os.path.exists(fp):
+                fv = json.load(open(fp))
+                e["heldout_fvu"], e["heldout_rows"] = fv["fvu"], fv["rows"]
+                copy.append(name + ".assign.txt")
             add_evals(W, e, name, a, copy)
             report["builds"].append(e)
             copy += [name + ".build.txt"]
@@ -439,7 +509,8 @@ def tables(rep):
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for b in rep["builds"]:
         if b["kind"] == "ep":
-            size, steps, fvu, dead = f"K = {b['partitions']:,}", "1 pass", None, None
+            size, steps, fvu, dead = (f"K = {b['partitions']:,}", "1 pass",
+                                      b.get("heldout_fvu"), None)
         else:
             size = f"{b['width']:,} (k = {b['k']})"
             steps = f"{b['steps']:,} in {b['epochs']} ep. ({b['stopped']})"
@@ -545,7 +616,8 @@ def plots(report, outdir):
         panels.append((f"{t}: probe accuracy (logistic, top-8 codes)", acc))
         panels.append((f"{t}: probe accuracy (tree d5, top-8 codes)",
                        lambda b, t=t: acc(b, t, "tree")))
-    panels.append(("held-out FVU (SAE) ", lambda b: b.get("heldout_fvu")))
+    panels.append(("held-out FVU (EP: nearest exemplar's projection; SAE: TopK)",
+                   lambda b: b.get("heldout_fvu")))
     n = len(panels)
     cols = 3
     rows_ = (n + cols - 1) // cols
@@ -601,6 +673,9 @@ def main():
     r.add_argument("--folds", type=int, default=3)
     r.add_argument("--c-grid", default="0.1,1,10")
     r.add_argument("--skip-eval", action="store_true")
+    r.add_argument("--evals", default="detect,fvu,probe,compare,baselines",
+                   help="which scores to run after the builds (comma-separated; each skips what "
+                        "is already there)")
     r.add_argument("--ep-probes", default="onehot,top",
                    help="EP probe feature sets: onehot (top-1), top (top-N), comma-separated")
     r.add_argument("--compare-percentiles", type=lambda v: [float(p) for p in v.split(",")],
