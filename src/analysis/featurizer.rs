@@ -172,7 +172,7 @@ mod tests {
         let out = id.interchange(&b, &s, Some(&[1, 3]));
         assert_eq!(
             Vec::<f32>::try_from(out.flatten(0, -1)).unwrap(),
-            vec![3.0, -1.0, -2.0, 4.0]
+            vec![3.0, 2.0, -2.0, 4.0]
         );
         assert!(id.interchange(&b, &s, None).equal(&s));
     }

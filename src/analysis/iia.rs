@@ -503,7 +503,7 @@ pub fn run(
         for (li, &l) in run.layers.iter().enumerate() {
             let f = featurizer(m, l)?;
             if let Selection::Top(k) = m.selection {
-                if train_rows.len() < 1 {
+                if train_rows.is_empty() {
                     return Err(Error::param(
                         "task",
                         format!(
