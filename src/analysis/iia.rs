@@ -307,12 +307,14 @@ pub fn check(model: &Gemma, run: &IiaRun) -> Result<()> {
         }
         let needs_ep = run.methods.iter().any(|m| m.featurizer == "ep");
         match run.dictionaries.get(&l) {
-            None if needs_ep => return Err(Error::param(
-                "dictionary",
-                format!(
+            None if needs_ep => {
+                return Err(Error::param(
+                    "dictionary",
+                    format!(
                     "layer {l} has no dictionary (give one built at blocks.{l}.hook_resid_post)"
                 ),
-            )),
+                ))
+            }
             Some(d) if d.dim() != c.hidden_size => {
                 return Err(Error::param(
                     "dictionary",
