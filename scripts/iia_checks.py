@@ -82,13 +82,24 @@ def check_hf(model_dir, report_path, records_path, hard_dir, soft_dir, max_pairs
             hd.remove()
         return acts, logits
 
+    recs = [json.loads(x) for x in open(records_path)]
+    redo = []
+    for r in recs:
+        if r["id"] not in redo:
+            redo.append(r["id"])
+    redo = set(redo[: int(max_pairs)] if max_pairs is not None else redo)
     pairs, unedited = {}, {}
     for p in res["pairs"]:
+        pb, ps = len(p["base_ids"]) - k_from_end, len(p["source_ids"]) - k_from_end
+        # The activations are needed for the train-split choices and the redone interchanges;
+        # with MAX_PAIRS the other test pairs are not run.
+        if max_pairs is not None and p["id"] not in redo and not (p["split"] == "train" and p["kept"]):
+            pairs[p["id"]] = (p, None, None, pb, ps)
+            continue
         ab, lb = run(p["base_ids"])
         as_, ls = run(p["source_ids"])
         assert int(lb.argmax()) == p["base_prediction"], (p["id"], "base", int(lb.argmax()), p["base_prediction"])
         assert int(ls.argmax()) == p["source_prediction"], (p["id"], "source", int(ls.argmax()), p["source_prediction"])
-        pb, ps = len(p["base_ids"]) - k_from_end, len(p["source_ids"]) - k_from_end
         pairs[p["id"]] = (p, {l: ab[l][pb] for l in layers}, {l: as_[l][ps] for l in layers}, pb, ps)
         unedited[p["id"]] = lb
 
@@ -116,12 +127,6 @@ def check_hf(model_dir, report_path, records_path, hard_dir, soft_dir, max_pairs
             chosen += 1
 
     # Every record, redone with HF hooks and the torch featurizers.
-    recs = [json.loads(x) for x in open(records_path)]
-    redo = []
-    for r in recs:
-        if r["id"] not in redo:
-            redo.append(r["id"])
-    redo = set(redo[: int(max_pairs)] if max_pairs is not None else redo)
     redone = 0
     worst = 0.0
     count = {}
@@ -167,7 +172,7 @@ def check_hf(model_dir, report_path, records_path, hard_dir, soft_dir, max_pairs
     assert full and moved == full, f"the full-vector interchange moved {moved} of {full} base runs"
     kept_test = sum(p["kept"] and p["split"] == "test" for p, *_ in pairs.values())
     assert all(c[1] == kept_test for c in count.values()), (count, kept_test)
-    print(f"ok iia hf: {len(pairs)} pairs, {redone} of {len(recs)} interchanges ({len(redo)} test pairs) redone with HF hooks, "
+    print(f"ok iia hf: {len(unedited)} of {len(pairs)} pairs run, {redone} of {len(recs)} interchanges ({len(redo)} test pairs) redone with HF hooks, "
           f"{chosen} feature choices recounted, {len(res['cells'])} cells recounted; "
           f"max |Δ logit| {worst:.2e}")
 

@@ -182,7 +182,7 @@ fn interchanges_equal_hf_hooks_with_the_exported_featurizers_and_counts_recount(
             &["hf", m, &rep, &recs, "hard", "soft"],
         );
         assert!(
-            out.contains("ok iia hf: 12 pairs, 108 of 108 interchanges"),
+            out.contains("ok iia hf: 12 of 12 pairs run, 108 of 108 interchanges"),
             "{out}"
         );
     }
