@@ -50,3 +50,4 @@ for l in 0 2 4 6 8 10 12 14 16; do U+=(--unit "L$l=dicts/blocks.$l.hook_resid_po
 "$E" mib-export "${U[@]}" --top-n 8 -o mib-soft --force >/dev/null
 "$PY" "$ROOT/scripts/iia_checks.py" hf "$M" "$HERE/report.json" records.jsonl mib-hard mib-soft 3 \
     2>/dev/null >"$HERE/check.txt"
+"$PY" "$HERE/outcomes.py" "$HERE/report.json" records.jsonl >"$HERE/outcomes.txt"
