@@ -1,6 +1,6 @@
 //! Analyses that use a dictionary: on its own ([`hierarchy`], [`stability`], [`saturation`],
 //! [`ood_baseline`]) or on a live model (feature `torch`: [`target`], [`lens`], [`steer`],
-//! [`ablate`], [`label`], [`explain`]), and [`circuits`] from discrete codes (its model-backed parts need
+//! [`ablate`], [`label`], [`explain`], [`iia`] with its [`featurizer`]s), and [`circuits`] from discrete codes (its model-backed parts need
 //! `torch`). Each is a library function first; `src/cli/analysis.rs` wraps them as
 //! subcommands, and `docs/analyses.md` states every definition and what it was checked against.
 
@@ -16,6 +16,10 @@ pub mod ablate;
 pub mod explain;
 #[cfg(feature = "torch")]
 pub mod explain_steer;
+#[cfg(feature = "torch")]
+pub mod featurizer;
+#[cfg(feature = "torch")]
+pub mod iia;
 #[cfg(feature = "torch")]
 pub mod label;
 #[cfg(feature = "torch")]

@@ -11,6 +11,8 @@ mod compute;
 mod evaluate;
 #[cfg(feature = "torch")]
 mod explain;
+#[cfg(feature = "torch")]
+mod iia;
 mod mib;
 mod quality;
 mod report;
@@ -73,6 +75,10 @@ pub enum Command {
     /// Export dictionaries as MIB causal-variable featurizers (featurizer.py, per-unit
     /// featurizer / inverse featurizer / indices files).
     MibExport(mib::MibExportArgs),
+    /// Interchange-intervention accuracy per layer on a counterfactual task: EP featurizers vs
+    /// the full vector vs neurons (MIB's causal-variable track, computed here).
+    #[cfg(feature = "torch")]
+    Iia(Box<iia::IiaArgs>),
     /// Encode activations with an SAE (SAELens directory or Gemma Scope params.npz) → .npy.
     SaeEncode(sae::SaeEncodeArgs),
     /// EP ↔ SAE correspondence: top-k overlap F1 both ways, Hungarian, top-1 coherence.
@@ -505,6 +511,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Ood(a) => evaluate::ood(a),
         Command::ExportSae(a) => sae::export_sae(a),
         Command::MibExport(a) => mib::mib_export(a),
+        #[cfg(feature = "torch")]
+        Command::Iia(a) => iia::iia(*a),
         Command::SaeEncode(a) => sae::sae_encode(a),
         Command::CompareSae(a) => sae::compare_sae(a),
         Command::Match(a) => sae::match_dictionaries(a),

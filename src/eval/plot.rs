@@ -35,12 +35,27 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
+
+/// The x axis of a plot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XScale {
+    /// Logarithmic, decades labelled (x must be positive).
+    Log,
+    /// Linear.
+    Linear,
+}
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::format(path, format!("drawing the plot failed: {e}"))
@@ -48,17 +63,20 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Draws `panels` side by side (x on a log scale) and writes a PNG to `path`.
 pub fn write_png(path: &Path, panels: &[Panel], force: bool) -> Result<()> {
+    write_png_with(path, panels, XScale::Log, force)
+}
+
+/// [`write_png`] with a choice of x scale.
+pub fn write_png_with(path: &Path, panels: &[Panel], scale: XScale, force: bool) -> Result<()> {
     crate::output::check_writable(path, force)?;
     if panels.is_empty() {
         return Err(Error::param("plot", "nothing to plot"));
     }
     for p in panels {
         for s in &p.series {
-            if let Some((x, y, _)) = s
-                .points
-                .iter()
-                .find(|(x, y, _)| !(x.is_finite() && *x > 0.0 && y.is_finite()))
-            {
+            if let Some((x, y, _)) = s.points.iter().find(|(x, y, _)| {
+                !(x.is_finite() && (*x > 0.0 || scale == XScale::Linear) && y.is_finite())
+            }) {
                 return Err(Error::param(
                     "plot",
                     format!("series `{}` of `{}` has a point ({x}, {y}): x must be positive (log scale) and y finite", s.name, p.title),
@@ -85,15 +103,33 @@ pub fn write_png(path: &Path, panels: &[Panel], force: bool) -> Result<()> {
             if x0 > x1 {
                 (x0, x1, y0, y1) = (1.0, 10.0, 0.0, 1.0);
             }
-            // Pad: a decade-fraction on x, 8% on y.
-            let (x0, x1) = (x0 / 2.0, x1 * 2.0);
             let pad = ((y1 - y0) * 0.08).max(1e-3);
             let (y0, y1) = (y0 - pad, y1 + pad);
-            let mut chart = ChartBuilder::on(area)
+            let mut builder = ChartBuilder::on(area);
+            builder
                 .caption(&panel.title, ("sans-serif", 18))
                 .margin(12)
                 .x_label_area_size(40)
-                .y_label_area_size(56)
+                .y_label_area_size(56);
+            if scale == XScale::Linear {
+                // Pad: 4% of the range on x.
+                let px = ((x1 - x0) * 0.04).max(0.5);
+                let mut chart = builder
+                    .build_cartesian_2d((x0 - px)..(x1 + px), y0..y1)
+                    .map_err(|e| plot_err(path, e))?;
+                chart
+                    .configure_mesh()
+                    .x_desc(&panel.x_label)
+                    .y_desc(&panel.y_label)
+                    .label_style(("sans-serif", 13))
+                    .draw()
+                    .map_err(|e| plot_err(path, e))?;
+                draw_series(&mut chart, panel, path)?;
+                continue;
+            }
+            // Pad: a decade-fraction on x.
+            let (x0, x1) = (x0 / 2.0, x1 * 2.0);
+            let mut chart = builder
                 .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
                 .map_err(|e| plot_err(path, e))?;
             chart
@@ -112,39 +148,7 @@ pub fn write_png(path: &Path, panels: &[Panel], force: bool) -> Result<()> {
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(|e| plot_err(path, e))?;
-            for (i, s) in panel.series.iter().enumerate() {
-                let color = COLORS[i % COLORS.len()];
-                let line: Vec<(f64, f64)> = s.points.iter().map(|(x, y, _)| (*x, *y)).collect();
-                chart
-                    .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-                    .map_err(|e| plot_err(path, e))?
-                    .label(&s.name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                    .map_err(|e| plot_err(path, e))?;
-                chart
-                    .draw_series(s.points.iter().map(|(x, y, l)| {
-                        // Offset in pixels, so the label sits beside its point, not on it.
-                        EmptyElement::at((*x, *y))
-                            + Text::new(
-                                l.clone(),
-                                (6, -16),
-                                ("sans-serif", 11).into_font().color(&color),
-                            )
-                    }))
-                    .map_err(|e| plot_err(path, e))?;
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 13))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()
-                .map_err(|e| plot_err(path, e))?;
+            draw_series(&mut chart, panel, path)?;
         }
         root.present().map_err(|e| plot_err(path, e))?;
     }
@@ -157,6 +161,53 @@ pub fn write_png(path: &Path, panels: &[Panel], force: bool) -> Result<()> {
         wr.write_image_data(&buf).map_err(|e| plot_err(path, e))?;
     }
     write_atomic(path, &png_bytes, force)
+}
+
+/// The lines, points, point labels and legend of `panel` on `chart`.
+fn draw_series<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    panel: &Panel,
+    path: &Path,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, s) in panel.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let line: Vec<(f64, f64)> = s.points.iter().map(|(x, y, _)| (*x, *y)).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(&s.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .draw_series(s.points.iter().map(|(x, y, l)| {
+                // Offset in pixels, so the label sits beside its point, not on it.
+                EmptyElement::at((*x, *y))
+                    + Text::new(
+                        l.clone(),
+                        (6, -16),
+                        ("sans-serif", 11).into_font().color(&color),
+                    )
+            }))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    Ok(())
 }
 
 #[cfg(test)]

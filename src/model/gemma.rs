@@ -118,6 +118,18 @@ impl KvCache {
         self.len == 0
     }
 
+    /// A copy sharing the cached tensors: a later forward extends the copy only (extending
+    /// makes new tensors, never writes into the shared ones), so several continuations of one
+    /// prefix each start from it.
+    pub fn fork(&self) -> KvCache {
+        KvCache {
+            keys: self.keys.iter().map(Tensor::shallow_clone).collect(),
+            values: self.values.iter().map(Tensor::shallow_clone).collect(),
+            mask: self.mask.as_ref().map(Tensor::shallow_clone),
+            len: self.len,
+        }
+    }
+
     /// Appends block `layer`'s new keys and values; returns all of them.
     fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
         if layer == self.keys.len() {
