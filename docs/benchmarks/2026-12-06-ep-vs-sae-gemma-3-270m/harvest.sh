@@ -43,4 +43,6 @@ for s in "$W"/harvest/shard-[0-9][0-9].jsonl; do
     echo "harvest: $total rows" >&2
     (( total >= TARGET )) && break
 done
+# One window id space over all shards, so a build can stream several shards with their sidecars.
+"$PY" "$HERE/renumber_docs.py" "$W"
 echo "harvest complete: $total rows (target $TARGET)" >&2
