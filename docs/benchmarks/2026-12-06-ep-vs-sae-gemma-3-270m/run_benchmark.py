@@ -607,6 +607,8 @@ def plots(report, outdir):
     for b in builds:
         key = f"EP p{b['percentile']:g}" if b["kind"] == "ep" else f"SAE {b['width']}/k{b['k']}"
         series.setdefault(key, []).append(b)
+    # one colour per series in every panel
+    colour = {key: f"C{i}" for i, key in enumerate(sorted(series))}
     panels = [("detection mean AUROC (15 concepts)", lambda b: b.get("detection_mean_auroc"))]
     for t in TASKS:
         def acc(b, t=t, clf="logistic"):
@@ -628,7 +630,7 @@ def plots(report, outdir):
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("EP") else "s",
-                    label=key, linestyle="-" if key.startswith("EP") else "--")
+                    label=key, linestyle="-" if key.startswith("EP") else "--", color=colour[key])
             for x, y, bud in pts:
                 ax.annotate(f"{bud // 1000}k", (x, y), fontsize=6)
         for t in TASKS:
