@@ -5,52 +5,12 @@
 
 mod common;
 
-use common::{assert_no_outputs, exemplar, gemma_fixtures, python};
+use common::{assert_no_outputs, build_small_text_dictionary, exemplar, gemma_fixtures, python};
 use serde_json::Value;
 use std::path::Path;
 
-const TEXTS: &[&str] = &[
-    "The capital of France is Paris, and the capital of Germany is Berlin.",
-    "the river and the brown dog sat on the bank of the river all the day",
-    "She tells the cat about the letter in the basket.",
-    "The quick brown fox jumps over the lazy dog near the river.",
-    "Water boils at one hundred degrees at sea level in the kettle.",
-    "A bird sings in the tree and the wind blows over the hill.",
-];
-
 fn setup(dir: &Path, model: &str) {
-    let mut s = String::new();
-    for t in TEXTS {
-        s.push_str(&serde_json::json!({ "text": t }).to_string());
-        s.push('\n');
-    }
-    std::fs::write(dir.join("c.jsonl"), s).unwrap();
-    exemplar(
-        dir,
-        &[
-            "build",
-            "--model",
-            model,
-            "--hook",
-            "blocks.3.hook_resid_post",
-            "--corpus",
-            "c.jsonl",
-            "--ctx",
-            "24",
-            "-p",
-            "10",
-            "--batch-documents",
-            "6",
-            "--calibration-activations",
-            "100",
-            "--no-saturation",
-            "--device",
-            "cpu",
-            "-o",
-            "d.safetensors",
-        ],
-    )
-    .ok();
+    build_small_text_dictionary(dir, model, "blocks.3.hook_resid_post", "d.safetensors");
 }
 
 /// A frequency-ranked word list the fixture tokenizer encodes (300 made-up words from its

@@ -5,18 +5,9 @@
 
 mod common;
 
-use common::{assert_no_outputs, exemplar, gemma_fixtures, python};
+use common::{assert_no_outputs, build_small_text_dictionary, exemplar, gemma_fixtures, python};
 use serde_json::{json, Value};
 use std::path::Path;
-
-const TEXTS: &[&str] = &[
-    "The capital of France is Paris, and the capital of Germany is Berlin.",
-    "the river and the brown dog sat on the bank of the river all the day",
-    "She tells the cat about the letter in the basket.",
-    "The quick brown fox jumps over the lazy dog near the river.",
-    "Water boils at one hundred degrees at sea level in the kettle.",
-    "A bird sings in the tree and the wind blows over the hill.",
-];
 
 const D1: &str = "dicts/blocks.1.hook_resid_post.p10.safetensors";
 const D3: &str = "dicts/blocks.3.hook_resid_post.p10.safetensors";
@@ -24,38 +15,12 @@ const D3: &str = "dicts/blocks.3.hook_resid_post.p10.safetensors";
 /// Dictionaries at blocks 1 and 3 (one forward per batch) and a task of 12 pairs whose answers
 /// are one token each of the fixture's tokenizer (` the`, ` and`, ` of`).
 fn setup(dir: &Path, model: &str) {
-    let mut s = String::new();
-    for t in TEXTS {
-        s.push_str(&json!({ "text": t }).to_string());
-        s.push('\n');
-    }
-    std::fs::write(dir.join("c.jsonl"), s).unwrap();
-    exemplar(
+    build_small_text_dictionary(
         dir,
-        &[
-            "build",
-            "--model",
-            model,
-            "--hook",
-            "blocks.1.hook_resid_post,blocks.3.hook_resid_post",
-            "--corpus",
-            "c.jsonl",
-            "--ctx",
-            "24",
-            "-p",
-            "10",
-            "--batch-documents",
-            "6",
-            "--calibration-activations",
-            "100",
-            "--no-saturation",
-            "--device",
-            "cpu",
-            "-o",
-            "dicts",
-        ],
-    )
-    .ok();
+        model,
+        "blocks.1.hook_resid_post,blocks.3.hook_resid_post",
+        "dicts",
+    );
     std::fs::write(dir.join("task.jsonl"), task_rows(None)).unwrap();
 }
 

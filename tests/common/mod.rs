@@ -488,3 +488,49 @@ pub fn run_python_check(py: &Path, script: &str, dir: &Path, args: &[&str]) -> S
     );
     stdout
 }
+
+/// Six short sentences, written as `c.jsonl` in `dir`, and an EP build of them (p10, 24 tokens
+/// each, one batch) at `hooks` of the fixture `model` into `out` (a file; a directory for several
+/// hooks): the small real-text dictionary the model-analysis tests start from.
+pub fn build_small_text_dictionary(dir: &Path, model: &str, hooks: &str, out: &str) {
+    const TEXTS: &[&str] = &[
+        "The capital of France is Paris, and the capital of Germany is Berlin.",
+        "the river and the brown dog sat on the bank of the river all the day",
+        "She tells the cat about the letter in the basket.",
+        "The quick brown fox jumps over the lazy dog near the river.",
+        "Water boils at one hundred degrees at sea level in the kettle.",
+        "A bird sings in the tree and the wind blows over the hill.",
+    ];
+    let mut s = String::new();
+    for t in TEXTS {
+        s.push_str(&serde_json::json!({ "text": t }).to_string());
+        s.push('\n');
+    }
+    std::fs::write(dir.join("c.jsonl"), s).unwrap();
+    exemplar(
+        dir,
+        &[
+            "build",
+            "--model",
+            model,
+            "--hook",
+            hooks,
+            "--corpus",
+            "c.jsonl",
+            "--ctx",
+            "24",
+            "-p",
+            "10",
+            "--batch-documents",
+            "6",
+            "--calibration-activations",
+            "100",
+            "--no-saturation",
+            "--device",
+            "cpu",
+            "-o",
+            out,
+        ],
+    )
+    .ok();
+}
