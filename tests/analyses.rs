@@ -447,7 +447,9 @@ fn ood_against_the_knn_baseline_equals_sklearn() {
 #[cfg(feature = "torch")]
 mod model {
     use super::*;
-    use common::{assert_no_outputs, gemma_fixtures, real_gemma3};
+    use common::{
+        assert_no_outputs, build_text_dictionary, gemma_fixtures, real_gemma3, write_text_corpus,
+    };
 
     const TEXTS: &[&str] = &[
         "The capital of France is Paris, and the capital of Germany is Berlin.",
@@ -465,47 +467,12 @@ mod model {
     ];
 
     fn corpus(dir: &Path) {
-        let mut s = String::new();
-        for t in TEXTS {
-            s.push_str(&serde_json::json!({ "text": t }).to_string());
-            s.push('\n');
-        }
-        std::fs::write(dir.join("c.jsonl"), s).unwrap();
+        write_text_corpus(dir, TEXTS);
         std::fs::write(
             dir.join("prompts.txt"),
             "The capital of Italy is\ndef multiply(a, b):\n",
         )
         .unwrap();
-    }
-
-    /// A dictionary of `model` at `hook`, built from the test texts.
-    fn build(dir: &Path, model: &str, hook: &str, out: &str) {
-        exemplar(
-            dir,
-            &[
-                "build",
-                "--model",
-                model,
-                "--hook",
-                hook,
-                "--corpus",
-                "c.jsonl",
-                "--ctx",
-                "24",
-                "-p",
-                "10",
-                "--batch-documents",
-                "6",
-                "--calibration-activations",
-                "100",
-                "--no-saturation",
-                "--device",
-                "cpu",
-                "-o",
-                out,
-            ],
-        )
-        .ok();
     }
 
     fn lines(p: &Path) -> Vec<Value> {
@@ -527,7 +494,7 @@ mod model {
         corpus(dir);
         let m = m.to_str().unwrap();
         let hook = "blocks.6.hook_resid_post";
-        build(dir, m, hook, "d.safetensors");
+        build_text_dictionary(dir, m, hook, "d.safetensors");
         let k = meta(&dir.join("d.safetensors"))["partitions"]
             .as_u64()
             .unwrap();
@@ -703,7 +670,7 @@ mod model {
         corpus(dir);
         let gqa = fx.join("gqa");
         let g3 = fx.join("gemma3");
-        build(
+        build_text_dictionary(
             dir,
             gqa.to_str().unwrap(),
             "blocks.2.hook_resid_post",
@@ -859,7 +826,7 @@ mod model {
         );
         // A dictionary of another width (the sharded fixture is 48 wide).
         let sh = fx.join("sharded");
-        build(
+        build_text_dictionary(
             dir,
             sh.to_str().unwrap(),
             "blocks.1.hook_resid_post",
@@ -1003,7 +970,7 @@ mod model {
             let m = fx.join(name);
             let m = m.to_str().unwrap();
             let d = format!("{name}.safetensors");
-            build(dir, m, hook, &d);
+            build_text_dictionary(dir, m, hook, &d);
             let l = format!("{name}.labels.jsonl");
             exemplar(
                 dir,

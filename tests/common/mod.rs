@@ -489,24 +489,19 @@ pub fn run_python_check(py: &Path, script: &str, dir: &Path, args: &[&str]) -> S
     stdout
 }
 
-/// Six short sentences, written as `c.jsonl` in `dir`, and an EP build of them (p10, 24 tokens
-/// each, one batch) at `hooks` of the fixture `model` into `out` (a file; a directory for several
-/// hooks): the small real-text dictionary the model-analysis tests start from.
-pub fn build_small_text_dictionary(dir: &Path, model: &str, hooks: &str, out: &str) {
-    const TEXTS: &[&str] = &[
-        "The capital of France is Paris, and the capital of Germany is Berlin.",
-        "the river and the brown dog sat on the bank of the river all the day",
-        "She tells the cat about the letter in the basket.",
-        "The quick brown fox jumps over the lazy dog near the river.",
-        "Water boils at one hundred degrees at sea level in the kettle.",
-        "A bird sings in the tree and the wind blows over the hill.",
-    ];
+/// `texts` as a JSON Lines corpus `c.jsonl` (field `text`) in `dir`.
+pub fn write_text_corpus(dir: &Path, texts: &[&str]) {
     let mut s = String::new();
-    for t in TEXTS {
+    for t in texts {
         s.push_str(&serde_json::json!({ "text": t }).to_string());
         s.push('\n');
     }
     std::fs::write(dir.join("c.jsonl"), s).unwrap();
+}
+
+/// An EP build (p10, 24 tokens per document, batches of 6) of `dir`'s `c.jsonl` at `hooks` of
+/// the fixture `model` into `out` (a file; a directory for several hooks).
+pub fn build_text_dictionary(dir: &Path, model: &str, hooks: &str, out: &str) {
     exemplar(
         dir,
         &[
@@ -533,4 +528,21 @@ pub fn build_small_text_dictionary(dir: &Path, model: &str, hooks: &str, out: &s
         ],
     )
     .ok();
+}
+
+/// Six short sentences as `c.jsonl` in `dir` and their dictionary at `hooks` into `out`
+/// (`build_text_dictionary`): the small real-text dictionary the model-analysis tests start from.
+pub fn build_small_text_dictionary(dir: &Path, model: &str, hooks: &str, out: &str) {
+    write_text_corpus(
+        dir,
+        &[
+            "The capital of France is Paris, and the capital of Germany is Berlin.",
+            "the river and the brown dog sat on the bank of the river all the day",
+            "She tells the cat about the letter in the basket.",
+            "The quick brown fox jumps over the lazy dog near the river.",
+            "Water boils at one hundred degrees at sea level in the kettle.",
+            "A bird sings in the tree and the wind blows over the hill.",
+        ],
+    );
+    build_text_dictionary(dir, model, hooks, out);
 }
