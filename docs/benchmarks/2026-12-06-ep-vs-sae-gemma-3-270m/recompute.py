@@ -134,6 +134,9 @@ def main():
     ap.add_argument("--budgets", default=None, help="check only the builds of these budgets")
     ap.add_argument("--tol", type=float, default=1e-6)
     a = ap.parse_args()
+    if not a.model:
+        ap.error("the model directory is needed for the forward FLOPs: pass --model DIR or set "
+                 "EXEMPLAR_GEMMA3_270M (source scripts/env.sh)")
     rep = json.load(open(a.report))
     H = Heldout(a.workdir)
     by = concept_rows(a.workdir)

@@ -40,19 +40,25 @@ RB() { "$PY" "$HERE/run_benchmark.py" run "$W" --percentiles 1,2,5 "$@"; }
 # 10k: every build, its detection, EP's held-out FVU and the EP<->SAE correspondence...
 RB --budgets 10000 --sae 4096:32,4096:64,16384:32,16384:64 --sae-max-seconds 900 \
     --evals detect,fvu,compare
-# ...100k: the same for EP and the 4,096-wide SAEs...
+# ...100k: the same for EP and the SAEs (the 16,384-wide ones with a 1,800 s cap, and their
+# probes here too)...
 RB --budgets 100000 --sae 4096:32,4096:64 --sae-max-seconds 1500 --evals detect,fvu,compare
-# ...1M: EP (no SAE at this budget ran, see README.md)...
+RB --budgets 100000 --sae 16384:64,16384:32 --sae-max-seconds 1800 \
+    --evals detect,compare,probe --ep-probes none
+# ...1M: EP, then the four SAEs with their detection, probes and correspondence with EP p5...
 RB --budgets 1000000 --sae "" --evals detect,fvu
+RB --budgets 1000000 --percentiles 5 --sae 4096:64,4096:32,16384:64,16384:32 \
+    --sae-max-seconds 1800 --evals detect,compare,probe --ep-probes none
 # ...then the probes and the baselines (raw hidden state, TF-IDF).
 RB --budgets 10000 --sae 4096:32,4096:64 --evals probe,baselines
 RB --budgets 100000 --sae 4096:32,4096:64 --evals probe
-# Not reached in the committed run (README.md): the 16,384-wide SAEs at 100k and all SAEs at 1M.
-RB --budgets 100000 --sae 16384:32,16384:64 --sae-max-seconds 1800 --evals detect,compare
-RB --budgets 10000,100000 --sae 16384:32,16384:64 --evals probe
-RB --budgets 1000000 --sae 4096:32,4096:64,16384:32,16384:64 --sae-max-seconds 3600
+# Not reached in the committed run (README.md): the 16,384-wide k = 32 SAE at 100k (stopped
+# unfinished), part of the 100k EP probes (p1 ran), the 10k 16,384-wide SAEs' probes, and EP's
+# probes and EP p1/p2's correspondence at 1M.
+RB --budgets 10000 --sae 16384:32,16384:64 --evals probe --ep-probes none
+RB --budgets 1000000 --evals probe,compare
 
 step "report, plots and the numpy recomputation"
 "$PY" "$HERE/run_benchmark.py" report "$W" "$HERE" \
-    --not-run-reason "not run: did not fit in this session's CPU time (2 shared cores)"
+    --not-run-reason "not run: did not fit in the three sessions' CPU time (2 cores)"
 "$PY" "$HERE/recompute.py" "$W" "$HERE/report.json" >"$HERE/recompute.txt"

@@ -693,6 +693,9 @@ def main():
                    help="the model directory (its config.json sets the forward FLOPs)")
     g.add_argument("--not-run-reason", default="not run: did not fit in the session's CPU time")
     a = ap.parse_args()
+    if a.cmd == "report" and not a.model:
+        ap.error("report: the model directory is needed for the forward FLOPs: pass --model DIR "
+                 "or set EXEMPLAR_GEMMA3_270M (source scripts/env.sh)")
     {"run": cmd_run, "report": cmd_report}[a.cmd](a)
 
 
