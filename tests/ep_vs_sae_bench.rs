@@ -601,6 +601,25 @@ fn benchmark_on_a_small_random_gemma3_is_recomputed_by_numpy() {
         &["budget 99999999", "larger than the harvest", "harvest.sh"],
     );
     assert_eq!(common::listing(&w.join("runs")), before);
+    // No model directory (its config sets the forward FLOPs): a clear error, not a traceback.
+    for (s, args) in [
+        ("run_benchmark.py", &["report", ".", "out"][..]),
+        ("recompute.py", &[".", "report.json"][..]),
+    ] {
+        let mut c = Command::new(&py);
+        c.arg(script(s)).args(args);
+        env(&mut c);
+        c.env_remove("EXEMPLAR_GEMMA3_270M");
+        let out = c.output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{s} without a model directory succeeded"
+        );
+        assert_mentions(
+            &String::from_utf8_lossy(&out.stderr),
+            &["model directory", "--model", "EXEMPLAR_GEMMA3_270M"],
+        );
+    }
     // A rerun finds everything done.
     let mut c = Command::new(&py);
     c.arg(script("run_benchmark.py"))
