@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use exemplar::dictionary::Basis;
 use std::path::{Path, PathBuf};
 
 /// `--out FILE` and `--force`: the one file a command writes.
@@ -117,6 +118,27 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
         return check_dir_writable(dir, dir);
     }
     check_dir_writable(dir, parent_dir(dir))
+}
+
+/// The file name of `p` (for tables and legends), or the whole path where it has none.
+pub fn name_of(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The `--basis` value (`exemplar` or `mean`; clap has checked it) as the library's [`Basis`].
+pub fn basis(name: &str) -> Basis {
+    match name {
+        "mean" => Basis::Mean,
+        _ => Basis::Exemplar,
+    }
+}
+
+/// `v` with `digits` decimals, or `-` where there is none (table cells).
+pub fn fixed_or_dash(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
 /// The directory `path` goes in (`.` for a bare file name).

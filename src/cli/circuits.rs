@@ -2,7 +2,7 @@
 //! checked by exact per-head patching, with MIB's faithfulness metrics and importance-score
 //! export (`exemplar::analysis::circuits`).
 
-use super::args::{check_output, ReportOut};
+use super::args::{check_output, fixed_or_dash, ReportOut};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use exemplar::analysis::circuits::codes::Sharing;
@@ -71,10 +71,6 @@ pub struct CircuitsArgs {
     pub show: usize,
     #[command(flatten)]
     pub report: ReportOut,
-}
-
-fn f(v: Option<f64>, digits: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
 pub fn circuits(a: CircuitsArgs) -> Result<()> {
@@ -235,7 +231,7 @@ fn table(r: &CircuitReport, show: usize) -> String {
                 String::new()
             },
             c.edges_positive,
-            f(c.auroc, 3)
+            fixed_or_dash(c.auroc, 3)
         );
     }
     if let Some(p) = &r.patching {
@@ -244,8 +240,8 @@ fn table(r: &CircuitReport, show: usize) -> String {
             "patching: ground truth = top {} heads by effect ({}); random ranking ROC-AUC {} ± {} over {} rankings",
             p.top_heads.len(),
             p.top_heads.join(" "),
-            f(p.auroc_random_mean, 3),
-            f(p.auroc_random_std, 3),
+            fixed_or_dash(p.auroc_random_mean, 3),
+            fixed_or_dash(p.auroc_random_std, 3),
             p.random_trials
         );
     }
@@ -267,7 +263,7 @@ fn table(r: &CircuitReport, show: usize) -> String {
         let _ = writeln!(
             s,
             "  {:>12}",
-            f(r.patching.as_ref().map(|p| p.effects[h]), 3)
+            fixed_or_dash(r.patching.as_ref().map(|p| p.effects[h]), 3)
         );
     }
     if let Some(fr) = &r.faithfulness {

@@ -3,8 +3,8 @@
 //! labeller's labels back as region sets for `steer --region-set`) and `explain-steer`
 //! (explanation-guided steering against random regions).
 
-use super::analysis::{load_model, region_set, ModelTarget};
 use super::args::check_output;
+use super::on_model::{load_model, region_set, ModelTarget};
 use anyhow::{bail, Result};
 use clap::Args;
 use exemplar::analysis::explain::{self as ex, ExplainOptions, RegionDirection};

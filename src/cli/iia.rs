@@ -1,8 +1,8 @@
 //! `iia`: interchange-intervention accuracy per layer and featurizer on a counterfactual task
 //! (`exemplar::analysis::iia`): JSON report, per-intervention records, a table and a plot.
 
-use super::analysis::load_model;
 use super::args::check_output;
+use super::on_model::load_model;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use exemplar::analysis::iia::{self, IiaResult, IiaRun, Method};

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
-mod analysis;
+#[cfg(feature = "torch")]
+mod ablate;
 mod args;
 #[cfg(feature = "torch")]
 mod bench;
@@ -13,10 +14,18 @@ mod evaluate;
 mod explain;
 #[cfg(feature = "torch")]
 mod iia;
+#[cfg(feature = "torch")]
+mod label;
 mod mib;
+#[cfg(feature = "torch")]
+mod on_model;
+mod ood;
 mod quality;
 mod report;
 mod sae;
+#[cfg(feature = "torch")]
+mod steer;
+mod structure;
 
 use args::OutFile;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -90,13 +99,13 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Generate continuations with an edit along regions (add, raise, clamp, ablate; gated) → JSONL.
     #[cfg(feature = "torch")]
-    Steer(Box<analysis::SteerArgs>),
+    Steer(Box<steer::SteerArgs>),
     /// Ablate regions: loss change inside vs outside them, target log-probs before and after.
     #[cfg(feature = "torch")]
-    Ablate(Box<analysis::AblateArgs>),
+    Ablate(Box<ablate::AblateArgs>),
     /// Label regions: logit-lens tokens of exemplar and mean direction, top member contexts.
     #[cfg(feature = "torch")]
-    Label(analysis::LabelArgs),
+    Label(label::LabelArgs),
     /// Explain regions by words (Wu et al.'s mutual information), against the logit-lens and
     /// top-members baselines: Diversity, Lexical, Dominate; files for an external labeller.
     #[cfg(feature = "torch")]
@@ -113,13 +122,13 @@ pub enum Command {
     #[cfg(feature = "torch")]
     Circuits(Box<circuits::CircuitsArgs>),
     /// Resolution hierarchy of dictionaries at several percentiles: parents, tree, paths.
-    Hierarchy(analysis::HierarchyArgs),
+    Hierarchy(structure::HierarchyArgs),
     /// Stability across seeds: persisting regions and the predictor D = log10(N·c²), AUROC.
-    Stability(analysis::StabilityArgs),
+    Stability(structure::StabilityArgs),
     /// Saturation curves (K against tokens) recorded by builds → JSON and PNG.
-    Saturation(analysis::SaturationArgs),
+    Saturation(structure::SaturationArgs),
     /// OOD: EP's nearest-exemplar distance against a k-NN baseline on a random sample, AUROCs.
-    OodBaseline(Box<analysis::OodBaselineArgs>),
+    OodBaseline(Box<ood::OodBaselineArgs>),
 }
 
 /// Where documents come from, and how they become token sequences (builds from text and
@@ -519,11 +528,11 @@ pub fn main() -> std::process::ExitCode {
         #[cfg(feature = "torch")]
         Command::Bench(a) => bench::bench(a),
         #[cfg(feature = "torch")]
-        Command::Steer(a) => analysis::steer(*a),
+        Command::Steer(a) => steer::steer(*a),
         #[cfg(feature = "torch")]
-        Command::Ablate(a) => analysis::ablate(*a),
+        Command::Ablate(a) => ablate::ablate(*a),
         #[cfg(feature = "torch")]
-        Command::Label(a) => analysis::label(a),
+        Command::Label(a) => label::label(a),
         #[cfg(feature = "torch")]
         Command::Explain(a) => explain::explain(*a),
         #[cfg(feature = "torch")]
@@ -532,10 +541,10 @@ pub fn main() -> std::process::ExitCode {
         Command::ExplainSteer(a) => explain::explain_steer(*a),
         #[cfg(feature = "torch")]
         Command::Circuits(a) => circuits::circuits(*a),
-        Command::Hierarchy(a) => analysis::hierarchy(a),
-        Command::Stability(a) => analysis::stability(a),
-        Command::Saturation(a) => analysis::saturation(a),
-        Command::OodBaseline(a) => analysis::ood_baseline(*a),
+        Command::Hierarchy(a) => structure::hierarchy(a),
+        Command::Stability(a) => structure::stability(a),
+        Command::Saturation(a) => structure::saturation(a),
+        Command::OodBaseline(a) => ood::ood_baseline(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

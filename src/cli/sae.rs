@@ -1,7 +1,7 @@
 //! SAE interop and the comparisons (`export-sae`, `sae-encode`, `compare-sae`, `match`):
 //! argument definitions and run functions.
 
-use super::args::{OutDir, OutFile, ReportOut};
+use super::args::{basis, OutDir, OutFile, ReportOut};
 use super::InputArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -105,13 +105,6 @@ pub struct MatchArgs {
 
 /// The files of an SAE in the SAELens layout.
 pub(super) const SAELENS_FILES: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
-
-fn basis(name: &str) -> Basis {
-    match name {
-        "mean" => Basis::Mean,
-        _ => Basis::Exemplar,
-    }
-}
 
 fn open_stream(input: &InputArgs) -> Result<ActivationStream> {
     Ok(ActivationStream::open(
