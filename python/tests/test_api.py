@@ -180,7 +180,10 @@ def test_ctrl_c_stops_a_long_build(tmp_path):
 
     script = tmp_path / "long.py"
     script.write_text(
-        "import sys, time, numpy as np, exemplar\n"
+        "import signal, sys, time, numpy as np, exemplar\n"
+        # A parent started in the background without job control (`cmd &` in a script) passes
+        # SIGINT on as ignored, and Python then installs no handler: restore it.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_api import every_row_a_new_exemplar\n"
         # About a minute on one core of this project's 2-core VM; SIGINT comes 0.5 s in.
