@@ -85,8 +85,8 @@ pub(super) fn texts_to_rows(
 }
 
 /// `--dictionary`, `--model`, `--hook` and `--other-hook`: a dictionary applied to a model
-/// at a hook (steer, ablate), checked against the model's `config.json` before any weight
-/// is read.
+/// at a hook (steer, ablate, explain-steer), checked against the model's `config.json` before
+/// any weight is read.
 #[derive(Args, Debug)]
 pub struct ModelTarget {
     /// The dictionary.
