@@ -91,18 +91,24 @@ fn decision_tree_matches_scikit_learn() {
     // of equal splits, so they must be identical), several continuous features, and binary
     // count features (many exact ties), as the MOSAIC probe sees them, 3 classes with 10 %
     // label noise.
+    // "sparse": binary features of which most columns are constant (all zeros or all ones), as
+    // pooled codes of documents are; our tree skips those columns and numbers its splits by
+    // the full width, as scikit-learn does.
     for (case, n, d, binary) in [
         ("one", 300, 1, false),
         ("cont", 300, 6, false),
         ("bin", 240, 40, true),
+        ("sparse", 240, 60, true),
     ] {
         let gen = |rng: &mut Rng, n: usize| -> (Vec<f32>, Vec<usize>) {
             let mut x = Vec::new();
             let mut y = Vec::new();
             for _ in 0..n {
                 let row: Vec<f32> = (0..d)
-                    .map(|_| {
-                        if binary {
+                    .map(|j| {
+                        if case == "sparse" && j >= 4 && j % 4 != 0 {
+                            f32::from(j % 7 == 0)
+                        } else if binary {
                             f32::from(rng.uniform() < 0.3)
                         } else {
                             rng.normal() as f32

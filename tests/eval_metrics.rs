@@ -15,7 +15,10 @@ use exemplar::eval::documents::{read_labeled_jsonl, DocumentActivations};
 use exemplar::eval::metrics::{
     classification_report, hard_negative_accuracy, roc_auc, youden_threshold,
 };
-use exemplar::eval::probe::{self, fit_logistic, stratified_folds, stratified_split, Standardizer};
+use exemplar::eval::probe::{
+    self, fit_logistic, fit_logistic_sparse, stratified_folds, stratified_split, SparseRows,
+    Standardizer,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -267,6 +270,30 @@ print(json.dumps(out))
     }
 }
 
+/// scikit-learn's standardise-then-logistic-regression pipeline with C chosen by grid search
+/// over the given folds: the best C, each C's mean CV accuracy, test accuracy and macro-F1.
+const SKLEARN_GRID_SEARCH: &str = r#"
+import json, sys
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.metrics import accuracy_score, f1_score
+c = json.load(open(sys.argv[1]))
+d = c["d"]
+x = np.array(c["x"]).reshape(-1, d); y = np.array(c["y"])
+tr, te = c["train"], c["test"]
+pipe = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-12, max_iter=100000))
+g = GridSearchCV(pipe, {"logisticregression__C": c["grid"]}, cv=PredefinedSplit(c["fold"]),
+                 scoring="accuracy").fit(x[tr], y[tr])
+pred = g.best_estimator_.predict(x[te])
+print(json.dumps({"best": g.best_params_["logisticregression__C"],
+                  "scores": g.cv_results_["mean_test_score"].tolist(),
+                  "acc": accuracy_score(y[te], pred),
+                  "f1": f1_score(y[te], pred, average="macro", zero_division=0)}))
+"#;
+
 #[test]
 fn cross_validated_c_and_probe_match_sklearn() {
     let Some(py) = python() else { return };
@@ -301,30 +328,9 @@ fn cross_validated_c_and_probe_match_sklearn() {
         result.chosen_c, best,
         "run_probe uses the same split and folds"
     );
-    let script = r#"
-import json, sys
-import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, PredefinedSplit
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.metrics import accuracy_score, f1_score
-c = json.load(open(sys.argv[1]))
-d = c["d"]
-x = np.array(c["x"]).reshape(-1, d); y = np.array(c["y"])
-tr, te = c["train"], c["test"]
-pipe = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-12, max_iter=100000))
-g = GridSearchCV(pipe, {"logisticregression__C": c["grid"]}, cv=PredefinedSplit(c["fold"]),
-                 scoring="accuracy").fit(x[tr], y[tr])
-pred = g.best_estimator_.predict(x[te])
-print(json.dumps({"best": g.best_params_["logisticregression__C"],
-                  "scores": g.cv_results_["mean_test_score"].tolist(),
-                  "acc": accuracy_score(y[te], pred),
-                  "f1": f1_score(y[te], pred, average="macro", zero_division=0)}))
-"#;
     let t = run_python_json(
         &py,
-        script,
+        SKLEARN_GRID_SEARCH,
         &json!({"x": x, "y": y, "d": d, "train": train, "test": test, "fold": fold, "grid": grid}),
     );
     for (s, theirs) in scores.iter().zip(f64s(&t["scores"])) {
@@ -347,6 +353,142 @@ print(json.dumps({"best": g.best_params_["logisticregression__C"],
         let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
         assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-9);
     }
+}
+
+/// Binary document-like features (`n × d`): a few columns per row, drawn more often for a
+/// class's own block of columns; columns from `d / 2` on are never set, and the last is always
+/// set (constant columns, as pooled codes have).
+fn sparse_binary(n: usize, d: usize, classes: usize, seed: u64) -> (Vec<f64>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let live = d / 2;
+    let mut x = vec![0.0; n * d];
+    let mut y = Vec::new();
+    for i in 0..n {
+        let c = i % classes;
+        y.push(c);
+        for _ in 0..6 {
+            let j = if rng.uniform() < 0.6 {
+                c * (live / classes) + rng.below(live / classes)
+            } else {
+                rng.below(live)
+            };
+            x[i * d + j] = 1.0;
+        }
+        x[i * d + d - 1] = 1.0;
+    }
+    (x, y)
+}
+
+#[test]
+fn sparse_fit_equals_dense_fit() {
+    for (classes, c, seed) in [(2, 0.1, 11), (2, 10.0, 12), (3, 1.0, 13), (4, 100.0, 14)] {
+        let (n, d) = (160, 120);
+        let (x, y) = sparse_binary(n, d, classes, seed);
+        let (xtr, ytr, xte) = (&x[..120 * d], &y[..120], &x[120 * d..]);
+        let st = Standardizer::fit(xtr, d);
+        let dense = fit_logistic(&st.apply(xtr), d, ytr, classes, c).unwrap();
+        let rows = SparseRows::from_dense(xtr, d);
+        assert_eq!(rows.n_rows(), 120);
+        assert!(rows.nnz() <= 120 * 7, "{} nonzeros", rows.nnz());
+        let st_sparse = Standardizer::fit_sparse(&rows);
+        for j in 0..d {
+            assert!((st.mean[j] - st_sparse.mean[j]).abs() <= 1e-15, "mean {j}");
+            assert!(
+                (st.scale[j] - st_sparse.scale[j]).abs() <= 1e-12 * st.scale[j],
+                "scale {j}: {} vs {}",
+                st.scale[j],
+                st_sparse.scale[j]
+            );
+        }
+        let sparse = fit_logistic_sparse(&rows, &st_sparse, ytr, classes, c).unwrap();
+        assert!(dense.converged && sparse.converged, "C = {c}");
+        let scale = dense
+            .coef
+            .iter()
+            .chain(&dense.intercept)
+            .fold(0.0f64, |a, v| a.max(v.abs()));
+        let worst = dense
+            .coef
+            .iter()
+            .zip(&sparse.coef)
+            .chain(dense.intercept.iter().zip(&sparse.intercept))
+            .fold(0.0f64, |a, (p, q)| a.max((p - q).abs()));
+        eprintln!(
+            "{classes} classes, C = {c}: max |sparse − dense| / max |coef| = {:.1e}",
+            worst / scale
+        );
+        assert!(
+            worst <= 1e-6 * scale,
+            "coefficients differ by {worst} (scale {scale})"
+        );
+        // Never-set and always-set columns get exactly zero weight in both.
+        for k in 0..dense.coef.len() / d {
+            assert_eq!(sparse.coef[k * d + d - 1], 0.0);
+            assert!(sparse.coef[k * d + d / 2..k * d + d - 1]
+                .iter()
+                .all(|w| *w == 0.0));
+        }
+        let pred_dense = dense.predict(&st.apply(xte));
+        let pred_sparse = sparse
+            .predict_sparse(&SparseRows::from_dense(xte, d), &st_sparse)
+            .unwrap();
+        assert_eq!(pred_dense, pred_sparse, "{classes} classes, C = {c}");
+        assert_eq!(pred_dense.len(), 40);
+    }
+    // Mismatched shapes are errors, not panics.
+    let (x, y) = sparse_binary(20, 10, 2, 1);
+    let rows = SparseRows::from_dense(&x, 10);
+    let st = Standardizer::fit_sparse(&rows);
+    assert!(fit_logistic_sparse(&rows, &st, &y[..19], 2, 1.0).is_err());
+    let narrow = Standardizer::fit(&x[..9], 9);
+    assert!(fit_logistic_sparse(&rows, &narrow, &y, 2, 1.0).is_err());
+    let m = fit_logistic_sparse(&rows, &st, &y, 2, 1.0).unwrap();
+    assert!(m
+        .predict_sparse(&SparseRows::from_dense(&x[..18], 9), &st)
+        .is_err());
+}
+
+#[test]
+fn sparse_probe_matches_sklearn() {
+    let Some(py) = python() else { return };
+    let (d, classes) = (90, 3);
+    let (x, y) = sparse_binary(150, d, classes, 21);
+    let grid = [0.01, 0.1, 1.0, 10.0];
+    let options = probe::ProbeOptions {
+        seed: 3,
+        c_grid: grid.to_vec(),
+        folds: 4,
+        ..Default::default()
+    };
+    let result = probe::run_probe(&x, d, &y, classes, &options).unwrap();
+    assert!(
+        result.sparse,
+        "{} nonzero values of {}",
+        x.iter().filter(|v| **v != 0.0).count(),
+        x.len()
+    );
+    let (train, test) = stratified_split(&y, classes, 0.2, 3).unwrap();
+    let ytr: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+    let fold = stratified_folds(&ytr, classes, 4, 3).unwrap();
+    let t = run_python_json(
+        &py,
+        SKLEARN_GRID_SEARCH,
+        &json!({"x": x, "y": y, "d": d, "train": train, "test": test, "fold": fold, "grid": grid}),
+    );
+    for (s, theirs) in result.cv.iter().zip(f64s(&t["scores"])) {
+        assert!(
+            (s.mean_accuracy - theirs).abs() < 1e-12,
+            "C = {}: CV accuracy {} vs scikit-learn {theirs}",
+            s.c,
+            s.mean_accuracy
+        );
+    }
+    assert_eq!(result.chosen_c, t["best"].as_f64().unwrap(), "chosen C");
+    assert!((result.test.accuracy - t["acc"].as_f64().unwrap()).abs() < 1e-12);
+    assert!((result.test.macro_f1 - t["f1"].as_f64().unwrap()).abs() < 1e-12);
+    // Raw-activation-like dense features take the dense path.
+    let (xd, yd) = blobs(60, 4, 2, 1.0, 5);
+    assert!(!probe::run_probe(&xd, 4, &yd, 2, &options).unwrap().sparse);
 }
 
 /// A dictionary whose exemplars are e0, e1, e2 (D = 3) around `center`.

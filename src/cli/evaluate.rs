@@ -323,6 +323,7 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
             "binarize": a.binarize, "n_train": r.n_train, "n_test": r.n_test,
             "chosen_c": r.chosen_c, "cv": r.cv, "accuracy": r.test.accuracy,
             "macro_f1": r.test.macro_f1, "per_class": per_class, "converged": r.converged,
+            "sparse_fit": r.sparse,
         }));
     }
     let ratio = match (acc_of.get("ep-onehot"), acc_of.get("raw")) {

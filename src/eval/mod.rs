@@ -11,6 +11,7 @@ pub mod compare;
 pub mod detect;
 pub mod documents;
 mod intrinsic;
+pub mod logistic;
 pub mod matching;
 pub mod metrics;
 pub mod ood;

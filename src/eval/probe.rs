@@ -4,16 +4,18 @@
 //! binarised, and classified by an L2 logistic regression whose C is chosen by stratified k-fold
 //! cross-validation.
 //!
-//! The regression minimises scikit-learn's objective `C·Σ logloss + ½‖W‖²` (intercept not
-//! penalised): binomial for two classes (one weight vector, the second class positive),
-//! multinomial (softmax, `K × D` weights, intercepts centred to sum 0) for more — what
-//! `LogisticRegression(solver="lbfgs")` fits. It is solved by L-BFGS in f64 to a tight gradient
-//! tolerance. Features are standardised (mean 0, population standard deviation 1; constant
-//! features only centred) with statistics fitted on the training rows only — inside each CV fold
-//! on the fold's training rows — so C means the same for every feature kind.
+//! The regression ([`crate::eval::logistic`]) is fitted on features standardised with
+//! statistics of the training rows only — inside each CV fold on the fold's training rows — so C
+//! means the same for every feature kind. Document features that are mostly zeros (pooled EP or
+//! SAE codes: a few hundred nonzeros among up to 10⁵ features) are fitted sparsely, the same
+//! model to rounding at a fraction of the cost; which design a probe used is in its result.
 
 use crate::dictionary::{Basis, Readout};
 use crate::error::{Error, Result};
+use crate::eval::logistic::class_members;
+pub use crate::eval::logistic::{
+    fit_logistic, fit_logistic_sparse, LogisticModel, SparseRows, Standardizer,
+};
 use crate::eval::metrics::{classification_report, ClassificationReport};
 use crate::rng::SplitMix64;
 use crate::sae::{top_k_indices, Sae};
@@ -199,27 +201,6 @@ pub fn stratified_split(
     Ok((train, test))
 }
 
-/// Members of each class; errors when one has fewer than `min` or fewer than 2 classes exist.
-fn class_members(y: &[usize], n_classes: usize, min: usize) -> Result<Vec<Vec<usize>>> {
-    let mut by_class = vec![Vec::new(); n_classes];
-    for (i, &c) in y.iter().enumerate() {
-        by_class[c].push(i);
-    }
-    if n_classes < 2 {
-        return Err(Error::param("labels", "a probe needs at least 2 classes"));
-    }
-    if let Some(c) = by_class.iter().position(|m| m.len() < min) {
-        return Err(Error::param(
-            "labels",
-            format!(
-                "class {c} has {} item(s) here; at least {min} are needed",
-                by_class[c].len()
-            ),
-        ));
-    }
-    Ok(by_class)
-}
-
 /// Seeded stratified k-fold assignment: each class's members, shuffled, are dealt to the folds
 /// in turn (continuing where the previous class stopped, so fold sizes differ by at most one).
 /// Every class needs at least 2 members (so every fold's training part holds every class).
@@ -247,324 +228,6 @@ pub fn stratified_folds(
         }
     }
     Ok(fold)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Standardisation and logistic regression
-
-/// Per-feature mean and scale fitted on training rows.
-#[derive(Debug, Clone)]
-pub struct Standardizer {
-    pub mean: Vec<f64>,
-    pub scale: Vec<f64>,
-}
-
-impl Standardizer {
-    /// Mean and population standard deviation of each column of `x` (`n × d`); a zero
-    /// deviation gets scale 1 (as scikit-learn's `StandardScaler`).
-    pub fn fit(x: &[f64], d: usize) -> Self {
-        let n = (x.len() / d) as f64;
-        let mut mean = vec![0.0; d];
-        for r in x.chunks(d) {
-            mean.iter_mut().zip(r).for_each(|(m, v)| *m += v);
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0.0; d];
-        for r in x.chunks(d) {
-            for j in 0..d {
-                var[j] += (r[j] - mean[j]).powi(2);
-            }
-        }
-        let scale = var
-            .iter()
-            .map(|v| {
-                let s = (v / n).sqrt();
-                if s > 1e-12 {
-                    s
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        Standardizer { mean, scale }
-    }
-
-    /// Standardised copy of `x` (`n × d`).
-    pub fn apply(&self, x: &[f64]) -> Vec<f64> {
-        let d = self.mean.len();
-        let mut out = x.to_vec();
-        for r in out.chunks_mut(d) {
-            for ((v, m), s) in r.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = (*v - m) / s;
-            }
-        }
-        out
-    }
-}
-
-/// A fitted logistic regression.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogisticModel {
-    pub n_classes: usize,
-    pub dim: usize,
-    /// `1 × dim` (binary: the weights of class 1) or `n_classes × dim`, row-major.
-    pub coef: Vec<f64>,
-    /// 1 (binary) or `n_classes` values.
-    pub intercept: Vec<f64>,
-    /// L-BFGS iterations used.
-    pub iterations: usize,
-    /// Whether the largest gradient entry ended below `1e-6 · max(1, C·n)` (the solver aims at
-    /// 1e-9; this looser bar flags fits that stopped far from the optimum).
-    pub converged: bool,
-}
-
-impl LogisticModel {
-    /// The class of each row of `x` (`n × dim`): binary, 1 when the decision is > 0;
-    /// multinomial, the argmax (lowest class on ties).
-    pub fn predict(&self, x: &[f64]) -> Vec<usize> {
-        let rows = self.intercept.len();
-        x.chunks(self.dim)
-            .map(|r| {
-                let z: Vec<f64> = (0..rows)
-                    .map(|k| {
-                        dot(&self.coef[k * self.dim..(k + 1) * self.dim], r) + self.intercept[k]
-                    })
-                    .collect();
-                if rows == 1 {
-                    usize::from(z[0] > 0.0)
-                } else {
-                    let mut best = 0;
-                    for k in 1..rows {
-                        if z[k] > z[best] {
-                            best = k;
-                        }
-                    }
-                    best
-                }
-            })
-            .collect()
-    }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// At most this many row blocks (of at least 64 rows) per objective evaluation: the blocks are
-/// summed in order and their size depends only on `n`, so the result does not depend on the
-/// number of threads.
-const OBJECTIVE_BLOCKS: usize = 64;
-
-/// Objective and gradient of the regression at `theta` (`rows × d` weights, then `rows`
-/// intercepts); the data term is computed over blocks of rows in parallel.
-fn objective(
-    theta: &[f64],
-    x: &[f64],
-    y: &[usize],
-    d: usize,
-    rows: usize,
-    c: f64,
-    grad: &mut [f64],
-) -> f64 {
-    use rayon::prelude::*;
-    let (w, b) = theta.split_at(rows * d);
-    let block = y.len().div_ceil(OBJECTIVE_BLOCKS).max(64);
-    let parts: Vec<(f64, Vec<f64>)> = x
-        .par_chunks(block * d)
-        .zip(y.par_chunks(block))
-        .map(|(xb, yb)| data_term(w, b, xb, yb, d, rows))
-        .collect();
-    grad.fill(0.0);
-    let mut loss = 0.0;
-    for (l, g) in parts {
-        loss += l;
-        grad.iter_mut().zip(&g).for_each(|(o, v)| *o += c * v);
-    }
-    let mut reg = 0.0;
-    for (gi, wi) in grad[..rows * d].iter_mut().zip(w) {
-        *gi += wi;
-        reg += wi * wi;
-    }
-    c * loss + 0.5 * reg
-}
-
-/// The log-loss of rows `x` (labels `y`) and its gradient (weights, then intercepts).
-fn data_term(
-    w: &[f64],
-    b: &[f64],
-    x: &[f64],
-    y: &[usize],
-    d: usize,
-    rows: usize,
-) -> (f64, Vec<f64>) {
-    let mut grad = vec![0.0; rows * d + rows];
-    let mut loss = 0.0;
-    let mut z = vec![0.0; rows];
-    let mut g = vec![0.0; rows];
-    for (r, &yi) in x.chunks(d).zip(y) {
-        for k in 0..rows {
-            z[k] = dot(&w[k * d..(k + 1) * d], r) + b[k];
-        }
-        if rows == 1 {
-            let s = if yi == 1 { 1.0 } else { -1.0 };
-            let m = -s * z[0];
-            // log(1 + e^m), stably; d/dz = −s·σ(m).
-            loss += if m > 0.0 {
-                m + (-m).exp().ln_1p()
-            } else {
-                m.exp().ln_1p()
-            };
-            let sig = if m > 0.0 {
-                1.0 / (1.0 + (-m).exp())
-            } else {
-                m.exp() / (1.0 + m.exp())
-            };
-            g[0] = -s * sig;
-        } else {
-            let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = z.iter().map(|v| (v - mx).exp()).sum();
-            let lse = mx + sum.ln();
-            loss += lse - z[yi];
-            for k in 0..rows {
-                g[k] = (z[k] - lse).exp() - f64::from(u8::from(k == yi));
-            }
-        }
-        for k in 0..rows {
-            if g[k] != 0.0 {
-                grad[k * d..(k + 1) * d]
-                    .iter_mut()
-                    .zip(r)
-                    .for_each(|(o, v)| *o += g[k] * v);
-                grad[rows * d + k] += g[k];
-            }
-        }
-    }
-    (loss, grad)
-}
-
-/// Fits the L2 logistic regression (see the module documentation) on `x` (`n × d`, f64) and
-/// labels `y` in `0..n_classes` (every class present). Converged when the largest gradient
-/// entry is below `1e-9 · max(1, C·n)`, or when a line search can no longer decrease the
-/// objective (its numerical floor).
-pub fn fit_logistic(
-    x: &[f64],
-    d: usize,
-    y: &[usize],
-    n_classes: usize,
-    c: f64,
-) -> Result<LogisticModel> {
-    let n = y.len();
-    if n == 0 || x.len() != n * d {
-        return Err(Error::param(
-            "features",
-            format!("{} values for {n} rows of width {d}", x.len()),
-        ));
-    }
-    if !(c > 0.0 && c.is_finite()) {
-        return Err(Error::param(
-            "C",
-            format!("must be positive and finite, got {c}"),
-        ));
-    }
-    class_members(y, n_classes, 1)?;
-    let rows = if n_classes == 2 { 1 } else { n_classes };
-    let p = rows * d + rows;
-    let mut theta = vec![0.0; p];
-    let mut grad = vec![0.0; p];
-    let mut f = objective(&theta, x, y, d, rows, c, &mut grad);
-    let tol = 1e-9 * (c * n as f64).max(1.0);
-    let m = 10;
-    let mut s_hist: Vec<Vec<f64>> = Vec::new();
-    let mut y_hist: Vec<Vec<f64>> = Vec::new();
-    let mut rho: Vec<f64> = Vec::new();
-    let mut iterations = 0;
-    let mut new_grad = vec![0.0; p];
-    for it in 0..20_000 {
-        iterations = it;
-        let gmax = grad.iter().fold(0.0f64, |a, g| a.max(g.abs()));
-        if gmax <= tol {
-            break;
-        }
-        // Two-loop recursion: direction = −H·g.
-        let mut q = grad.clone();
-        let mut alpha = vec![0.0; s_hist.len()];
-        for i in (0..s_hist.len()).rev() {
-            alpha[i] = rho[i] * dot(&s_hist[i], &q);
-            q.iter_mut()
-                .zip(&y_hist[i])
-                .for_each(|(qj, yj)| *qj -= alpha[i] * yj);
-        }
-        let gamma = match (s_hist.last(), y_hist.last()) {
-            (Some(s), Some(yv)) => dot(s, yv) / dot(yv, yv),
-            _ => 1.0 / grad.iter().map(|g| g * g).sum::<f64>().sqrt().max(1.0),
-        };
-        q.iter_mut().for_each(|v| *v *= gamma);
-        for i in 0..s_hist.len() {
-            let beta = rho[i] * dot(&y_hist[i], &q);
-            q.iter_mut()
-                .zip(&s_hist[i])
-                .for_each(|(qj, sj)| *qj += (alpha[i] - beta) * sj);
-        }
-        let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
-        let mut slope = dot(&dir, &grad);
-        if slope >= 0.0 {
-            // Not a descent direction (rounding): restart from the scaled steepest descent.
-            s_hist.clear();
-            y_hist.clear();
-            rho.clear();
-            let norm = dot(&grad, &grad).sqrt().max(1.0);
-            dir = grad.iter().map(|g| -g / norm).collect();
-            slope = dot(&dir, &grad);
-        }
-        // Backtracking Armijo line search.
-        let mut step = 1.0;
-        let mut accepted = None;
-        for _ in 0..60 {
-            let trial: Vec<f64> = theta.iter().zip(&dir).map(|(t, d)| t + step * d).collect();
-            let ft = objective(&trial, x, y, d, rows, c, &mut new_grad);
-            if ft <= f + 1e-4 * step * slope {
-                accepted = Some((trial, ft));
-                break;
-            }
-            step *= 0.5;
-        }
-        let Some((trial, ft)) = accepted else { break };
-        let s: Vec<f64> = trial.iter().zip(&theta).map(|(a, b)| a - b).collect();
-        let yv: Vec<f64> = new_grad.iter().zip(&grad).map(|(a, b)| a - b).collect();
-        let sy = dot(&s, &yv);
-        if sy > 1e-300 {
-            if s_hist.len() == m {
-                s_hist.remove(0);
-                y_hist.remove(0);
-                rho.remove(0);
-            }
-            s_hist.push(s);
-            y_hist.push(yv);
-            rho.push(1.0 / sy);
-        }
-        let stalled = f - ft <= 1e-16 * f.abs().max(1.0) && step < 1e-10;
-        theta = trial;
-        f = ft;
-        std::mem::swap(&mut grad, &mut new_grad);
-        if stalled {
-            break;
-        }
-    }
-    let converged = grad.iter().fold(0.0f64, |a, g| a.max(g.abs())) <= 1e3 * tol;
-    let (w, b) = theta.split_at(rows * d);
-    let mut intercept = b.to_vec();
-    if rows > 1 {
-        let mean = intercept.iter().sum::<f64>() / rows as f64;
-        intercept.iter_mut().for_each(|v| *v -= mean);
-    }
-    Ok(LogisticModel {
-        n_classes,
-        dim: d,
-        coef: w.to_vec(),
-        intercept,
-        iterations,
-        converged,
-    })
 }
 
 fn take_rows(x: &[f64], d: usize, idx: &[usize]) -> Vec<f64> {
@@ -612,8 +275,63 @@ pub struct ProbeResult {
     pub test: ClassificationReport,
     /// Whether the final fit converged (see [`LogisticModel::converged`]).
     pub converged: bool,
+    /// Whether the features were fitted sparsely (see [`SPARSE_DENSITY`]).
+    pub sparse: bool,
     #[serde(skip)]
     pub model: LogisticModel,
+}
+
+/// Document features as a probe fits them: the dense rows, or their nonzeros when at most
+/// [`SPARSE_DENSITY`] of the values are nonzero.
+enum Features<'a> {
+    Dense(&'a [f64], usize),
+    Sparse(SparseRows),
+}
+
+/// The largest share of nonzero values at which a probe fits sparsely.
+pub const SPARSE_DENSITY: f64 = 0.25;
+
+impl<'a> Features<'a> {
+    fn of(x: &'a [f64], d: usize) -> Self {
+        let nnz = x.iter().filter(|v| **v != 0.0).count();
+        if (nnz as f64) <= SPARSE_DENSITY * x.len() as f64 {
+            Features::Sparse(SparseRows::from_dense(x, d))
+        } else {
+            Features::Dense(x, d)
+        }
+    }
+
+    fn is_sparse(&self) -> bool {
+        matches!(self, Features::Sparse(_))
+    }
+
+    /// Standardises on the rows `train` (labels `y_train`), fits the regression at `c` and
+    /// predicts the rows `test`.
+    fn fit_predict(
+        &self,
+        train: &[usize],
+        y_train: &[usize],
+        test: &[usize],
+        n_classes: usize,
+        c: f64,
+    ) -> Result<(LogisticModel, Vec<usize>)> {
+        match self {
+            Features::Dense(x, d) => {
+                let xtr = take_rows(x, *d, train);
+                let st = Standardizer::fit(&xtr, *d);
+                let model = fit_logistic(&st.apply(&xtr), *d, y_train, n_classes, c)?;
+                let pred = model.predict(&st.apply(&take_rows(x, *d, test)));
+                Ok((model, pred))
+            }
+            Features::Sparse(x) => {
+                let xtr = x.take_rows(train);
+                let st = Standardizer::fit_sparse(&xtr);
+                let model = fit_logistic_sparse(&xtr, &st, y_train, n_classes, c)?;
+                let pred = model.predict_sparse(&x.take_rows(test), &st)?;
+                Ok((model, pred))
+            }
+        }
+    }
 }
 
 /// Mean CV accuracy of each C of `grid` on (`x`, `y`) with the fold assignment `fold`
@@ -621,6 +339,19 @@ pub struct ProbeResult {
 pub fn cross_validate(
     x: &[f64],
     d: usize,
+    y: &[usize],
+    n_classes: usize,
+    fold: &[usize],
+    grid: &[f64],
+) -> Result<(f64, Vec<CvScore>)> {
+    let all: Vec<usize> = (0..y.len()).collect();
+    cross_validate_rows(&Features::of(x, d), &all, y, n_classes, fold, grid)
+}
+
+/// [`cross_validate`] on the rows `rows` of `x` (labels `y`, folds `fold`, both of `rows`).
+fn cross_validate_rows(
+    x: &Features,
+    rows: &[usize],
     y: &[usize],
     n_classes: usize,
     fold: &[usize],
@@ -636,12 +367,13 @@ pub fn cross_validate(
         for f in 0..folds {
             let tr: Vec<usize> = (0..y.len()).filter(|&i| fold[i] != f).collect();
             let te: Vec<usize> = (0..y.len()).filter(|&i| fold[i] == f).collect();
-            let xtr = take_rows(x, d, &tr);
-            let st = Standardizer::fit(&xtr, d);
             let ytr: Vec<usize> = tr.iter().map(|&i| y[i]).collect();
-            let model = fit_logistic(&st.apply(&xtr), d, &ytr, n_classes, c)?;
-            let pred = model.predict(&st.apply(&take_rows(x, d, &te)));
             let yte: Vec<usize> = te.iter().map(|&i| y[i]).collect();
+            let (rows_tr, rows_te): (Vec<usize>, Vec<usize>) = (
+                tr.iter().map(|&i| rows[i]).collect(),
+                te.iter().map(|&i| rows[i]).collect(),
+            );
+            let (_, pred) = x.fit_predict(&rows_tr, &ytr, &rows_te, n_classes, c)?;
             acc += crate::eval::metrics::accuracy(&yte, &pred)?;
         }
         scores.push(CvScore {
@@ -660,7 +392,7 @@ pub fn cross_validate(
 
 /// The full probe on document features `x` (`n × d`) with labels `y`: seeded stratified split,
 /// C by stratified k-fold CV on the training part, refit on the training part, metrics on the
-/// test part.
+/// test part. Fitted sparsely when at most [`SPARSE_DENSITY`] of `x` is nonzero.
 pub fn run_probe(
     x: &[f64],
     d: usize,
@@ -668,14 +400,18 @@ pub fn run_probe(
     n_classes: usize,
     options: &ProbeOptions,
 ) -> Result<ProbeResult> {
+    if d == 0 || x.len() != y.len() * d {
+        return Err(Error::param(
+            "features",
+            format!("{} values for {} rows of width {d}", x.len(), y.len()),
+        ));
+    }
     let (train, test) = stratified_split(y, n_classes, options.test_fraction, options.seed)?;
-    let xtr = take_rows(x, d, &train);
+    let features = Features::of(x, d);
     let ytr: Vec<usize> = train.iter().map(|&i| y[i]).collect();
     let fold = stratified_folds(&ytr, n_classes, options.folds, options.seed)?;
-    let (c, cv) = cross_validate(&xtr, d, &ytr, n_classes, &fold, &options.c_grid)?;
-    let st = Standardizer::fit(&xtr, d);
-    let model = fit_logistic(&st.apply(&xtr), d, &ytr, n_classes, c)?;
-    let pred = model.predict(&st.apply(&take_rows(x, d, &test)));
+    let (c, cv) = cross_validate_rows(&features, &train, &ytr, n_classes, &fold, &options.c_grid)?;
+    let (model, pred) = features.fit_predict(&train, &ytr, &test, n_classes, c)?;
     let yte: Vec<usize> = test.iter().map(|&i| y[i]).collect();
     Ok(ProbeResult {
         n_features: d,
@@ -685,6 +421,7 @@ pub fn run_probe(
         cv,
         test: classification_report(&yte, &pred)?,
         converged: model.converged,
+        sparse: features.is_sparse(),
         model,
     })
 }

@@ -101,14 +101,42 @@ pub fn fit_tree(
             format!("label {c} outside 0..{n_classes}"),
         ));
     }
+    // A feature constant over the rows is constant in every node and never splits one, so the
+    // tree is grown on the others alone (the same tree: features keep their order, so ties still
+    // go to the first) and their indices are mapped back. Pooled codes of documents are mostly
+    // such all-zero columns.
     let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let mut varies = vec![false; d];
+    for r in xf.chunks(d).skip(1) {
+        varies
+            .iter_mut()
+            .zip(r.iter().zip(&xf[..d]))
+            .for_each(|(m, (a, b))| *m |= a != b);
+    }
+    let mut kept: Vec<usize> = (0..d).filter(|&j| varies[j]).collect();
+    if kept.is_empty() {
+        kept.push(0);
+    }
+    let xk: Vec<f32> = if kept.len() == d {
+        xf
+    } else {
+        xf.chunks(d)
+            .flat_map(|r| kept.iter().map(move |&j| r[j]))
+            .collect()
+    };
     let mut tree = DecisionTree {
-        n_features: d,
+        n_features: kept.len(),
         n_classes,
         nodes: Vec::new(),
     };
     let rows: Vec<usize> = (0..n).collect();
-    grow(&mut tree, &xf, d, y, rows, 0, cfg);
+    grow(&mut tree, &xk, kept.len(), y, rows, 0, cfg);
+    for node in &mut tree.nodes {
+        if let Node::Split { feature, .. } = node {
+            *feature = kept[*feature];
+        }
+    }
+    tree.n_features = d;
     Ok(tree)
 }
 
@@ -288,5 +316,61 @@ mod tests {
         assert_eq!(fit_tree(&x, 2, &y, 2, &cfg).unwrap().leaves(), 1);
         assert!(fit_tree(&x, 2, &[0, 1, 2, 0], 2, &TreeConfig::default()).is_err());
         assert!(fit_tree(&x[..7], 2, &y, 2, &TreeConfig::default()).is_err());
+    }
+
+    #[test]
+    fn constant_features_leave_the_tree_unchanged() {
+        // Three informative features; the same rows with constant columns (zeros, ones, 0.5)
+        // interleaved grow the same tree, its features renumbered.
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        let (n, d) = (120, 3);
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for _ in 0..n {
+            let r = [next(), (next() < 0.4) as u8 as f64, next()];
+            y.push(usize::from(r[0] + r[1] > 0.9) + usize::from(r[2] > 0.7));
+            x.extend(r);
+        }
+        let compact = fit_tree(&x, d, &y, 3, &TreeConfig::default()).unwrap();
+        // Wide columns: 0 const 0, 1 feature 0, 2 const 1, 3 feature 1, 4 const 0.5, 5 feature 2.
+        let place = [1, 3, 5];
+        let wide: Vec<f64> = x
+            .chunks(d)
+            .flat_map(|r| [0.0, r[0], 1.0, r[1], 0.5, r[2]])
+            .collect();
+        let tree = fit_tree(&wide, 6, &y, 3, &TreeConfig::default()).unwrap();
+        assert_eq!(tree.n_features, 6);
+        assert!(compact.nodes.len() >= 5);
+        assert_eq!(tree.nodes.len(), compact.nodes.len());
+        for (a, b) in tree.nodes.iter().zip(&compact.nodes) {
+            match (a, b) {
+                (
+                    Node::Split {
+                        feature: fa,
+                        threshold: ta,
+                        left: la,
+                        right: ra,
+                    },
+                    Node::Split {
+                        feature: fb,
+                        threshold: tb,
+                        left: lb,
+                        right: rb,
+                    },
+                ) => assert_eq!((*fa, ta, la, ra), (place[*fb], tb, lb, rb)),
+                _ => assert_eq!(a, b),
+            }
+        }
+        assert_eq!(tree.predict(&wide).unwrap(), compact.predict(&x).unwrap());
+        // All columns constant: a lone leaf of the majority class.
+        let flat = fit_tree(&[2.0; 12], 3, &[0, 1, 1, 1], 2, &TreeConfig::default()).unwrap();
+        assert_eq!(flat.nodes.len(), 1);
+        assert_eq!(flat.predict(&[0.0, 9.0, 1.0]).unwrap(), vec![1]);
     }
 }
