@@ -442,6 +442,11 @@ fn sparse_fit_equals_dense_fit() {
     assert!(fit_logistic_sparse(&rows, &st, &y[..19], 2, 1.0).is_err());
     let narrow = Standardizer::fit(&x[..9], 9);
     assert!(fit_logistic_sparse(&rows, &narrow, &y, 2, 1.0).is_err());
+    // A label outside the classes is an error, not a panic.
+    let mut bad = y.clone();
+    bad[3] = 2;
+    assert!(fit_logistic_sparse(&rows, &st, &bad, 2, 1.0).is_err());
+    assert!(probe::run_probe(&x, 10, &bad, 2, &probe::ProbeOptions::default()).is_err());
     let m = fit_logistic_sparse(&rows, &st, &y, 2, 1.0).unwrap();
     assert!(m
         .predict_sparse(&SparseRows::from_dense(&x[..18], 9), &st)

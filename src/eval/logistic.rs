@@ -503,12 +503,6 @@ fn fit(design: Design, y: &[usize], n_classes: usize, c: f64) -> Result<Logistic
             format!("must be positive and finite, got {c}"),
         ));
     }
-    if let Some(&bad) = y.iter().find(|&&c| c >= n_classes) {
-        return Err(Error::param(
-            "labels",
-            format!("label {bad} outside 0..{n_classes}"),
-        ));
-    }
     class_members(y, n_classes, 1)?;
     let rows = if n_classes == 2 { 1 } else { n_classes };
     let p = rows * d + rows;
@@ -610,12 +604,15 @@ fn fit(design: Design, y: &[usize], n_classes: usize, c: f64) -> Result<Logistic
     })
 }
 
-/// The members of each class of `y`; errors unless there are at least 2 classes, each with at
-/// least `min` members.
+/// The members of each class of `y`; errors unless every label is below `n_classes` and there
+/// are at least 2 classes, each with at least `min` members.
 pub(crate) fn class_members(y: &[usize], n_classes: usize, min: usize) -> Result<Vec<Vec<usize>>> {
     let mut by_class = vec![Vec::new(); n_classes];
     for (i, &c) in y.iter().enumerate() {
-        by_class[c].push(i);
+        by_class
+            .get_mut(c)
+            .ok_or_else(|| Error::param("labels", format!("label {c} outside 0..{n_classes}")))?
+            .push(i);
     }
     if n_classes < 2 {
         return Err(Error::param("labels", "a probe needs at least 2 classes"));
