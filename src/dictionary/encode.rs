@@ -74,7 +74,12 @@ impl Dictionary {
                 .collect(),
             Readout::Cosine | Readout::TopKCosine(_) | Readout::OneHot => self.directions(rows)?,
         };
-        let w = self.basis(basis);
+        // Borrowed, not copied: a probe encodes each document apart, and a copy of K × D
+        // exemplars per call (318 MB at K = 124k, D = 640) cost more than the product itself.
+        let w: std::borrow::Cow<[f32]> = match basis {
+            Basis::Exemplar => (&self.exemplars[..]).into(),
+            Basis::Mean => self.mean_directions().into(),
+        };
         let mut codes = vec![0.0f32; n * k];
         matmul_abt(&input, &w, d, &mut codes);
         match readout {
