@@ -46,7 +46,7 @@ pub fn linear_sum_assignment_owned(
     if transpose {
         cost = crate::linalg::transpose(&cost, n, m);
     }
-    let col4row = solve(&cost, nr, nc).ok_or_else(|| {
+    let col4row = solve(nr, nc, |i, j| cost[i * nc + j]).ok_or_else(|| {
         Error::param(
             "cost",
             "the forbidden (infinite) entries leave no complete assignment",
@@ -59,6 +59,33 @@ pub fn linear_sum_assignment_owned(
     };
     pairs.sort_unstable();
     Ok(pairs.into_iter().unzip())
+}
+
+/// [`linear_sum_assignment`] minimising the costs `cost(i, j)` of an `n × m` problem with
+/// `n ≤ m`, for a problem whose dense f64 matrix would not fit in memory (the caller computes
+/// each entry from something smaller). Every entry must be finite. The same pairs as
+/// [`linear_sum_assignment`] on the matrix of those entries.
+pub fn linear_sum_assignment_by(
+    n: usize,
+    m: usize,
+    cost: impl Fn(usize, usize) -> f64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    if n > m {
+        return Err(Error::param(
+            "cost",
+            format!("{n} rows for {m} columns; pass the smaller side as rows"),
+        ));
+    }
+    if n == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let col4row = solve(n, m, cost).ok_or_else(|| {
+        Error::param(
+            "cost",
+            "the forbidden (infinite) entries leave no complete assignment",
+        )
+    })?;
+    Ok(col4row.into_iter().enumerate().unzip())
 }
 
 fn check(cost: &[f64], n: usize, m: usize, maximize: bool) -> Result<()> {
@@ -86,7 +113,7 @@ fn check(cost: &[f64], n: usize, m: usize, maximize: bool) -> Result<()> {
 }
 
 /// Crouse's shortest augmenting path on `nr ≤ nc`, minimising; `None` when infeasible.
-fn solve(cost: &[f64], nr: usize, nc: usize) -> Option<Vec<usize>> {
+fn solve(nr: usize, nc: usize, cost: impl Fn(usize, usize) -> f64) -> Option<Vec<usize>> {
     const NONE: usize = usize::MAX;
     let mut u = vec![0.0f64; nr];
     let mut v = vec![0.0f64; nc];
@@ -114,7 +141,7 @@ fn solve(cost: &[f64], nr: usize, nc: usize) -> Option<Vec<usize>> {
             let mut lowest = f64::INFINITY;
             sr[i] = true;
             for (it, &j) in remaining[..num_remaining].iter().enumerate() {
-                let r = min_val + cost[i * nc + j] - u[i] - v[j];
+                let r = min_val + cost(i, j) - u[i] - v[j];
                 if r < spc[j] {
                     path[j] = i;
                     spc[j] = r;
@@ -222,6 +249,32 @@ mod tests {
                 assert_eq!(total(&cost, m, &r, &c), brute(&cost, n, m));
             }
         }
+    }
+
+    #[test]
+    fn costs_by_function_give_the_matrix_pairs() {
+        // Many ties (small integers), negated as a maximising caller does: the same pairs as
+        // the matrix path, pair for pair.
+        let mut state = 777u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % 5) as f64
+        };
+        for &(n, m) in &[(1usize, 1usize), (2, 5), (4, 4), (5, 9), (12, 40)] {
+            for _ in 0..10 {
+                let cost: Vec<f64> = (0..n * m).map(|_| next()).collect();
+                let want = linear_sum_assignment(&cost, n, m, true).unwrap();
+                let got = linear_sum_assignment_by(n, m, |i, j| -cost[i * m + j]).unwrap();
+                assert_eq!(got, want, "{n} × {m}");
+            }
+        }
+        assert!(linear_sum_assignment_by(3, 2, |_, _| 0.0).is_err());
+        assert_eq!(
+            linear_sum_assignment_by(0, 4, |_, _| 0.0).unwrap(),
+            (vec![], vec![])
+        );
     }
 
     /// Minimum over all injective maps of the smaller side into the larger.

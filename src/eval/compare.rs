@@ -17,7 +17,7 @@
 //! Memory: codes are streamed in batches and never held as `n × F`; each feature keeps a bounded
 //! heap of its best `max(top_k, 5)` samples, plus one SAE argmax per sample.
 
-use super::assignment::linear_sum_assignment_owned;
+use super::assignment::linear_sum_assignment_by;
 use super::median;
 use crate::data::ActivationStream;
 use crate::dictionary::{Basis, Dictionary, Readout};
@@ -552,21 +552,42 @@ fn correspond(
     for (p, &j) in c_ids.iter().enumerate() {
         c_pos[j] = p;
     }
-    // The smaller side as the solver's rows, so the matrix is not copied.
+    // The smaller side as the solver's rows. The F1 matrix is never formed: at K = 181k regions
+    // and 12.5k SAE features its f64 entries would take 18 GB; the overlaps (at most the top
+    // set's size) take 2 bytes each, and each F1 is computed from its overlap as the solver
+    // reads it — the same f64 values, so the same pairs.
     let (nr, nc) = (r_ids.len(), c_ids.len());
     let sae_rows = nr <= nc;
-    let mut m = vec![0.0f64; nr * nc];
+    let (n_solver_rows, n_solver_cols) = if sae_rows { (nr, nc) } else { (nc, nr) };
+    let mut overlap = vec![0u16; nr * nc];
     for (p, &i) in r_ids.iter().enumerate() {
         for &(j, ov) in &rows[i] {
             let q = c_pos[j as usize];
             let at = if sae_rows { p * nc + q } else { q * nr + p };
-            m[at] = f1(ov, size(&sae[i]), size(&ep[j as usize]));
+            overlap[at] = u16::try_from(ov).map_err(|_| {
+                Error::param(
+                    "top-k",
+                    format!("an overlap of {ov} samples exceeds {}", u16::MAX),
+                )
+            })?;
         }
     }
+    let sae_size: Vec<f64> = r_ids.iter().map(|&i| size(&sae[i])).collect();
+    let ep_size: Vec<f64> = c_ids.iter().map(|&j| size(&ep[j])).collect();
+    // Negated: the solver minimises.
+    let cost = |a: usize, b: usize| -> f64 {
+        let ov = overlap[a * n_solver_cols + b];
+        let (p, q) = if sae_rows { (a, b) } else { (b, a) };
+        -(if ov == 0 {
+            0.0
+        } else {
+            f1(u64::from(ov), sae_size[p], ep_size[q])
+        })
+    };
     let (ra, ca) = if sae_rows {
-        linear_sum_assignment_owned(m, nr, nc, true)?
+        linear_sum_assignment_by(n_solver_rows, n_solver_cols, cost)?
     } else {
-        let (a, b) = linear_sum_assignment_owned(m, nc, nr, true)?;
+        let (a, b) = linear_sum_assignment_by(n_solver_rows, n_solver_cols, cost)?;
         (b, a)
     };
     let mut hungarian = Vec::new();
