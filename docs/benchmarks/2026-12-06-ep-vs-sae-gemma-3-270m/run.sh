@@ -55,12 +55,11 @@ RB --budgets 1000000 --percentiles 5 --sae 4096:64,4096:32,16384:64,16384:32 \
 # ...then the probes and the baselines (raw hidden state, TF-IDF).
 RB --budgets 10000 --sae 4096:32,4096:64 --evals probe,baselines
 RB --budgets 100000 --sae 4096:32,4096:64 --evals probe
-# ...and EP's probes and correspondence at 1M: EP p5's probes ran; p2's and p1's probes and
-# their correspondence with the 1M SAEs were not reached in the committed run (README.md).
+# ...and EP's probes and correspondence at 1M.
 RB --budgets 1000000 --percentiles 5,2,1 --sae "" --evals probe
 RB --budgets 1000000 --evals compare
 
 step "report, plots and the numpy recomputation"
 "$PY" "$HERE/run_benchmark.py" report "$W" "$HERE" \
-    --not-run-reason "not run: did not fit in the four sessions' CPU time (2 cores)"
+    --not-run-reason "not run: did not fit in the five sessions' CPU time (2 cores)"
 "$PY" "$HERE/recompute.py" "$W" "$HERE/report.json" >"$HERE/recompute.txt"
