@@ -421,7 +421,7 @@ fn sparse_fit_equals_dense_fit() {
             worst <= 1e-6 * scale,
             "coefficients differ by {worst} (scale {scale})"
         );
-        // Never-set and always-set columns get exactly zero weight in both.
+        // Never-set and always-set columns get exactly zero weight in the sparse fit.
         for k in 0..dense.coef.len() / d {
             assert_eq!(sparse.coef[k * d + d - 1], 0.0);
             assert!(sparse.coef[k * d + d / 2..k * d + d - 1]
