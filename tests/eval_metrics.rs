@@ -442,6 +442,10 @@ fn sparse_fit_equals_dense_fit() {
     assert!(fit_logistic_sparse(&rows, &st, &y[..19], 2, 1.0).is_err());
     let narrow = Standardizer::fit(&x[..9], 9);
     assert!(fit_logistic_sparse(&rows, &narrow, &y, 2, 1.0).is_err());
+    // No features at all is an error, not a panic.
+    let empty = SparseRows::from_dense(&[], 0);
+    assert!(fit_logistic_sparse(&empty, &Standardizer::fit(&[], 0), &[], 2, 1.0).is_err());
+    assert!(fit_logistic(&[], 0, &[0, 1], 2, 1.0).is_err());
     // A label outside the classes is an error, not a panic.
     let mut bad = y.clone();
     bad[3] = 2;

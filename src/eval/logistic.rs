@@ -27,6 +27,12 @@ impl Standardizer {
     /// Mean and population standard deviation of each column of `x` (`n × d`); a zero
     /// deviation gets scale 1 (as scikit-learn's `StandardScaler`).
     pub fn fit(x: &[f64], d: usize) -> Self {
+        if d == 0 {
+            return Standardizer {
+                mean: Vec::new(),
+                scale: Vec::new(),
+            };
+        }
         let n = (x.len() / d) as f64;
         let mut mean = vec![0.0; d];
         for r in x.chunks(d) {
@@ -461,7 +467,7 @@ pub fn fit_logistic(
     c: f64,
 ) -> Result<LogisticModel> {
     let n = y.len();
-    if n == 0 || x.len() != n * d {
+    if n == 0 || d == 0 || x.len() != n * d {
         return Err(Error::param(
             "features",
             format!("{} values for {n} rows of width {d}", x.len()),
@@ -479,7 +485,7 @@ pub fn fit_logistic_sparse(
     n_classes: usize,
     c: f64,
 ) -> Result<LogisticModel> {
-    if y.is_empty() || x.n_rows() != y.len() || st.mean.len() != x.dim {
+    if y.is_empty() || x.dim == 0 || x.n_rows() != y.len() || st.mean.len() != x.dim {
         return Err(Error::param(
             "features",
             format!(
