@@ -116,9 +116,30 @@ pub fn transpose<T: Copy + Default + Send + Sync>(a: &[T], m: usize, n: usize) -
     out
 }
 
+/// Indices of the `k` largest values (ties to the lowest index), largest first: a selection in
+/// O(len) on that total order, then a sort of the `k` (a dictionary's top-k readout and an
+/// SAE's TopK both run this once per row over 10⁴–10⁵ features).
+pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(v.len());
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    let cmp = |a: &usize, b: &usize| v[*b].total_cmp(&v[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_ties_go_to_the_lowest_index() {
+        assert_eq!(top_k_indices(&[1.0, 3.0, 3.0, 2.0], 2), vec![1, 2]);
+        assert_eq!(top_k_indices(&[5.0, 5.0, 5.0], 1), vec![0]);
+    }
 
     #[test]
     fn matmul_matches_naive() {

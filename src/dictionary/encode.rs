@@ -3,7 +3,7 @@
 
 use super::Dictionary;
 use crate::error::{Error, Result};
-use crate::linalg::matmul_abt;
+use crate::linalg::{matmul_abt, top_k_indices};
 use rayon::prelude::*;
 
 /// Which unit directions the codes are read against.
@@ -105,19 +105,13 @@ impl Dictionary {
 /// Keeps the `t` largest values of `row` (lowest index first on ties), each ReLU'd; zeros the
 /// rest.
 fn keep_top(row: &mut [f32], t: usize) {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    // The order (value down, then index up) is total, so the `t` first after a selection are
-    // the same set a full sort gives, in O(K) rather than O(K log K) per row (K is 10⁵ for a
-    // large dictionary, and this runs once per token).
-    if t < idx.len() {
-        idx.select_nth_unstable_by(t, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    }
-    let mut keep = vec![false; row.len()];
-    for &i in &idx[..t] {
-        keep[i] = true;
-    }
-    for (v, k) in row.iter_mut().zip(keep) {
-        *v = if k { v.max(0.0) } else { 0.0 };
+    let kept: Vec<(usize, f32)> = top_k_indices(row, t)
+        .into_iter()
+        .map(|i| (i, row[i].max(0.0)))
+        .collect();
+    row.fill(0.0);
+    for (i, v) in kept {
+        row[i] = v;
     }
 }
 

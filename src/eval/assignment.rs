@@ -227,15 +227,20 @@ mod tests {
         assert_eq!((r, c), (vec![1, 2], vec![0, 1]));
     }
 
-    #[test]
-    fn brute_force_agrees_on_small_random_matrices() {
-        let mut state = 12345u64;
-        let mut next = || {
+    /// Seeded costs in `0..modulo`: small integers, so many ties.
+    fn small_integers(seed: u64, modulo: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            ((state >> 33) % 7) as f64 // small integers: many ties
-        };
+            ((state >> 33) % modulo) as f64
+        }
+    }
+
+    #[test]
+    fn brute_force_agrees_on_small_random_matrices() {
+        let mut next = small_integers(12345, 7);
         for &(n, m) in &[(3usize, 3usize), (2, 4), (4, 2), (4, 4), (3, 5)] {
             for _ in 0..20 {
                 let cost: Vec<f64> = (0..n * m).map(|_| next()).collect();
@@ -255,13 +260,7 @@ mod tests {
     fn costs_by_function_give_the_matrix_pairs() {
         // Many ties (small integers), negated as a maximising caller does: the same pairs as
         // the matrix path, pair for pair.
-        let mut state = 777u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % 5) as f64
-        };
+        let mut next = small_integers(777, 5);
         for &(n, m) in &[(1usize, 1usize), (2, 5), (4, 4), (5, 9), (12, 40)] {
             for _ in 0..10 {
                 let cost: Vec<f64> = (0..n * m).map(|_| next()).collect();

@@ -472,10 +472,12 @@ fn correspond(
     }
     let k = ep.len();
     // Sparse overlap rows: for each SAE feature, (EP feature, overlap) ascending by feature.
-    let rows: Vec<Vec<(u32, u64)>> = sae
+    // Both u32 (an overlap is at most a top set's size): 8 bytes a pair, and at K = 10⁵ regions
+    // there are hundreds of millions of pairs, held twice (by SAE feature and by region).
+    let rows: Vec<Vec<(u32, u32)>> = sae
         .par_iter()
         .map_init(
-            || (vec![0u64; k], Vec::<u32>::new()),
+            || (vec![0u32; k], Vec::<u32>::new()),
             |(count, touched), t| {
                 let Some(t) = t else { return Vec::new() };
                 for s in t {
@@ -497,20 +499,20 @@ fn correspond(
         )
         .collect();
     let size = |t: &Option<Vec<u64>>| t.as_ref().map_or(0, Vec::len) as f64;
-    let f1 = |ov: u64, a: f64, b: f64| 2.0 * ov as f64 / (a + b);
-    let best = |from: usize, to: usize, ov: u64, nf: f64, nt: f64| BestMatch {
+    let f1 = |ov: u32, a: f64, b: f64| 2.0 * f64::from(ov) / (a + b);
+    let best = |from: usize, to: usize, ov: u32, nf: f64, nt: f64| BestMatch {
         from,
         to,
-        overlap: ov,
+        overlap: u64::from(ov),
         precision: ov as f64 / nf,
         recall: ov as f64 / nt,
         f1: f1(ov, nf, nt),
     };
     let mut sae_to_ep = Vec::new();
-    let mut cols: Vec<Vec<(u32, u64)>> = vec![Vec::new(); k];
+    let mut cols: Vec<Vec<(u32, u32)>> = vec![Vec::new(); k];
     for (i, row) in rows.iter().enumerate() {
         // First maximum: rows are ascending by feature, so `>` keeps the lowest.
-        let mut top: Option<(u32, u64)> = None;
+        let mut top: Option<(u32, u32)> = None;
         for &(j, ov) in row {
             if top.is_none_or(|(_, o)| ov > o) {
                 top = Some((j, ov));
@@ -529,7 +531,7 @@ fn correspond(
     }
     let mut ep_to_sae = Vec::new();
     for (j, col) in cols.iter().enumerate() {
-        let mut top: Option<(u32, u64)> = None;
+        let mut top: Option<(u32, u32)> = None;
         for &(i, ov) in col {
             if top.is_none_or(|(_, o)| ov > o) {
                 top = Some((i, ov));
@@ -581,7 +583,7 @@ fn correspond(
         -(if ov == 0 {
             0.0
         } else {
-            f1(u64::from(ov), sae_size[p], ep_size[q])
+            f1(u32::from(ov), sae_size[p], ep_size[q])
         })
     };
     let (ra, ca) = if sae_rows {
@@ -598,7 +600,7 @@ fn correspond(
             hungarian.push(HungarianPair {
                 sae_feature: i,
                 ep_feature: j,
-                overlap: ov,
+                overlap: u64::from(ov),
                 f1: f1(ov, size(&sae[i]), size(&ep[j])),
             });
         }

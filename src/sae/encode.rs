@@ -4,6 +4,7 @@
 
 use super::{Sae, SaeActivation};
 use crate::error::{Error, Result};
+pub use crate::linalg::top_k_indices;
 use crate::linalg::{matmul_abt, transpose};
 use rayon::prelude::*;
 
@@ -212,19 +213,6 @@ impl Sae {
     }
 }
 
-/// Indices of the `k` largest values (ties to the lowest index), largest first.
-pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
-    let k = k.min(v.len());
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    let cmp = |a: &usize, b: &usize| v[*b].total_cmp(&v[*a]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, cmp);
-        idx.truncate(k);
-    }
-    idx.sort_by(cmp);
-    idx
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,11 +301,5 @@ mod tests {
     #[cfg(feature = "torch")]
     fn s_err_without_width(s: &Sae, x: &tch::Tensor) -> bool {
         s.encode_tch(x).is_err()
-    }
-
-    #[test]
-    fn top_k_ties_go_to_the_lowest_index() {
-        assert_eq!(top_k_indices(&[1.0, 3.0, 3.0, 2.0], 2), vec![1, 2]);
-        assert_eq!(top_k_indices(&[5.0, 5.0, 5.0], 1), vec![0]);
     }
 }
